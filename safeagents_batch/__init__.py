@@ -1,0 +1,7 @@
+"""safeagents-batch: run SafeAgents evaluation scripts in isolated Docker containers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

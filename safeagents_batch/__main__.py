@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from safeagents_batch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The JSON Schemas shipped in the package, and jobs-file schema errors as located problems."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from safeagents_batch.yamlmarks import KeyPath, MarkedDocument, Position
+
+SchemaProblem = tuple[Position, KeyPath, str]
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """`name` is `jobs` or `manifest`; the file lives inside the installed package."""
+    path = resources.files("safeagents_batch").joinpath(f"schemas/{name}.schema.json")
+    schema: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return schema
+
+
+def schema_text(name: str) -> str:
+    return resources.files("safeagents_batch").joinpath(f"schemas/{name}.schema.json").read_text(
+        "utf-8")
+
+
+@cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
+def validate_against(name: str, data: Any) -> list[str]:
+    """Plain messages for a document we wrote ourselves (the manifest); empty when valid."""
+    return [f"{format_key_path(tuple(e.absolute_path))}: {e.message}"
+            for e in _validator(name).iter_errors(data)]
+
+
+def jobs_schema_problems(doc: MarkedDocument) -> list[SchemaProblem]:
+    """Every schema violation of a jobs document, each placed on the key or value at fault."""
+    problems: list[SchemaProblem] = []
+    for error in _validator("jobs").iter_errors(doc.data):
+        problems.extend(_located(error, doc))
+    return sorted(problems, key=lambda p: (p[0].line, p[0].column, p[2]))
+
+
+def _located(error: jsonschema.ValidationError, doc: MarkedDocument) -> Iterator[SchemaProblem]:
+    path: KeyPath = tuple(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
+            error.instance, dict):
+        yield from _unknown_keys(error, path, doc)
+        return
+    if error.validator == "required":
+        yield doc.position(path), path, error.message
+        return
+    yield doc.position(path), path, _friendly(error)
+
+
+def _unknown_keys(error: jsonschema.ValidationError, path: KeyPath,
+                  doc: MarkedDocument) -> Iterator[SchemaProblem]:
+    allowed = _allowed_keys(error.schema)
+    for key in error.instance:
+        if key in allowed:
+            continue
+        hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+        message = f"unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        yield doc.position((*path, key), of_key=True), (*path, key), message
+
+
+def _allowed_keys(subschema: Any) -> set[str]:
+    """Property names a (sub)schema declares, following local `$ref`s."""
+    if not isinstance(subschema, dict):
+        return set()
+    allowed = set(subschema.get("properties", {}))
+    ref = subschema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        allowed |= _allowed_keys(load_schema("jobs")["$defs"].get(ref.removeprefix("#/$defs/")))
+    return allowed
+
+
+def _friendly(error: jsonschema.ValidationError) -> str:
+    if error.validator == "type" and error.validator_value == "string" and isinstance(
+            error.instance, (bool, int, float)):
+        return f"{error.message}; quote it to make it a string"
+    if error.validator == "pattern":
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        rule = description or f"must match {error.validator_value}"
+        return f"{error.instance!r} is not allowed here: {rule}"
+    if list(error.absolute_path) == ["version"]:
+        return f"unsupported version {error.instance!r}; this tool reads version 1"
+    return str(error.message)
+
+
+def format_key_path(path: KeyPath) -> str:
+    """('jobs', 1, 'timeout') -> 'jobs[1].timeout'; the document itself is '(top)'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"

@@ -1,0 +1,128 @@
+"""Safe YAML reading that remembers where every key and value stands, for located errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+KeyPath = tuple[str | int, ...]
+
+# Alias expansion can blow a tiny file up exponentially ("billion laughs"); a jobs file never
+# legitimately holds this many values.
+MAX_NODES = 100_000
+
+
+@dataclass(frozen=True)
+class Position:
+    """0-based line and column, as PyYAML marks count them."""
+
+    line: int
+    column: int
+
+
+@dataclass
+class MarkedDocument:
+    """Plain Python data plus the position of every value and every mapping key, by key path."""
+
+    data: Any
+    values: dict[KeyPath, Position] = field(default_factory=dict)
+    keys: dict[KeyPath, Position] = field(default_factory=dict)
+    problems: list[tuple[Position, KeyPath, str]] = field(default_factory=list)
+
+    def position(self, path: KeyPath, *, of_key: bool = False) -> Position:
+        """Where `path` stands; falls back to the nearest ancestor that has a position."""
+        table = self.keys if of_key else self.values
+        for end in range(len(path), -1, -1):
+            found = table.get(path[:end]) or self.values.get(path[:end])
+            if found is not None:
+                return found
+        return Position(0, 0)
+
+
+class YamlSyntaxError(Exception):
+    """The text is not YAML (or uses a tag the safe loader refuses)."""
+
+    def __init__(self, position: Position, message: str) -> None:
+        self.position = position
+        super().__init__(message)
+
+
+def load_marked(text: str) -> MarkedDocument:
+    """Parse one YAML document safely; problems the schema cannot see are collected, not raised."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        doc = MarkedDocument(data=None)
+        if node is not None:
+            doc.data = _Walker(loader, doc).convert(node, ())
+        return doc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Position(mark.line, mark.column) if mark else Position(0, 0)
+        raise YamlSyntaxError(where, _one_line(exc.problem or exc.context or "bad YAML")) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(Position(0, 0), _one_line(str(exc))) from None
+    finally:
+        loader.dispose()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Walker:
+    """Turns a node tree into data, recording positions; refuses cycles and alias bombs."""
+
+    def __init__(self, loader: yaml.SafeLoader, doc: MarkedDocument) -> None:
+        self.loader = loader
+        self.doc = doc
+        self.visited = 0
+        self.on_stack: set[int] = set()
+
+    def convert(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise yaml.MarkedYAMLError(problem="document too large after alias expansion",
+                                       problem_mark=node.start_mark)
+        self.doc.values[path] = Position(node.start_mark.line, node.start_mark.column)
+        if isinstance(node, yaml.ScalarNode):
+            return self.loader.construct_object(node, deep=True)
+        if id(node) in self.on_stack:
+            raise yaml.MarkedYAMLError(problem="recursive alias", problem_mark=node.start_mark)
+        self.on_stack.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+            return dict(self._mapping_items(node, path))
+        finally:
+            self.on_stack.discard(id(node))
+
+    def _mapping_items(self, node: yaml.Node, path: KeyPath) -> Iterator[tuple[str, Any]]:
+        assert isinstance(node, yaml.MappingNode)
+        self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            where = Position(key_node.start_mark.line, key_node.start_mark.column)
+            key = self._key(key_node, path, where)
+            if key is None:
+                continue
+            if key in seen:
+                self.doc.problems.append((where, (*path, key), f"duplicate key '{key}'"))
+                continue
+            seen.add(key)
+            self.doc.keys[(*path, key)] = where
+            yield key, self.convert(value_node, (*path, key))
+
+    def _key(self, key_node: yaml.Node, path: KeyPath, where: Position) -> str | None:
+        key = self.loader.construct_object(key_node, deep=True) if isinstance(
+            key_node, yaml.ScalarNode) else None
+        if isinstance(key, str):
+            return key
+        shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
+        self.doc.problems.append(
+            (where, path, f"key {shown!r} is not a string (quote it: '{shown}')"
+             if isinstance(key_node, yaml.ScalarNode) else "a key must be a plain string"))
+        return None
