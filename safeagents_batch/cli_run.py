@@ -1,0 +1,154 @@
+"""Subcommands that talk to the Docker engine: run, build, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import docker
+import docker.errors
+import requests
+
+from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch, select_runs
+from safeagents_batch.errors import EXIT_OK, EXIT_RUNS_FAILED, EngineUnavailable, UsageError
+from safeagents_batch.image_store import ImageStore
+from safeagents_batch.images import image_spec
+from safeagents_batch.manifest import FINISHED, Manifest, load_manifest
+from safeagents_batch.plan import needed_images
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def connect_engine() -> docker.DockerClient:
+    """A client that has answered a ping, or EngineUnavailable naming where we looked."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise EngineUnavailable(f"cannot reach the Docker engine at {where}: {reason} "
+                                "(start dockerd, or run scripts/provision-docker)") from None
+    return client
+
+
+def add_commands(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+    _add_run(sub, load_and_expand)
+    _add_build(sub, load_and_expand)
+    _add_status(sub)
+
+
+def _add_run(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+    p = sub.add_parser("run", help="build missing images and run every run of a jobs file",
+                       description="Build what is missing, run every run in its own container, "
+                                   "and write OUTPUT/<batch id>/ with logs and manifest.json.")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("-j", "--workers", type=_positive_int, metavar="N",
+                   help="runs at once (default: the file's `workers`, else 4)")
+    p.add_argument("-o", "--output-dir", type=Path, metavar="DIR",
+                   help="where the batch directory goes (default: the file's `output_dir`)")
+    p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
+    p.add_argument("--no-cache", action="store_true", help="rebuild images even if tagged")
+    _add_progress_flag(p)
+
+    def command(args: argparse.Namespace) -> int:
+        jobs_file, specs = load_and_expand(args.file)
+        options = BatchOptions(workers=args.workers, output_dir=args.output_dir, only=args.only,
+                               rebuild=args.no_cache, progress_bar=_bar_choice(args))
+        return report(run_batch(jobs_file, specs, connect_engine(), options))
+
+    p.set_defaults(command=command)
+
+
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="plain one-line-per-run output even on a terminal")
+
+
+def _bar_choice(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None
+
+
+def report(outcome: BatchOutcome) -> int:
+    counts = ", ".join(f"{n} {s}" for s, n in outcome.summary.items() if s != "total" and n)
+    print(f"batch {outcome.batch_dir}: {counts or 'no runs'} ({outcome.summary['total']} runs)")
+    print(f"manifest: {outcome.batch_dir / 'manifest.json'}")
+    return outcome.exit_code
+
+
+def _add_build(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+    p = sub.add_parser("build", help="build the images a jobs file needs, without running")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if the tag exists")
+    p.add_argument("--only", metavar="PATTERN", help="only images of runs matching the glob")
+
+    def command(args: argparse.Namespace) -> int:
+        jobs_file, specs = load_and_expand(args.file)
+        client = connect_engine()
+        store = ImageStore(client, jobs_file.output_dir / "builds", rebuild=args.rebuild)
+        failed = 0
+        for config in needed_images(select_runs(specs, args.only)):
+            outcome = store.ensure(image_spec(config))
+            seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
+            print(f"{outcome.status:<7} {outcome.tag}{seconds}"
+                  + (f"  ({outcome.error})" if outcome.error else ""))
+            failed += not outcome.ok
+        return EXIT_RUNS_FAILED if failed else EXIT_OK
+
+    p.set_defaults(command=command)
+
+
+def _add_status(sub: SubParsers) -> None:
+    p = sub.add_parser("status", help="counts per status and the runs that did not succeed")
+    p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
+    p.add_argument("--json", action="store_true", help="the summary and unsuccessful runs as JSON")
+
+    def command(args: argparse.Namespace) -> int:
+        if not args.batch_dir.is_dir():
+            raise UsageError(f"{args.batch_dir}: no such batch directory")
+        manifest = load_manifest(args.batch_dir)
+        if args.json:
+            print(json.dumps(_status_json(manifest), indent=2))
+        else:
+            _print_status(manifest)
+        return EXIT_OK if manifest.summary()["succeeded"] == len(manifest.runs) else \
+            EXIT_RUNS_FAILED
+
+    p.set_defaults(command=command)
+
+
+def _status_json(manifest: Manifest) -> dict[str, Any]:
+    return {"batch_id": manifest.batch_id, "state": manifest.state,
+            "summary": manifest.summary(),
+            "not_succeeded": [{"run_id": r.run_id, "status": r.status, "exit_code": r.exit_code,
+                               "error": r.error, "log_dir": r.log_dir}
+                              for r in manifest.runs.values() if r.status != "succeeded"]}
+
+
+def _print_status(manifest: Manifest) -> None:
+    print(f"batch {manifest.batch_id} ({manifest.state})")
+    for status, count in manifest.summary().items():
+        print(f"  {status:<10} {count}")
+    unsuccessful = [r for r in manifest.runs.values() if r.status != "succeeded"]
+    if unsuccessful:
+        print("runs that did not succeed:")
+    for record in unsuccessful:
+        code = f" exit {record.exit_code}" if record.exit_code is not None else ""
+        note = "" if record.status in FINISHED else " (not finished)"
+        print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
+        if record.log_dir:
+            print(f"             logs: {record.log_dir}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
