@@ -109,7 +109,7 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
     manifest = Manifest(
         batch_id=batch_id, batch_dir=str(batch_dir), jobs_file=str(jobs_file.path),
         jobs_file_sha256=jobs_file.sha256, created_at=now_iso(),
-        runs={s.run_id: new_record(s, envs[s.run_id], jobs_file) for s in specs})
+        runs={s.run_id: new_record(s, jobs_file) for s in specs})
     with BatchLock(batch_dir):
         store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
         store.save()
@@ -118,14 +118,17 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
                               or jobs_file.workers)
 
 
-def new_record(spec: RunSpec, env: Mapping[str, str], jobs_file: JobsFile) -> RunRecord:
-    literal = spec.literal_env
-    hidden = [name for name in env if name not in literal or name in spec.job.env_passthrough]
+def new_record(spec: RunSpec, jobs_file: JobsFile) -> RunRecord:
+    """A pending record. Values from env_file and the host are only ever named, as redacted."""
+    from_file = read_dotenv(spec.job.env_file) if spec.job.env_file else {}
+    hidden = {*from_file, *spec.job.env_passthrough} - set(spec.literal_env)
+    hidden |= set(spec.job.env_passthrough)
     return RunRecord(
         run_id=spec.run_id, job=spec.job.name, framework=spec.job.framework,
         script=str(spec.script), script_sha256=file_sha256(spec.script),
         image=image_spec(spec.image).tag,
-        env=redact_env(literal, hidden, jobs_file.secret_patterns), timeout=spec.job.timeout)
+        env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
+        timeout=spec.job.timeout)
 
 
 @dataclass

@@ -51,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_plan(sub)
     _add_schema(sub)
+    _add_engine_commands(sub)
     return parser
+
+
+def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from safeagents_batch import cli_run
+
+    cli_run.add_commands(sub, load_and_expand)
 
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

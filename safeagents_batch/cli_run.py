@@ -1,4 +1,4 @@
-"""Subcommands that talk to the Docker engine: run, build, status."""
+"""Subcommands that talk to the Docker engine: run, build, status, rerun, clean."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -14,11 +15,19 @@ import docker.errors
 import requests
 
 from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch, select_runs
+from safeagents_batch.clean import (
+    Leftover,
+    human_size,
+    leftover_containers,
+    remove_leftover,
+    tool_images,
+)
 from safeagents_batch.errors import EXIT_OK, EXIT_RUNS_FAILED, EngineUnavailable, UsageError
 from safeagents_batch.image_store import ImageStore
 from safeagents_batch.images import image_spec
 from safeagents_batch.manifest import FINISHED, Manifest, load_manifest
 from safeagents_batch.plan import needed_images
+from safeagents_batch.rerun import RerunChoice, parse_statuses, rerun_batch
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -40,6 +49,8 @@ def add_commands(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> Non
     _add_run(sub, load_and_expand)
     _add_build(sub, load_and_expand)
     _add_status(sub)
+    _add_rerun(sub)
+    _add_clean(sub, load_and_expand)
 
 
 def _add_run(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
@@ -142,6 +153,72 @@ def _print_status(manifest: Manifest) -> None:
         print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
         if record.log_dir:
             print(f"             logs: {record.log_dir}")
+
+
+def _add_rerun(sub: SubParsers) -> None:
+    p = sub.add_parser("rerun", help="run again, in place, the runs of a batch that failed",
+                       description="Rerun runs of BATCH_DIR in place. Earlier attempts keep their "
+                                   "logs; the manifest records every attempt. Stale containers "
+                                   "of a crashed run are removed first.")
+    p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--status", type=parse_statuses, metavar="S1,S2",
+                       help="rerun runs with these statuses (default: all but succeeded)")
+    which.add_argument("--all", action="store_true", help="rerun every run")
+    p.add_argument("--jobs", type=Path, metavar="FILE",
+                   help="use this (edited) jobs file instead of the batch's snapshot")
+    p.add_argument("-j", "--workers", type=_positive_int, metavar="N")
+    p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
+    _add_progress_flag(p)
+
+    def command(args: argparse.Namespace) -> int:
+        choice = RerunChoice(everything=args.all, jobs_file=args.jobs)
+        if args.status:
+            choice = replace(choice, statuses=args.status)
+        options = BatchOptions(workers=args.workers, only=args.only,
+                               progress_bar=_bar_choice(args))
+        return report(rerun_batch(args.batch_dir, connect_engine(), choice, options))
+
+    p.set_defaults(command=command)
+
+
+def _add_clean(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+    p = sub.add_parser("clean", help="remove containers (and with --images, images) the tool left",
+                       description="Remove labelled containers whose batch is not running; with "
+                                   "--images also the tool's images that the given jobs files "
+                                   "do not use (or all of them with --all).")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                   help="jobs files whose images are kept")
+    p.add_argument("--images", action="store_true", help="also remove unused images")
+    p.add_argument("--all", action="store_true", help="with --images: remove all the tool's images")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+
+    def command(args: argparse.Namespace) -> int:
+        if args.images and not (args.files or args.all):
+            raise UsageError("clean --images needs the jobs files whose images to keep, or --all")
+        keep = set() if args.all else {image_spec(c).tag for f in args.files
+                                       for c in needed_images(load_and_expand(f)[1])}
+        client = connect_engine()
+        items = leftover_containers(client) + (tool_images(client, keep) if args.images else [])
+        return _clean(client, items, dry_run=args.dry_run)
+
+    p.set_defaults(command=command)
+
+
+def _clean(client: docker.DockerClient, items: list[Leftover], *, dry_run: bool) -> int:
+    verb = "would remove" if dry_run else "removed"
+    freed = removed = 0
+    for item in items:
+        size = f" ({human_size(item.size_bytes)})" if item.size_bytes else ""
+        failure = item.kept_because or (None if dry_run else remove_leftover(client, item))
+        if failure:
+            print(f"kept {item.kind} {item.name}: {failure}")
+            continue
+        print(f"{verb} {item.kind} {item.name}{size}")
+        removed += 1
+        freed += item.size_bytes
+    print(f"{verb} {removed} item(s), {human_size(freed)} of images")
+    return EXIT_OK
 
 
 def _positive_int(text: str) -> int:

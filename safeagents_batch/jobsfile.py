@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from safeagents_batch.yamlmarks import (
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_MEMORY = 4 * 1024**2  # the schema's minimum for a byte count; Docker refuses much less
 
 
 def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
@@ -92,8 +94,10 @@ class _Checker:
     def located(self, entries: list[tuple[Position, KeyPath, str]] | None = None) -> list[Problem]:
         entries = self.problems if entries is None else entries
         ordered = sorted(entries, key=lambda e: (e[0].line, e[0].column, e[2]))
-        return [Problem(self.location(pos), format_key_path(path), msg)
-                for pos, path, msg in ordered]
+        # A faulty default is met once per job that inherits it: report it once.
+        unique = dict.fromkeys((self.location(pos), format_key_path(path), _printable(msg))
+                               for pos, path, msg in ordered)
+        return [Problem(*entry) for entry in unique]
 
     def location(self, pos: Position) -> Location:
         return Location(self.label, pos.line + 1, pos.column + 1)
@@ -110,11 +114,15 @@ class _Checker:
             return None
         defaults = self._clean_part(data.get("defaults"), ("defaults",))
         settings = self._clean_part(data.get("frameworks"), ("frameworks",))
-        patterns = tuple(data.get("secret_patterns", DEFAULT_SECRET_PATTERNS))
+        patterns = tuple(data["secret_patterns"]) if "secret_patterns" in data and self.is_clean(
+            ("secret_patterns",)) else DEFAULT_SECRET_PATTERNS
         self._check_duplicate_names(data["jobs"])
-        jobs = [self._job(i, raw, defaults, settings, patterns)
+        # A framework defined with a fault is still defined: its jobs get no "unknown" error,
+        # and its image no second one; the schema has reported the fault.
+        defined = set(data["frameworks"]) if isinstance(data.get("frameworks"), dict) else set()
+        jobs = [self._job(i, raw, defaults, defined | set(settings), patterns)
                 for i, raw in enumerate(data["jobs"]) if isinstance(raw, dict)]
-        used = {j.framework for j in jobs if j is not None}
+        used = {j.framework for j in jobs if j is not None} - (defined - set(settings))
         images = self._images(settings, used, str(data.get("image_name", DEFAULT_IMAGE_NAME)))
         if self.problems:
             return None
@@ -146,7 +154,7 @@ class _Checker:
                 seen[name] = i
 
     def _job(self, index: int, raw: dict[str, Any], defaults: dict[str, Any],
-             settings: dict[str, Any], patterns: tuple[str, ...]) -> Job | None:
+             defined: set[str], patterns: tuple[str, ...]) -> Job | None:
         """Checks every key the schema passed; a record only when the whole job is sound."""
         own = self._clean_part(raw, ("jobs", index))
 
@@ -157,12 +165,13 @@ class _Checker:
         problems_before = len(self.problems)
         raw_defaults = self.doc.data.get("defaults")
         given = set(raw) | (set(raw_defaults) if isinstance(raw_defaults, dict) else set())
-        known = set(builtin.builtin_frameworks()) | set(settings)
+        known = set(builtin.builtin_frameworks()) | defined
         framework = self._framework(merged.get("framework"), source("framework"), index, known,
                                     missing="framework" not in given)
         scripts = self._scripts(merged.get("scripts"), source("scripts"), index,
                                 missing="scripts" not in given)
         env_file = self._existing_file(merged.get("env_file"), source("env_file"), "env file")
+        self._check_memory(merged.get("resources", {}), source("resources"))
         self._warn_literal_secrets(merged["env"], lambda name: (
             ("jobs", index, "env", name) if name in own.get("env", {})
             else ("defaults", "env", name)), patterns)
@@ -183,6 +192,12 @@ class _Checker:
             network=merged.get("network", "bridge"),
             read_only_rootfs=merged.get("read_only_rootfs", False),
             hardening=Hardening(**merged.get("hardening", {})))
+
+    def _check_memory(self, resources: dict[str, Any], path: KeyPath) -> None:
+        """The schema bounds a byte count; '1k' is a string, so its size is checked here."""
+        memory = resources.get("memory")
+        if isinstance(memory, str) and parse_memory(memory) < MIN_MEMORY:
+            self.add((*path, "memory"), f"memory {memory!r} is below the minimum of 4m")
 
     def _warn_literal_secrets(self, env: dict[str, str], path_of: Callable[[str], KeyPath],
                               patterns: tuple[str, ...]) -> None:
@@ -221,11 +236,15 @@ class _Checker:
     def _expand(self, pattern: str, path: KeyPath) -> list[Path]:
         if not _GLOB_MAGIC.search(pattern):
             script = self.base / pattern
-            if not script.is_file():
+            if not _is_file(script):
                 self.add(path, f"script not found: {script}")
             return [script]
-        matches = sorted(p for p in self.base.glob(pattern) if p.is_file()) if not Path(
-            pattern).is_absolute() else []
+        try:
+            matches = sorted(p for p in self.base.glob(pattern) if _is_file(p)) if not Path(
+                pattern).is_absolute() else []
+        except (ValueError, OSError) as exc:  # e.g. 'a**.py': '**' must be a whole component
+            self.add(path, f"invalid glob '{pattern}': {exc}")
+            return []
         root = self.base.resolve()
         outside = [m for m in matches if not m.resolve().is_relative_to(root)]
         if outside or Path(pattern).is_absolute():
@@ -239,7 +258,7 @@ class _Checker:
         if value is None:
             return None
         file = self.base / str(value)
-        if not file.is_file():
+        if not _is_file(file):
             self.add(path, f"{what} not found: {file}")
         return file
 
@@ -259,6 +278,7 @@ class _Checker:
                                            "requirements file")
         sources = tuple(self._source_dir(d, (*path, "source_dirs", i))
                         for i, d in enumerate(raw.get("source_dirs", ())))
+        self._check_source_names(sources, (*path, "source_dirs"))
         return ImageConfig(
             framework=name,
             packages=tuple(packages) if packages is not None else builtin.framework_packages(name),
@@ -268,10 +288,45 @@ class _Checker:
             requirements=requirements, source_dirs=sources, image_name=image_name)
 
     def _source_dir(self, value: str, path: KeyPath) -> Path:
-        directory = self.base / value
-        if not directory.is_dir():
+        # Normalized: the image gets it as src/<its name>, and '..' or '.' is not a name.
+        directory = Path(os.path.normpath(self.base / value))
+        if not _is_dir(directory):
             self.add(path, f"source directory not found: {directory}")
         return directory
+
+    def _check_source_names(self, sources: tuple[Path, ...], path: KeyPath) -> None:
+        """Each source dir is copied to src/<name>: two with one name would overwrite each other."""
+        seen: dict[str, int] = {}
+        for i, directory in enumerate(sources):
+            if not directory.name:
+                self.add((*path, i), f"source directory {str(directory)!r} has no name to copy "
+                                     "into the image")
+            elif directory.name in seen:
+                self.add((*path, i), f"source directory name '{directory.name}' is used twice "
+                                     f"(first at {format_key_path((*path, seen[directory.name]))})")
+            else:
+                seen[directory.name] = i
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but a name the OS refuses (too long, ...) is simply not a file."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _printable(text: str) -> str:
+    """Problems print one per line: a newline (or another control character) taken from the
+    file, a key or a path is shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _matrix(raw: dict[str, list[Any]]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
@@ -29,9 +30,27 @@ def schema_text(name: str) -> str:
         "utf-8")
 
 
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any
+                  ) -> Iterator[jsonschema.ValidationError]:
+    """`pattern` as JSON Schema means it (ECMA-262): `$` is the very end of the text. Python's
+    `$` also matches before a final newline, which let "2g\\n" or a name ending in a newline
+    through; appending one more newline makes such a match fail and keeps every other one."""
+    if not validator.is_type(instance, "string"):
+        return
+    found = re.search(pattern, instance)
+    if found and instance.endswith("\n"):
+        found = re.search(pattern, instance + "\n")
+    if not found:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                          {"pattern": _ecma_pattern})
+
+
 @cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(load_schema(name))
+def _validator(name: str) -> Any:
+    return _Validator(load_schema(name))
 
 
 def validate_against(name: str, data: Any) -> list[str]:
@@ -57,6 +76,11 @@ def _located(error: jsonschema.ValidationError, doc: MarkedDocument) -> Iterator
     if error.validator == "required":
         yield doc.position(path), path, error.message
         return
+    if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
+        # The failing instance is a key of the mapping at `path`: point at that key.
+        key_path: KeyPath = (*path, error.instance)
+        yield doc.position(key_path, of_key=True), key_path, _friendly(error)
+        return
     yield doc.position(path), path, _friendly(error)
 
 
@@ -67,7 +91,7 @@ def _unknown_keys(error: jsonschema.ValidationError, path: KeyPath,
         if key in allowed:
             continue
         hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
-        message = f"unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        message = f"unknown key {str(key)!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
         yield doc.position((*path, key), of_key=True), (*path, key), message
 
 
@@ -96,8 +120,17 @@ def _friendly(error: jsonschema.ValidationError) -> str:
 
 
 def format_key_path(path: KeyPath) -> str:
-    """('jobs', 1, 'timeout') -> 'jobs[1].timeout'; the document itself is '(top)'."""
+    """('jobs', 1, 'timeout') -> 'jobs[1].timeout'; the document itself is '(top)'.
+
+    A key that is not a plain word is quoted (`env['A B']`): a path stays one unambiguous line.
+    """
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not _PLAIN_KEY.fullmatch(part):
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else part
     return text or "(top)"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")

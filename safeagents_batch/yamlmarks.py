@@ -52,7 +52,10 @@ class YamlSyntaxError(Exception):
 
 def load_marked(text: str) -> MarkedDocument:
     """Parse one YAML document safely; problems the schema cannot see are collected, not raised."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character at once: may raise ReaderError
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
     try:
         node = loader.get_single_node()
         doc = MarkedDocument(data=None)
@@ -62,11 +65,28 @@ def load_marked(text: str) -> MarkedDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Position(mark.line, mark.column) if mark else Position(0, 0)
-        raise YamlSyntaxError(where, _one_line(exc.problem or exc.context or "bad YAML")) from None
+        # The context is half the sentence: "expected a single document in the stream",
+        # "but found another document".
+        message = ", ".join(part for part in (exc.context, exc.problem) if part) or "bad YAML"
+        raise YamlSyntaxError(where, _one_line(message)) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Position(0, 0), _one_line(str(exc))) from None
+    except RecursionError:
+        # Parser and walker recurse once per nesting level; `[[[[...` must not be a traceback.
+        mark = loader.get_mark()
+        raise YamlSyntaxError(Position(mark.line, mark.column), "nesting too deep") from None
     finally:
         loader.dispose()
+
+
+def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YamlSyntaxError:
+    """ReaderError has a character offset, not a mark; turn it into a line and column."""
+    before = text[: exc.position]
+    line = before.count("\n")
+    column = exc.position - (before.rfind("\n") + 1)
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return YamlSyntaxError(Position(line, column),
+                           f"unacceptable character #x{character:04x}: {exc.reason}")
 
 
 def _one_line(text: str) -> str:
@@ -81,6 +101,7 @@ class _Walker:
         self.doc = doc
         self.visited = 0
         self.on_stack: set[int] = set()
+        self.explicit_keys: dict[int, set[int]] = {}
 
     def convert(self, node: yaml.Node, path: KeyPath) -> Any:
         self.visited += 1
@@ -90,6 +111,10 @@ class _Walker:
         self.doc.values[path] = Position(node.start_mark.line, node.start_mark.column)
         if isinstance(node, yaml.ScalarNode):
             return self.loader.construct_object(node, deep=True)
+        if node.tag not in self.loader.yaml_constructors:  # e.g. !!python/object/apply on a list
+            raise yaml.constructor.ConstructorError(
+                None, None, f"could not determine a constructor for the tag {node.tag!r}",
+                node.start_mark)
         if id(node) in self.on_stack:
             raise yaml.MarkedYAMLError(problem="recursive alias", problem_mark=node.start_mark)
         self.on_stack.add(id(node))
@@ -102,19 +127,32 @@ class _Walker:
 
     def _mapping_items(self, node: yaml.Node, path: KeyPath) -> Iterator[tuple[str, Any]]:
         assert isinstance(node, yaml.MappingNode)
-        self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
-        seen: set[str] = set()
+        explicit = self._explicit_key_ids(node)
+        self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys, merged pairs first
+        chosen: dict[str, tuple[yaml.Node, bool]] = {}
         for key_node, value_node in node.value:
             where = Position(key_node.start_mark.line, key_node.start_mark.column)
             key = self._key(key_node, path, where)
             if key is None:
                 continue
-            if key in seen:
-                self.doc.problems.append((where, (*path, key), f"duplicate key '{key}'"))
+            is_explicit = id(key_node) in explicit
+            if is_explicit and chosen.get(key, (None, False))[1]:
+                self.doc.problems.append((where, (*path, key), f"duplicate key {key!r}"))
                 continue
-            seen.add(key)
+            # A key written here overrides a merged one, as YAML merge keys intend.
+            chosen.pop(key, None)
+            chosen[key] = (value_node, is_explicit)
             self.doc.keys[(*path, key)] = where
+        for key, (value_node, _) in chosen.items():
             yield key, self.convert(value_node, (*path, key))
+
+    def _explicit_key_ids(self, node: yaml.MappingNode) -> set[int]:
+        """Keys written in this mapping itself, not merged in; remembered because
+        flatten_mapping rewrites the node in place and an alias may visit it again."""
+        if id(node) not in self.explicit_keys:
+            self.explicit_keys[id(node)] = {
+                id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
+        return self.explicit_keys[id(node)]
 
     def _key(self, key_node: yaml.Node, path: KeyPath, where: Position) -> str | None:
         key = self.loader.construct_object(key_node, deep=True) if isinstance(
@@ -123,6 +161,6 @@ class _Walker:
             return key
         shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
         self.doc.problems.append(
-            (where, path, f"key {shown!r} is not a string (quote it: '{shown}')"
+            (where, path, f"key {shown!r} is not a string (quote it: {str(shown)!r})"
              if isinstance(key_node, yaml.ScalarNode) else "a key must be a plain string"))
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -211,6 +212,9 @@ def container_labels(request: RunRequest) -> dict[str, str]:
         f"{LABEL_PREFIX}.batch": request.batch_id,
         f"{LABEL_PREFIX}.run": request.run_id,
         f"{LABEL_PREFIX}.attempt": str(request.attempt),
+        # Lets `clean` tell a leftover from a container of a batch that is still running.
+        f"{LABEL_PREFIX}.host": socket.gethostname(),
+        f"{LABEL_PREFIX}.pid": str(os.getpid()),
     }
 
 

@@ -1,0 +1,121 @@
+"""Rerun runs of an existing batch dir, in place: after a failure, Ctrl-C or a crash."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import docker
+
+from safeagents_batch.batch import (
+    SNAPSHOT_NAME,
+    BatchOptions,
+    BatchOutcome,
+    BatchRunner,
+    check_passthrough,
+    new_record,
+    resolve_env,
+    select_runs,
+)
+from safeagents_batch.batchdir import BatchLock, remove_batch_containers
+from safeagents_batch.errors import UsageError
+from safeagents_batch.jobsfile import load_jobs_file
+from safeagents_batch.manifest import (
+    MANIFEST_NAME,
+    STATUSES,
+    Manifest,
+    ManifestStore,
+    load_manifest,
+    now_iso,
+)
+from safeagents_batch.model import JobsFile
+from safeagents_batch.plan import RunSpec, expand
+
+INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
+
+
+@dataclass(frozen=True)
+class RerunChoice:
+    """Which runs to run again: by status (default: every status but succeeded) or all."""
+
+    statuses: frozenset[str] = frozenset(set(STATUSES) - {"succeeded"})
+    everything: bool = False
+    jobs_file: Path | None = None
+
+    def wants(self, status: str) -> bool:
+        return self.everything or status in self.statuses
+
+
+def parse_statuses(text: str) -> frozenset[str]:
+    chosen = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = sorted(chosen - set(STATUSES))
+    if unknown or not chosen:
+        raise UsageError(f"--status takes a comma-separated list of: {', '.join(STATUSES)}"
+                         + (f" (not: {', '.join(unknown)})" if unknown else ""))
+    return chosen
+
+
+def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoice = RerunChoice(),
+                options: BatchOptions = BatchOptions()) -> BatchOutcome:
+    if not batch_dir.is_dir():
+        raise UsageError(f"{batch_dir}: no such batch directory")
+    batch_dir = batch_dir.absolute()
+    with BatchLock(batch_dir):
+        manifest = load_manifest(batch_dir)
+        jobs_path = choice.jobs_file or batch_dir / SNAPSHOT_NAME
+        jobs_file = load_jobs_file(jobs_path, label=str(jobs_path))
+        specs = expand(jobs_file)
+        store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
+        _recover_after_crash(client, store)
+        _merge_runs(store, specs, jobs_file)
+        selected = [s for s in specs if choice.wants(manifest.runs[s.run_id].status)]
+        selected = select_runs(selected, options.only) if selected and options.only else selected
+        check_passthrough(selected, os.environ)
+        envs = {s.run_id: resolve_env(s, os.environ) for s in selected}
+        store.manifest.state, store.manifest.finished_at = "running", None
+        store.save()
+        print(f"rerunning {len(selected)} of {len(manifest.runs)} runs in {batch_dir}",
+              file=sys.stderr)
+        runner = BatchRunner(client, store, batch_dir, selected, envs, options)
+        return runner.execute([s.run_id for s in selected],
+                              workers=options.workers or jobs_file.workers)
+
+
+def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> None:
+    """A previous orchestrator may have died: remove its containers (found by label) and mark
+    attempts it left `running` as errors, so they are rerun and the record stays truthful."""
+    removed = remove_batch_containers(client, store.manifest.batch_id)
+    if removed:
+        print(f"removed {len(removed)} stale container(s) of this batch", file=sys.stderr)
+    for record in list(store.manifest.runs.values()):
+        if record.status == "running" and record.attempts:  # `running` only comes with one
+            last = record.attempts[-1]
+            store.record_attempt(record.run_id, replace(
+                last, status="error", ended_at=last.ended_at or now_iso(),
+                error=INTERRUPTED_REASON))
+
+
+def _merge_runs(store: ManifestStore, specs: list[RunSpec], jobs_file: JobsFile) -> None:
+    """Match the (maybe edited) jobs file to the manifest by run id: known runs keep their
+    attempts, new ids join as pending, vanished ids are reported and kept."""
+    manifest: Manifest = store.manifest
+    wanted = {s.run_id for s in specs}
+    for spec in specs:
+        fresh = new_record(spec, jobs_file)
+        old = manifest.runs.get(spec.run_id)
+        if old is None:
+            print(f"new run added: {spec.run_id}", file=sys.stderr)
+            manifest.runs[spec.run_id] = fresh
+        else:
+            manifest.runs[spec.run_id] = replace(
+                old, framework=fresh.framework, script=fresh.script,
+                script_sha256=fresh.script_sha256, image=fresh.image, env=fresh.env,
+                timeout=fresh.timeout)
+    vanished = [run_id for run_id in manifest.runs if run_id not in wanted]
+    if vanished:
+        print(f"not in the jobs file any more (kept in the manifest, not rerun): "
+              f"{', '.join(vanished)}", file=sys.stderr)
+    store.save()
+

@@ -1,0 +1,271 @@
+"""`DockerRunner`: the single-run Python API of the original SafeAgents Docker helper.
+
+It is a thin shell over the batch runner's pieces (ImageConfig -> image_spec -> ImageStore for
+the image, DockerBackend for the run), so one script run here behaves exactly like one run of
+a batch: same image tag, same mounts, same hardening, same streamed log files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypedDict
+
+import docker
+import docker.errors
+import requests
+
+from safeagents_batch.backends import RunRequest, RunResult
+from safeagents_batch.backends.docker import DockerBackend
+from safeagents_batch.frameworks import builtin_frameworks, framework_packages
+from safeagents_batch.image_store import ImageStore
+from safeagents_batch.images import image_spec, write_build_context
+from safeagents_batch.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
+
+logger = logging.getLogger(__name__)
+
+# The batch label every container of this API carries, so `safeagents-batch clean` finds
+# leftovers of single runs as well.
+RUNNER_BATCH_ID = "docker-runner"
+SOURCE_PACKAGE = "safeagents"
+BUILD_LOGS = "build-logs"
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
+
+
+class ScriptResult(TypedDict):
+    """What `run_script` returns: the original's keys plus `status` and `error`."""
+
+    success: bool
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    log_dir: str
+    run_id: str
+    status: str  # succeeded | failed | timed_out | cancelled | error
+    error: str | None
+
+
+class DockerRunner:
+    """Prepare, build and run agent scripts for one framework in Docker containers."""
+
+    def __init__(
+        self,
+        framework: str,
+        build_folder: Path | str | None = None,
+        log_output_dir: Path | str | None = None,
+        image_name: str = DEFAULT_IMAGE_NAME,
+        python_version: str = DEFAULT_PYTHON_VERSION,
+        additional_packages: list[str] | None = None,
+    ) -> None:
+        supported = builtin_frameworks()
+        if framework not in supported:
+            raise ValueError(f"unknown framework {framework!r}; supported: {', '.join(supported)}")
+        self.framework = framework
+        # Resolved now, so a later chdir of the caller does not move the folders.
+        self.build_folder = Path(build_folder or "build_folder").resolve()
+        self.log_output_dir = Path(log_output_dir or "logs").resolve()
+        self.image_name = image_name
+        self.python_version = python_version
+        self.additional_packages = tuple(additional_packages or ())
+        self.build_log: Path | None = None
+        self.image_tag: str | None = None
+        self._config: ImageConfig | None = None
+        self._client: docker.DockerClient | None = None
+
+    # -- prepare -----------------------------------------------------------------------------
+
+    def prepare_environment(self) -> bool:
+        """Copy the safeagents source (when importable here) to build_folder/code/safeagents,
+        write the generated build context into build_folder and create the log dir."""
+        try:
+            source = _copy_safeagents_source(self.build_folder / "code" / SOURCE_PACKAGE)
+            config = self._image_config(source)
+            write_build_context(image_spec(config), self.build_folder)
+            self.log_output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.error("prepare_environment failed: %s", exc)
+            return False
+        self._config = config
+        self.image_tag = None  # the source may have changed, and with it the tag
+        return True
+
+    def _image_config(self, source: Path | None) -> ImageConfig:
+        return ImageConfig(
+            framework=self.framework,
+            packages=framework_packages(self.framework),
+            python_version=self.python_version,
+            additional_packages=self.additional_packages,
+            source_dirs=(source,) if source is not None else (),
+            image_name=self.image_name,
+        )
+
+    # -- build -------------------------------------------------------------------------------
+
+    def build_image(self, no_cache: bool = False) -> bool:
+        """Build the image, or find it already built under its content-addressed tag."""
+        return self._ensure_image(no_cache) is None
+
+    def _ensure_image(self, no_cache: bool = False) -> str | None:
+        """Makes `self.image_tag` usable; returns why not, or None when it is."""
+        if self._config is None and not self.prepare_environment():
+            return "preparing the build folder failed (see the log)"
+        assert self._config is not None  # set by a successful prepare_environment
+        try:
+            # A fresh store each time: the store remembers failures, and a retry must retry.
+            store = ImageStore(self._engine(), self.build_folder / BUILD_LOGS, rebuild=no_cache)
+            outcome = store.ensure(image_spec(self._config))
+        except _ENGINE_ERRORS as exc:
+            return _log_failure(f"Docker engine unavailable: {_one_line(exc)}")
+        self.build_log = outcome.build_log
+        if not outcome.ok:
+            return _log_failure(outcome.error or "image build failed")
+        logger.info("image %s %s", outcome.tag, outcome.status)
+        self.image_tag = outcome.tag
+        return None
+
+    def _engine(self) -> docker.DockerClient:
+        # Created on first use: constructing a runner must work without an engine.
+        if self._client is None:
+            self._client = docker.from_env(timeout=120)
+        return self._client
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run_script(
+        self,
+        script_path: Path | str,
+        environment_vars: dict[str, str] | None = None,
+        timeout: int | None = None,
+        bind_azure_folder: bool = True,
+    ) -> ScriptResult:
+        """Run one script in a fresh container; logs go to log_output_dir/<run_id>/."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+        script = Path(script_path).resolve()
+        run_id = new_run_id(script)
+        log_dir = self.log_output_dir / run_id
+        if not script.is_file():
+            return _not_run(run_id, log_dir, f"script not found: {script}")
+        if self.image_tag is None:
+            reason = self._ensure_image()
+            if reason is not None:
+                return _not_run(run_id, log_dir, reason)
+        assert self.image_tag is not None
+        _warn_if_unreadable_in_container(script)
+        request = RunRequest(
+            run_id=run_id, batch_id=RUNNER_BATCH_ID, attempt=1, image=self.image_tag,
+            script=script, log_dir=log_dir, env=dict(environment_vars or {}), timeout=timeout,
+            azure_dir=_azure_dir() if bind_azure_folder else None)
+        try:
+            result = _run_interruptibly(DockerBackend(self._engine()), request)
+        except _ENGINE_ERRORS as exc:
+            return _not_run(run_id, log_dir, f"Docker engine unavailable: {_one_line(exc)}")
+        return _script_result(run_id, log_dir, result)
+
+
+def new_run_id(script: Path) -> str:
+    """`run_<stem>_<8 hex>`; the stem is reduced to characters valid in directory and
+    container names."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", script.stem)[:60] or "script"
+    return f"run_{stem}_{secrets.token_hex(4)}"
+
+
+def _copy_safeagents_source(target: Path) -> Path | None:
+    """Copies the host's safeagents package to `target`; None when it is not importable."""
+    source = _safeagents_source()
+    if source is None:
+        logger.info("package %r not importable here; the image gets no SafeAgents source",
+                    SOURCE_PACKAGE)
+        return None
+    if source.resolve() != target.resolve():
+        # The copy is ours: clear it so files deleted upstream do not linger in the image.
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(
+            "__pycache__", "*.pyc", ".git", ".mypy_cache", ".pytest_cache"))
+    return target
+
+
+def _safeagents_source() -> Path | None:
+    """The directory of the importable safeagents package, found without importing it (its
+    import may be slow or need credentials)."""
+    try:
+        spec = importlib.util.find_spec(SOURCE_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None  # absent, or a single module rather than a package
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _azure_dir() -> Path | None:
+    azure = Path.home() / ".azure"
+    if azure.is_dir():
+        return azure
+    warnings.warn(f"bind_azure_folder is set but {azure} does not exist; running without it",
+                  stacklevel=3)
+    return None
+
+
+def _warn_if_unreadable_in_container(script: Path) -> None:
+    """As root we run the container as an unprivileged uid (see backends.docker), which can only
+    read the script if its directory and file are open to others."""
+    if os.getuid() != 0:
+        return
+    dir_mode, file_mode = script.parent.stat().st_mode, script.stat().st_mode
+    if not (dir_mode & stat.S_IROTH and dir_mode & stat.S_IXOTH and file_mode & stat.S_IROTH):
+        warnings.warn(f"{script} or its directory is not readable by others; the container's "
+                      "non-root user will not be able to open it", stacklevel=3)
+
+
+def _run_interruptibly(backend: DockerBackend, request: RunRequest) -> RunResult:
+    """Runs in a worker thread so that Ctrl-C here becomes the backend's cancellation: the
+    container is killed and removed before the KeyboardInterrupt goes on."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-runner") as pool:
+        future = pool.submit(backend.run, request, cancel)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            cancel.set()
+            future.result()
+            raise
+
+
+def _script_result(run_id: str, log_dir: Path, result: RunResult) -> ScriptResult:
+    # The files were streamed during the run; the dict reads them back, as the API promises.
+    return ScriptResult(
+        success=result.status == "succeeded", exit_code=result.exit_code,
+        stdout=_read_log(log_dir / "stdout.log"), stderr=_read_log(log_dir / "stderr.log"),
+        log_dir=str(log_dir), run_id=run_id, status=result.status, error=result.error)
+
+
+def _not_run(run_id: str, log_dir: Path, reason: str) -> ScriptResult:
+    """The result of a run that never started a container (its log dir is not created)."""
+    logger.error("run %s not started: %s", run_id, reason)
+    return ScriptResult(success=False, exit_code=None, stdout="", stderr="",
+                        log_dir=str(log_dir), run_id=run_id, status="error", error=reason)
+
+
+def _read_log(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _log_failure(reason: str) -> str:
+    logger.error("%s", reason)
+    return reason
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -1,0 +1,419 @@
+"""Engine tests of the execution layer: `run`, `build`-on-demand, `status` on a real Docker engine.
+
+Every test here needs a Docker engine and is marked `docker`; a missing engine fails the test
+(see engine_fixtures). Images built from test-only configurations carry a repository name unique
+to the test and are removed at its end; the built-in openai-agents image is kept for reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import jsonschema
+import pytest
+from engine_fixtures import docker_client, engine, write_project  # noqa: F401
+
+from safeagents_batch import cli
+from safeagents_batch.batchdir import batch_containers
+from safeagents_batch.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK, EXIT_RUNS_FAILED
+
+pytestmark = pytest.mark.docker
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
+MISSING_PACKAGE = "safeagents-batch-no-such-package-xyz"
+MIB = 1024 * 1024
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def image_name(docker_client: docker.DockerClient) -> Iterator[str]:  # noqa: F811
+    """A repository name no image has yet: every image of the test is built fresh, then removed."""
+    name = f"sab-engine-test-{secrets.token_hex(4)}"
+    yield name
+    for image in docker_client.images.list(name=name):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def only_batch_dir(output_dir: Path) -> Path:
+    dirs = [d for d in output_dir.iterdir() if (d / "manifest.json").is_file()]
+    assert len(dirs) == 1, f"expected one batch dir under {output_dir}, found {dirs}"
+    return dirs[0]
+
+
+def load_valid_manifest(batch_dir: Path) -> dict[str, Any]:
+    """The manifest, checked against the schema shipped with the tool."""
+    data: dict[str, Any] = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    validator.validate(data)
+    return data
+
+
+def runs_by_id(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["run_id"]: r for r in manifest["runs"]}
+
+
+def images_by_framework(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {i["framework"]: i for i in manifest["images"]}
+
+
+def counts(manifest: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in manifest["summary"].items() if v and k != "total"}
+
+
+def build_logs(batch_dir: Path) -> list[Path]:
+    return sorted((batch_dir / "images").glob("*.log")) if (batch_dir / "images").is_dir() else []
+
+
+# -- 1. a mixed batch across two frameworks -----------------------------------------------------
+
+MIXED_SCRIPTS = {
+    "scripts/ok.py": (
+        "import os, pathlib\n"
+        "logs = pathlib.Path('/safeagents/logs')\n"
+        "(logs / 'artifacts').mkdir()\n"
+        "(logs / 'artifacts' / 'result.txt').write_text(os.environ.get('X', 'none'))\n"
+        "print('ok', os.environ.get('X', ''))\n"),
+    "scripts/uses_helper.py": "import helper\nprint(helper.NAME)\n",
+    "scripts/exit3.py": "print('about to fail', flush=True)\nraise SystemExit(3)\n",
+    "scripts/stderr_writer.py": (
+        "import sys\n"
+        "print('plain stdout line')\n"
+        "print('STDERR-MARKER-7d1f only on stderr', file=sys.stderr)\n"),
+    "scripts/sleeper.py": "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n",
+    "helpers/helper.py": "NAME = 'helper from source_dirs'\n",
+}
+
+
+def mixed_jobs_yaml(image_name: str, plain2_extra: str = "[]") -> str:
+    """12 runs: 10 succeed, exit3 fails with 3, sleeper times out. `plain2` copies a source dir,
+    so its Dockerfile (and image) differs from `plain`'s while both build in seconds."""
+    return f"""\
+version: 1
+name: mixed
+image_name: {image_name}
+workers: 4
+frameworks:
+  plain: {{packages: []}}
+  plain2: {{packages: [], additional_packages: {plain2_extra}, source_dirs: [helpers]}}
+jobs:
+  - name: ok
+    framework: plain
+    scripts: scripts/ok.py
+    matrix: {{X: [a, b, c, d, e]}}
+  - name: helper
+    framework: plain2
+    scripts: scripts/uses_helper.py
+    repeat: 4
+  - name: bad
+    framework: plain
+    scripts: scripts/exit3.py
+  - name: noisy
+    framework: plain2
+    scripts: scripts/stderr_writer.py
+  - name: slow
+    framework: plain
+    scripts: scripts/sleeper.py
+    timeout: 2
+"""
+
+
+@pytest.mark.docker
+def test_mixed_batch_statuses_logs_cleanup_and_ownership(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = write_project(tmp_path / "proj", mixed_jobs_yaml(image_name), MIXED_SCRIPTS)
+    out_dir = tmp_path / "out"
+
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(out_dir), "--no-progress"], capsys)
+
+    assert code == EXIT_RUNS_FAILED, stdout
+    batch_dir = only_batch_dir(out_dir)
+    manifest = load_valid_manifest(batch_dir)
+    assert manifest["state"] == "finished"
+    assert manifest["summary"]["total"] == 12
+    assert counts(manifest) == {"succeeded": 10, "failed": 1, "timed_out": 1}
+    runs = runs_by_id(manifest)
+    assert runs["bad-exit3"]["status"] == "failed"
+    assert runs["bad-exit3"]["exit_code"] == 3
+    assert runs["slow-sleeper"]["status"] == "timed_out"
+    assert {i["status"] for i in manifest["images"]} == {"built"}
+    assert len({i["tag"] for i in manifest["images"]}) == 2
+
+    noisy = Path(runs["noisy-stderr_writer"]["log_dir"])
+    assert "STDERR-MARKER-7d1f" in (noisy / "stderr.log").read_text()
+    assert "STDERR-MARKER-7d1f" in (noisy / "console.log").read_text()
+    assert "STDERR-MARKER-7d1f" not in (noisy / "stdout.log").read_text()
+    assert "plain stdout line" in (noisy / "stdout.log").read_text()
+    assert "helper from source_dirs" in (
+        Path(runs["helper-uses_helper-r1"]["log_dir"]) / "stdout.log").read_text()
+    assert (Path(runs["ok-ok-c"]["log_dir"]) / "artifacts" / "result.txt").read_text() == "c"
+
+    assert batch_containers(engine, manifest["batch_id"]) == []
+    uid = os.getuid()
+    not_ours = [str(p) for p in [batch_dir, *batch_dir.rglob("*")] if p.lstat().st_uid != uid]
+    assert not_ours == []
+
+
+# -- 2. image cache: nothing rebuilt, then only the changed image -------------------------------
+
+@pytest.mark.docker
+def test_second_run_builds_nothing_and_a_changed_framework_rebuilds_alone(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    scripts = {**MIXED_SCRIPTS, "scripts/uses_six.py": "import six\nprint('six', six.__version__)\n"}
+    jobs = write_project(tmp_path / "proj", mixed_jobs_yaml(image_name), scripts)
+
+    def run(output: str) -> tuple[Path, dict[str, Any]]:
+        run_cli(["run", str(jobs), "-o", str(tmp_path / output), "--no-progress",
+                 "--only", "[oh]*"], capsys)  # jobs ok and helper: all succeed
+        batch_dir = only_batch_dir(tmp_path / output)
+        return batch_dir, load_valid_manifest(batch_dir)
+
+    first_dir, first = run("first")
+    assert {f: i["status"] for f, i in images_by_framework(first).items()} == {
+        "plain": "built", "plain2": "built"}
+    assert len(build_logs(first_dir)) == 2
+
+    again_dir, again = run("again")
+    assert {f: i["status"] for f, i in images_by_framework(again).items()} == {
+        "plain": "cached", "plain2": "cached"}
+    assert build_logs(again_dir) == []
+    assert counts(again) == {"succeeded": 9}
+
+    jobs.write_text(mixed_jobs_yaml(image_name, plain2_extra="[six]")
+                    + "  - name: hassix\n    framework: plain2\n    scripts: scripts/uses_six.py\n")
+    changed_dir, changed = run("changed")
+    images = images_by_framework(changed)
+    assert images["plain"]["status"] == "cached"
+    assert images["plain"]["tag"] == images_by_framework(first)["plain"]["tag"]
+    assert images["plain2"]["status"] == "built"
+    assert images["plain2"]["tag"] != images_by_framework(first)["plain2"]["tag"]
+    assert [p.name for p in build_logs(changed_dir)] == [
+        Path(images["plain2"]["build_log"]).name]
+    assert counts(changed) == {"succeeded": 10}
+    six_run = runs_by_id(changed)["hassix-uses_six"]
+    assert "six 1." in (Path(six_run["log_dir"]) / "stdout.log").read_text()
+
+
+# -- 3. 200 MB of output with flat orchestrator memory ------------------------------------------
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/self/status")
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's resident set while the batch runs; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kib = _rss_kib("VmRSS")
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak_kib = max(self.peak_kib, _rss_kib("VmRSS"))
+
+
+@pytest.mark.docker
+def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    megabytes = 200
+    script = ("import sys\n"
+              f"line = b'y' * 1023 + b'\\n'\nblock = line * 1024\n"
+              f"for _ in range({megabytes}):\n    sys.stdout.buffer.write(block)\n"
+              "sys.stdout.buffer.flush()\n")
+    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+                 "jobs:\n  - {name: flood, framework: plain, scripts: flood.py, timeout: 900}\n")
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"flood.py": script})
+    # Build first, so that the measurement covers the run alone.
+    assert run_cli(["build", str(jobs)], capsys)[0] == EXIT_OK
+
+    before_kib = _rss_kib("VmRSS")
+    sampler = RssSampler()
+    sampler.start()
+    try:
+        code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"),
+                                   "--no-progress"], capsys)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    growth_mib = (sampler.peak_kib - before_kib) / 1024
+    print(f"\nRSS before {before_kib / 1024:.1f} MiB, peak during run "
+          f"{sampler.peak_kib / 1024:.1f} MiB, growth {growth_mib:.1f} MiB; "
+          f"VmHWM {_rss_kib('VmHWM') / 1024:.1f} MiB")
+
+    assert code == EXIT_OK, stdout
+    batch_dir = only_batch_dir(tmp_path / "out")
+    run = runs_by_id(load_valid_manifest(batch_dir))["flood-flood"]
+    log_dir = Path(run["log_dir"])
+    assert (log_dir / "stdout.log").stat().st_size == megabytes * MIB
+    assert (log_dir / "console.log").stat().st_size == megabytes * MIB
+    assert (log_dir / "stderr.log").stat().st_size == 0
+    assert growth_mib < 200, f"orchestrator RSS grew by {growth_mib:.0f} MiB"
+
+
+# -- 4. a real framework image from PyPI --------------------------------------------------------
+
+@pytest.mark.docker
+def test_openai_agents_image_builds_from_pypi_and_imports_agents(
+        engine: docker.DockerClient, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    script = ("import agents\nfrom agents import Agent\n"
+              "print('agents imported from', agents.__file__)\n")
+    jobs_yaml = ("version: 1\njobs:\n"
+                 "  - {name: agents, framework: openai-agents, scripts: check.py, timeout: 300}\n")
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"check.py": script})
+
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"],
+                              capsys)
+
+    batch_dir = only_batch_dir(tmp_path / "out")
+    manifest = load_valid_manifest(batch_dir)
+    image = images_by_framework(manifest)["openai-agents"]
+    # The image is kept between sessions: the first session builds it, later ones reuse it.
+    assert image["status"] in ("built", "cached"), image
+    if image["status"] == "built":
+        log = Path(image["build_log"]).read_text()
+        assert "Successfully installed" in log and "openai-agents" in log
+    assert code == EXIT_OK, stdout
+    run = runs_by_id(manifest)["agents-check"]
+    assert "agents imported from" in (Path(run["log_dir"]) / "stdout.log").read_text()
+
+
+# -- 5. no engine -------------------------------------------------------------------------------
+
+@pytest.mark.docker
+def test_unreachable_engine_is_one_line_naming_the_socket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    socket = tmp_path / "no-such-dir" / "docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+    jobs = write_project(tmp_path / "proj", "version: 1\nframeworks:\n  plain: {packages: []}\n"
+                         "jobs:\n  - {name: a, framework: plain, scripts: a.py}\n",
+                         {"a.py": "print('never runs')\n"})
+
+    code, stdout, stderr = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"),
+                                    "--no-progress"], capsys)
+
+    assert code == EXIT_ENGINE_UNAVAILABLE
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert str(socket) in lines[0]
+    assert "Traceback" not in stderr + stdout
+    assert not (tmp_path / "out").exists()  # nothing written when the engine is not there
+
+
+# -- 6. status, and a failed build that fails only its own runs ---------------------------------
+
+@pytest.mark.docker
+def test_failed_build_errors_only_its_runs_and_status_reports_them(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    jobs_yaml = f"""\
+version: 1
+name: halfbroken
+image_name: {image_name}
+frameworks:
+  good: {{packages: []}}
+  broken: {{packages: [], additional_packages: [{MISSING_PACKAGE}]}}
+jobs:
+  - {{name: fine, framework: good, scripts: ok.py, repeat: 3}}
+  - {{name: doomed, framework: broken, scripts: ok.py, repeat: 2}}
+"""
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"ok.py": "print('ok')\n"})
+
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "3",
+                               "--no-progress"], capsys)
+
+    assert code == EXIT_RUNS_FAILED, stdout
+    batch_dir = only_batch_dir(tmp_path / "out")
+    manifest = load_valid_manifest(batch_dir)
+    assert counts(manifest) == {"succeeded": 3, "error": 2}
+    broken = images_by_framework(manifest)["broken"]
+    assert broken["status"] == "failed"
+    build_log = Path(broken["build_log"])
+    assert MISSING_PACKAGE in build_log.read_text()
+    assert images_by_framework(manifest)["good"]["status"] == "built"
+    runs = runs_by_id(manifest)
+    for run_id in ("doomed-ok-r1", "doomed-ok-r2"):
+        assert runs[run_id]["status"] == "error"
+        assert str(build_log) in runs[run_id]["error"]
+    for run_id in ("fine-ok-r1", "fine-ok-r2", "fine-ok-r3"):
+        assert runs[run_id]["status"] == "succeeded"
+
+    code, text, _ = run_cli(["status", str(batch_dir)], capsys)
+    assert code == EXIT_RUNS_FAILED
+    lines = text.splitlines()
+    assert any(line.split() == ["succeeded", "3"] for line in lines), text
+    assert any(line.split() == ["error", "2"] for line in lines), text
+    assert any(line.split() == ["total", "5"] for line in lines), text
+    for run_id in ("doomed-ok-r1", "doomed-ok-r2"):
+        assert any(run_id in line and str(build_log) in line for line in lines), text
+    assert "fine-ok" not in text
+
+    code, text, _ = run_cli(["status", str(batch_dir), "--json"], capsys)
+    assert code == EXIT_RUNS_FAILED
+    status = json.loads(text)
+    assert status["batch_id"] == manifest["batch_id"]
+    assert status["summary"]["succeeded"] == 3
+    assert status["summary"]["error"] == 2
+    assert status["summary"]["total"] == 5
+    assert sorted(r["run_id"] for r in status["not_succeeded"]) == ["doomed-ok-r1", "doomed-ok-r2"]
+    for record in status["not_succeeded"]:
+        assert record["status"] == "error"
+        assert str(build_log) in record["error"]
+
+
+# -- 7. one build, however many runs wait for it ------------------------------------------------
+
+@pytest.mark.docker
+def test_concurrent_runs_share_one_build(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+                 "jobs:\n  - {name: many, framework: plain, scripts: ok.py, repeat: 12}\n")
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"ok.py": "print('ok')\n"})
+    since = int(time.time()) - 1
+
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "4",
+                               "--no-progress"], capsys)
+
+    until = int(time.time()) + 1
+    assert code == EXIT_OK, stdout
+    batch_dir = only_batch_dir(tmp_path / "out")
+    manifest = load_valid_manifest(batch_dir)
+    assert counts(manifest) == {"succeeded": 12}
+    [image] = manifest["images"]
+    assert image["status"] == "built"
+    assert build_logs(batch_dir) == [Path(image["build_log"])]
+    log = Path(image["build_log"]).read_text()
+    assert log.count(f"# building {image['tag']}") == 1
+    # The engine's own record: the tag was applied once, by one build.
+    events = engine.api.events(since=since, until=until, decode=True,
+                               filters={"type": "image", "event": "tag"})
+    tagged = [e for e in events if e.get("Actor", {}).get("Attributes", {}).get("name")
+              == image["tag"]]
+    assert len(tagged) == 1, tagged
