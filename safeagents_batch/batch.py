@@ -34,7 +34,7 @@ from safeagents_batch.manifest import (
 )
 from safeagents_batch.model import JobsFile
 from safeagents_batch.plan import RunSpec
-from safeagents_batch.redaction import redact_env
+from safeagents_batch.redaction import redact_env, redact_yaml_text
 from safeagents_batch.snapshot import resolved_yaml
 
 SNAPSHOT_NAME = "jobs.yaml"
@@ -104,8 +104,12 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
     batch_id = new_batch_id(jobs_file.name)
     batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
     batch_dir.mkdir(parents=True)
-    (batch_dir / SNAPSHOT_NAME).write_text(resolved_yaml(jobs_file), encoding="utf-8")
-    (batch_dir / SOURCE_COPY_NAME).write_text(jobs_file.text, encoding="utf-8")
+    # Both copies lose literal secret values: a batch dir is shared further than a jobs file.
+    patterns = jobs_file.secret_patterns
+    (batch_dir / SNAPSHOT_NAME).write_text(redact_yaml_text(resolved_yaml(jobs_file), patterns),
+                                           encoding="utf-8")
+    (batch_dir / SOURCE_COPY_NAME).write_text(redact_yaml_text(jobs_file.text, patterns),
+                                              encoding="utf-8")
     manifest = Manifest(
         batch_id=batch_id, batch_dir=str(batch_dir), jobs_file=str(jobs_file.path),
         jobs_file_sha256=jobs_file.sha256, created_at=now_iso(),

@@ -9,7 +9,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from safeagents_batch import __version__
-from safeagents_batch.errors import EXIT_INTERRUPTED, EXIT_OK, BatchError, JobsFileError, Problem
+from safeagents_batch.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BatchError,
+    JobsFileError,
+    Problem,
+)
 from safeagents_batch.images import image_spec
 from safeagents_batch.jobsfile import load_jobs_file
 from safeagents_batch.model import JobsFile
@@ -28,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchError as exc:
         print(_error_text(exc), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. a script or requirements file unreadable after validation
+        print(f"safeagents-batch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("safeagents-batch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -32,10 +32,11 @@ class Progress(Protocol):
 class LineProgress:
     """One line per finished run: for logs, CI and pipes."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = total
         self.done = 0
-        self.stream = stream
+        # Looked up now, not at import: sys.stdout may have been replaced since (redirects).
+        self.stream = stream if stream is not None else sys.stdout
 
     def finished(self, record: RunRecord) -> None:
         self.done += 1
@@ -52,8 +53,9 @@ class LineProgress:
 class BarProgress:
     """A tqdm bar with running counts, for an interactive terminal."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.bar = tqdm(total=total, unit="run", file=stream, dynamic_ncols=True)
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.bar = tqdm(total=total, unit="run", file=stream if stream is not None else sys.stderr,
+                        dynamic_ncols=True)
         self.counts: Counter[str] = Counter()
 
     def finished(self, record: RunRecord) -> None:

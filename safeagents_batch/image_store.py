@@ -36,7 +36,8 @@ class ImageStore:
     """Ensures images by tag. Thread-safe: concurrent asks for one tag share one build, and an
     outcome (also a failure) is remembered for the life of the store."""
 
-    def __init__(self, client: docker.DockerClient, log_dir: Path, *, rebuild: bool = False) -> None:
+    def __init__(self, client: docker.DockerClient, log_dir: Path, *,
+                 rebuild: bool = False) -> None:
         self.client = client
         self.log_dir = log_dir
         self.rebuild = rebuild

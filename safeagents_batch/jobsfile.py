@@ -53,7 +53,7 @@ def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
         doc = load_marked(text)
     except YamlSyntaxError as exc:
         where = Location(label, exc.position.line + 1, exc.position.column + 1)
-        raise JobsFileError([Problem(where, "(syntax)", str(exc))]) from None
+        raise JobsFileError([Problem(where, "(syntax)", _printable(str(exc)))]) from None
     checker = _Checker(doc, label, path.absolute().parent)
     checker.problems.extend(doc.problems)
     if doc.data is None:
@@ -68,11 +68,24 @@ def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
 
 def _read_text(path: Path, label: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
         raise JobsFileError([Problem(Location(label, 1, 1), "(file)", f"cannot read: {reason}")]
                             ) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobsFileError([_not_utf8(raw, exc, label)]) from None
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError, label: str) -> Problem:
+    """Locate the first undecodable byte, so that a stray byte in a long file can be found."""
+    line_start = raw.rfind(b"\n", 0, exc.start) + 1
+    column = len(raw[line_start:exc.start].decode("utf-8", "replace")) + 1
+    where = Location(label, raw.count(b"\n", 0, exc.start) + 1, column)
+    return Problem(where, "(file)", f"cannot read: not UTF-8 text ({exc.reason}: byte "
+                                    f"0x{raw[exc.start]:02x})")
 
 
 @dataclass
@@ -120,7 +133,7 @@ class _Checker:
         # A framework defined with a fault is still defined: its jobs get no "unknown" error,
         # and its image no second one; the schema has reported the fault.
         defined = set(data["frameworks"]) if isinstance(data.get("frameworks"), dict) else set()
-        jobs = [self._job(i, raw, defaults, defined | set(settings), patterns)
+        jobs = [self._job(i, raw, defaults, defined, patterns)
                 for i, raw in enumerate(data["jobs"]) if isinstance(raw, dict)]
         used = {j.framework for j in jobs if j is not None} - (defined - set(settings))
         images = self._images(settings, used, str(data.get("image_name", DEFAULT_IMAGE_NAME)))

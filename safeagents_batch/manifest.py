@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -158,7 +158,10 @@ def load_manifest(batch_dir: Path) -> Manifest:
 
 def write_json_atomically(path: Path, data: Any) -> None:
     """Temp file in the same directory + fsync + os.replace: readers see old or new, never half."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its 0600 would make the manifest the one file of the batch dir that others
+    # cannot read. O_EXCL with a random name is as safe, and the umask applies as for logs.
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)

@@ -32,6 +32,7 @@ from safeagents_batch.manifest import (
 )
 from safeagents_batch.model import JobsFile
 from safeagents_batch.plan import RunSpec, expand
+from safeagents_batch.redaction import REDACTED
 
 INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
 
@@ -73,6 +74,7 @@ def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoic
         selected = [s for s in specs if choice.wants(manifest.runs[s.run_id].status)]
         selected = select_runs(selected, options.only) if selected and options.only else selected
         check_passthrough(selected, os.environ)
+        _check_secrets_kept(selected, jobs_path)
         envs = {s.run_id: resolve_env(s, os.environ) for s in selected}
         store.manifest.state, store.manifest.finished_at = "running", None
         store.save()
@@ -81,6 +83,17 @@ def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoic
         runner = BatchRunner(client, store, batch_dir, selected, envs, options)
         return runner.execute([s.run_id for s in selected],
                               workers=options.workers or jobs_file.workers)
+
+
+def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:
+    """The batch's snapshot holds "<redacted>" where the jobs file had a literal secret value:
+    a rerun with that text in its place would quietly run something else."""
+    redacted = sorted({f"jobs[{s.job.index}].env.{name}" for s in specs
+                       for name, value in s.literal_env.items() if value == REDACTED})
+    if redacted:
+        raise UsageError(f"{jobs_path} has redacted secret values ({', '.join(redacted)}): a "
+                         "batch dir keeps no literal secrets; rerun with --jobs <the original "
+                         "jobs file>, or move them to env_passthrough or env_file")
 
 
 def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> None:

@@ -16,7 +16,9 @@ import shutil
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict
 
@@ -79,7 +81,6 @@ class DockerRunner:
         self.build_log: Path | None = None
         self.image_tag: str | None = None
         self._config: ImageConfig | None = None
-        self._client: docker.DockerClient | None = None
 
     # -- prepare -----------------------------------------------------------------------------
 
@@ -120,9 +121,10 @@ class DockerRunner:
             return "preparing the build folder failed (see the log)"
         assert self._config is not None  # set by a successful prepare_environment
         try:
-            # A fresh store each time: the store remembers failures, and a retry must retry.
-            store = ImageStore(self._engine(), self.build_folder / BUILD_LOGS, rebuild=no_cache)
-            outcome = store.ensure(image_spec(self._config))
+            with _engine() as client:
+                # A fresh store each time: it remembers failures, and a retry must retry.
+                store = ImageStore(client, self.build_folder / BUILD_LOGS, rebuild=no_cache)
+                outcome = store.ensure(image_spec(self._config))
         except _ENGINE_ERRORS as exc:
             return _log_failure(f"Docker engine unavailable: {_one_line(exc)}")
         self.build_log = outcome.build_log
@@ -131,12 +133,6 @@ class DockerRunner:
         logger.info("image %s %s", outcome.tag, outcome.status)
         self.image_tag = outcome.tag
         return None
-
-    def _engine(self) -> docker.DockerClient:
-        # Created on first use: constructing a runner must work without an engine.
-        if self._client is None:
-            self._client = docker.from_env(timeout=120)
-        return self._client
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -166,10 +162,22 @@ class DockerRunner:
             script=script, log_dir=log_dir, env=dict(environment_vars or {}), timeout=timeout,
             azure_dir=_azure_dir() if bind_azure_folder else None)
         try:
-            result = _run_interruptibly(DockerBackend(self._engine()), request)
+            with _engine() as client:
+                result = _run_interruptibly(DockerBackend(client), request)
         except _ENGINE_ERRORS as exc:
             return _not_run(run_id, log_dir, f"Docker engine unavailable: {_one_line(exc)}")
         return _script_result(run_id, log_dir, result)
+
+
+@contextmanager
+def _engine() -> Iterator[docker.DockerClient]:
+    """A client per operation: a runner holds no connection between calls (and constructing
+    one works without an engine), so there is nothing for the user to close."""
+    client = docker.from_env(timeout=120)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def new_run_id(script: Path) -> str:

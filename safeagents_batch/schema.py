@@ -44,8 +44,14 @@ def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
-                                          {"pattern": _ecma_pattern})
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 2.0 as an integer; the records need a Python int (`range(repeat)`)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
 
 
 @cache

@@ -93,6 +93,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!", 1)
+
+
 class _Walker:
     """Turns a node tree into data, recording positions; refuses cycles and alias bombs."""
 
@@ -110,10 +114,11 @@ class _Walker:
                                        problem_mark=node.start_mark)
         self.doc.values[path] = Position(node.start_mark.line, node.start_mark.column)
         if isinstance(node, yaml.ScalarNode):
-            return self.loader.construct_object(node, deep=True)
+            return self._scalar(node)
         if node.tag not in self.loader.yaml_constructors:  # e.g. !!python/object/apply on a list
             raise yaml.constructor.ConstructorError(
-                None, None, f"could not determine a constructor for the tag {node.tag!r}",
+                None, None, f"could not determine a constructor for the tag "
+                            f"{_short_tag(node.tag)!r}",
                 node.start_mark)
         if id(node) in self.on_stack:
             raise yaml.MarkedYAMLError(problem="recursive alias", problem_mark=node.start_mark)
@@ -154,9 +159,21 @@ class _Walker:
                 id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
         return self.explicit_keys[id(node)]
 
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # PyYAML's scalar constructors trust the resolver's regexes; an explicit tag skips
+            # them (`!!int fuzz`, `!!timestamp x`, `!!bool maybe`) and they fail with bare errors.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r} as {_short_tag(node.tag)}: {exc}",
+                node.start_mark
+            ) from None
+
     def _key(self, key_node: yaml.Node, path: KeyPath, where: Position) -> str | None:
-        key = self.loader.construct_object(key_node, deep=True) if isinstance(
-            key_node, yaml.ScalarNode) else None
+        key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
         if isinstance(key, str):
             return key
         shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"

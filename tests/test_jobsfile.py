@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Project
 
 from safeagents_batch.errors import JobsFileError
 from safeagents_batch.jobsfile import load_jobs_file, parse_memory
 from safeagents_batch.model import DEFAULT_TIMEOUT, JobsFile
-from conftest import Project
 
 LABEL = "jobs.yaml"
 
@@ -158,6 +158,33 @@ def test_schema_minimum_errors(project: Project) -> None:
     ]
 
 
+@pytest.mark.parametrize("value", ["2.0", "!!float 2", "1.0e+1"])
+def test_float_is_not_an_integer(project: Project, value: str) -> None:
+    path = project.jobs(f"""
+        version: 1
+        jobs:
+          - name: a
+            framework: langgraph
+            scripts: scripts/a.py
+            repeat: {value}
+    """)
+    assert one_error(path).startswith(f"{LABEL}:6:13: jobs[0].repeat: ")
+    assert one_error(path).endswith(" is not of type 'integer'")
+
+
+def test_bad_framework_name_points_at_the_name(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        frameworks:
+          langgraph: {}
+          My_FW: {packages: [x]}
+        jobs:
+          - {name: a, framework: langgraph, scripts: scripts/a.py}
+    """)
+    assert one_error(path).startswith(f"{LABEL}:4:3: frameworks.My_FW: 'My_FW' is not allowed "
+                                      "here: must match ")
+
+
 def test_env_number_value_says_quote_it(project: Project) -> None:
     path = project.jobs("""
         version: 1
@@ -294,7 +321,8 @@ def test_duplicate_job_names(project: Project) -> None:
           - name: b
           - name: a
     """)
-    assert one_error(path) == f"{LABEL}:8:11: jobs[2].name: duplicate job name 'a' (first at jobs[0])"
+    assert one_error(path) == (
+        f"{LABEL}:8:11: jobs[2].name: duplicate job name 'a' (first at jobs[0])")
 
 
 def test_duplicate_yaml_keys(project: Project) -> None:
@@ -625,6 +653,9 @@ def test_tab_indentation_is_a_located_syntax_error(project: Project) -> None:
     ("version: 1\njobs: !!python/object:os.system\n  - name: a\n", "could not determine"),
     ("a: *nowhere\n", "found undefined alias 'nowhere'"),
     ("a: &x [*x]\n", "recursive alias"),
+    ("version: !!int one\n", "cannot read 'one' as !!int: invalid literal"),
+    ("version: !!timestamp soon\n", "cannot read 'soon' as !!timestamp"),
+    ("? !!float ''\n: 1\n", "cannot read '' as !!float"),
 ])
 def test_unsafe_or_broken_yaml_is_a_syntax_error(project: Project, text: str,
                                                  message: str) -> None:
@@ -657,11 +688,11 @@ def test_empty_file(project: Project, text: str, where: str) -> None:
         f"{LABEL}:{where}: (top): the file is empty; it needs at least `version: 1` and `jobs:`")
 
 
-def test_non_utf8_file(project: Project) -> None:
+def test_non_utf8_file_points_at_the_first_bad_byte(project: Project) -> None:
     path = project.root / "jobs.yaml"
-    path.write_bytes(b"version: 1\njobs: \xff\xfe\n")
-    error = one_error(path)
-    assert error.startswith(f"{LABEL}:1:1: (file): cannot read: ") and "utf-8" in error
+    path.write_bytes("version: 1\njobs: é".encode() + b"\xff\xfe\n")
+    assert one_error(path) == (f"{LABEL}:2:8: (file): cannot read: not UTF-8 text "
+                               "(invalid start byte: byte 0xff)")
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])

@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 
@@ -27,6 +29,7 @@ from safeagents_batch.manifest import now_iso
 POLL_SECONDS = 0.2
 FLUSH_SECONDS = 0.5
 DRAIN_SECONDS = 30
+_SET_ID = stat.S_ISUID | stat.S_ISGID
 
 
 class DockerBackend:
@@ -56,7 +59,7 @@ class DockerBackend:
         resources = request.resources
         container: Container = self.client.containers.create(
             image=request.image,
-            command=["python", f"{CODE_DIR}/{request.script.name}"],
+            command=["python", f"{CODE_DIR}/{real_script(request).name}"],
             name=f"sab-{request.run_id[:80]}-{secrets.token_hex(3)}",
             working_dir=CODE_DIR,
             environment=request.env,
@@ -66,7 +69,8 @@ class DockerBackend:
             network_mode=request.network,
             init=request.hardening.init,
             cap_drop=["ALL"] if request.hardening.drop_capabilities else None,
-            security_opt=["no-new-privileges:true"] if request.hardening.no_new_privileges else None,
+            security_opt=["no-new-privileges:true"] if request.hardening.no_new_privileges
+            else None,
             pids_limit=resources.pids,
             mem_limit=resources.memory,
             memswap_limit=resources.memory,  # no swap beyond the memory limit
@@ -89,7 +93,8 @@ class DockerBackend:
             stopped_by = self._watch(container, pump, request.timeout, cancel)
             pump.join(DRAIN_SECONDS)
             state = self._final_state(container)
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            # RequestException: the engine did not answer in time (e.g. the wait above).
             return RunResult("error", None, started, now_iso(), _reason("engine", exc))
         return _result(state, stopped_by, pump.error, started)
 
@@ -105,6 +110,10 @@ class DockerBackend:
             if deadline is not None and time.monotonic() >= deadline:
                 kill_container(self.client, container.id)
                 return "timed_out"
+        if pump.error is not None:
+            # Its output can no longer be recorded (disk full, ...) and nothing would watch the
+            # timeout any more: the run is an error either way, so it must not go on unseen.
+            kill_container(self.client, container.id)
         return None
 
     def _final_state(self, container: Container) -> dict[str, Any]:
@@ -183,9 +192,27 @@ def _log_dir_open_to_container(request: RunRequest) -> Iterator[None]:
     try:
         yield
     finally:
+        defuse(request.log_dir)
         if opened:
             request.log_dir.chmod(0o755)
             give_back_to_invoker(request.log_dir)
+
+
+def defuse(directory: Path) -> None:
+    """The log dir is a host path the script writes: root in a relaxed container can leave a
+    setuid-root executable or a device node there, real on the host. Clear set-id bits and
+    remove device nodes once the container is gone; what cannot be changed is removed."""
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+                os.unlink(path)
+            elif mode & _SET_ID and not stat.S_ISLNK(mode):
+                try:
+                    os.chmod(path, stat.S_IMODE(mode) & ~_SET_ID)
+                except PermissionError:  # another owner's file (root's, when we are not root)
+                    os.unlink(path)
 
 
 def give_back_to_invoker(directory: Path) -> None:
@@ -195,9 +222,15 @@ def give_back_to_invoker(directory: Path) -> None:
             os.lchown(os.path.join(root, name), uid, gid)
 
 
+def real_script(request: RunRequest) -> Path:
+    """The script with symlinks resolved: a link's target is outside the mounted dir of the
+    link. Its dir is mounted, as Python itself puts the real dir first on sys.path."""
+    return request.script.resolve()
+
+
 def _mounts(request: RunRequest) -> list[Mount]:
     mounts = [
-        Mount(CODE_DIR, str(request.script.parent.resolve()), type="bind", read_only=True),
+        Mount(CODE_DIR, str(real_script(request).parent), type="bind", read_only=True),
         Mount(LOGS_DIR, str(request.log_dir.resolve()), type="bind", read_only=False),
     ]
     if request.azure_dir is not None:
@@ -239,6 +272,6 @@ def remove_container(client: docker.DockerClient, container_id: str) -> None:
             raise
 
 
-def _reason(stage: str, exc: docker.errors.DockerException) -> str:
+def _reason(stage: str, exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return f"engine error ({stage}): {text[:500]}"
