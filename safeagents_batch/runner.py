@@ -126,12 +126,13 @@ class DockerRunner:
                 store = ImageStore(client, self.build_folder / BUILD_LOGS, rebuild=no_cache)
                 outcome = store.ensure(image_spec(self._config))
         except _ENGINE_ERRORS as exc:
-            return _log_failure(f"Docker engine unavailable: {_one_line(exc)}")
-        self.build_log = outcome.build_log
+            return _log_failure(_engine_failure(exc))
+        if outcome.build_log is not None:  # a cached image has none: keep the last build's
+            self.build_log = outcome.build_log
+        self.image_tag = outcome.tag if outcome.ok else None
         if not outcome.ok:
             return _log_failure(outcome.error or "image build failed")
         logger.info("image %s %s", outcome.tag, outcome.status)
-        self.image_tag = outcome.tag
         return None
 
     # -- run ---------------------------------------------------------------------------------
@@ -151,22 +152,28 @@ class DockerRunner:
         log_dir = self.log_output_dir / run_id
         if not script.is_file():
             return _not_run(run_id, log_dir, f"script not found: {script}")
-        if self.image_tag is None:
-            reason = self._ensure_image()
-            if reason is not None:
-                return _not_run(run_id, log_dir, reason)
-        assert self.image_tag is not None
+        # Ensured on every run, not only once: a found tag costs one API call, and the image
+        # may have been removed since (`safeagents-batch clean --images`).
+        reason = self._ensure_image()
+        if reason is not None:
+            return _not_run(run_id, log_dir, reason)
         _warn_if_unreadable_in_container(script)
-        request = RunRequest(
-            run_id=run_id, batch_id=RUNNER_BATCH_ID, attempt=1, image=self.image_tag,
-            script=script, log_dir=log_dir, env=dict(environment_vars or {}), timeout=timeout,
-            azure_dir=_azure_dir() if bind_azure_folder else None)
+        request = self._request(run_id, script, dict(environment_vars or {}), timeout,
+                                bind_azure_folder)
         try:
             with _engine() as client:
                 result = _run_interruptibly(DockerBackend(client), request)
         except _ENGINE_ERRORS as exc:
-            return _not_run(run_id, log_dir, f"Docker engine unavailable: {_one_line(exc)}")
+            return _not_run(run_id, log_dir, _engine_failure(exc))
         return _script_result(run_id, log_dir, result)
+
+    def _request(self, run_id: str, script: Path, env: dict[str, str], timeout: int | None,
+                 bind_azure_folder: bool) -> RunRequest:
+        assert self.image_tag is not None  # run_script ensured the image first
+        return RunRequest(
+            run_id=run_id, batch_id=RUNNER_BATCH_ID, attempt=1, image=self.image_tag,
+            script=script, log_dir=self.log_output_dir / run_id, env=env, timeout=timeout,
+            azure_dir=_azure_dir() if bind_azure_folder else None)
 
 
 @contextmanager
@@ -273,6 +280,12 @@ def _read_log(path: Path) -> str:
 def _log_failure(reason: str) -> str:
     logger.error("%s", reason)
     return reason
+
+
+def _engine_failure(exc: BaseException) -> str:
+    if isinstance(exc, (docker.errors.DockerException, requests.RequestException)):
+        return f"Docker engine unavailable: {_one_line(exc)}"
+    return f"cannot prepare the run: {_one_line(exc)}"  # a local file system problem
 
 
 def _one_line(exc: BaseException) -> str:
