@@ -27,7 +27,6 @@ from safeagents_batch.images import CODE_DIR, CONTAINER_HOME, CONTAINER_UID, LOG
 from safeagents_batch.manifest import now_iso
 
 POLL_SECONDS = 0.2
-FLUSH_SECONDS = 0.5
 DRAIN_SECONDS = 30
 _SET_ID = stat.S_ISUID | stat.S_ISGID
 
@@ -41,6 +40,9 @@ class DockerBackend:
     def run(self, request: RunRequest, cancel: threading.Event) -> RunResult:
         started = now_iso()
         request.log_dir.mkdir(parents=True, exist_ok=True)
+        unreadable = unreadable_by_container(request)
+        if unreadable is not None:
+            return RunResult("error", None, started, now_iso(), unreadable)
         with _log_dir_open_to_container(request):
             try:
                 container = self._create(request)
@@ -92,6 +94,7 @@ class DockerBackend:
             container.start()
             stopped_by = self._watch(container, pump, request.timeout, cancel)
             pump.join(DRAIN_SECONDS)
+            stream.close()  # free the socket now, not at garbage collection
             state = self._final_state(container)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             # RequestException: the engine did not answer in time (e.g. the wait above).
@@ -116,19 +119,27 @@ class DockerBackend:
             kill_container(self.client, container.id)
         return None
 
-    def _final_state(self, container: Container) -> dict[str, Any]:
-        self.client.api.wait(container.id, timeout=DRAIN_SECONDS)
-        state: dict[str, Any] = self.client.api.inspect_container(container.id)["State"]
-        return state
+    def _final_state(self, container: Container) -> dict[str, Any] | None:
+        """How the container ended; None when someone else removed it (`docker rm -f`, which
+        kills it first: its exit code says nothing about the script)."""
+        try:
+            self.client.api.wait(container.id, timeout=DRAIN_SECONDS)
+            state: dict[str, Any] = self.client.api.inspect_container(container.id)["State"]
+        except docker.errors.NotFound:
+            return None
+        return None if state.get("Status") in ("removing", "dead") else state
 
 
-def _result(state: dict[str, Any], stopped_by: str | None, pump_error: str | None,
+def _result(state: dict[str, Any] | None, stopped_by: str | None, pump_error: str | None,
             started: str) -> RunResult:
     ended = now_iso()
     if stopped_by == "timed_out":
         return RunResult("timed_out", None, started, ended, "killed after the timeout")
     if stopped_by == "cancelled":
         return RunResult("cancelled", None, started, ended, "cancelled by the user")
+    if state is None:
+        return RunResult("error", None, started, ended,
+                         "the container was removed by someone else while it ran")
     exit_code = int(state.get("ExitCode", -1))
     if state.get("OOMKilled"):
         return RunResult("failed", exit_code, started, ended, "oom_killed")
@@ -152,16 +163,15 @@ class LogPump(threading.Thread):
     def run(self) -> None:
         try:
             with _log_files(self.log_dir) as (out, err, console):
-                last_flush = time.monotonic()
                 for stdout_chunk, stderr_chunk in self.stream:
                     for chunk, target in ((stdout_chunk, out), (stderr_chunk, err)):
                         if chunk:
                             target.write(chunk)
                             console.write(chunk)
-                    if time.monotonic() - last_flush > FLUSH_SECONDS:
-                        for handle in (out, err, console):
-                            handle.flush()
-                        last_flush = time.monotonic()
+                            # Now, not later: the next chunk may be minutes away, and until
+                            # then the files must show what the script said (tail -f, a crash).
+                            target.flush()
+                            console.flush()
         except Exception as exc:  # reported as the run's error; the thread must not die silently
             self.error = f"{type(exc).__name__}: {exc}"
 
@@ -180,6 +190,17 @@ def container_user(request: RunRequest) -> str:
     if os.getuid() == 0:
         return f"{CONTAINER_UID}:{CONTAINER_UID}"
     return f"{os.getuid()}:{os.getgid()}"
+
+
+def unreadable_by_container(request: RunRequest) -> str | None:
+    """As root we run the container as another uid, which sees the script through its
+    permission bits for "others" only: say so plainly instead of a Python traceback."""
+    if os.getuid() == 0 and container_user(request) != "0:0":
+        script, directory = request.script.resolve(), request.script.resolve().parent
+        if not (script.stat().st_mode & 0o004 and directory.stat().st_mode & 0o005 == 0o005):
+            return (f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
+                    f"chmod o+r it and o+rx its directory, or set hardening.non_root: false")
+    return None
 
 
 @contextmanager
