@@ -184,12 +184,21 @@ class BatchRunner:
         try:
             return self._run_one(self.by_id[run_id], cancel)
         except Exception as exc:
-            record = self.store.run(run_id)
-            attempt = Attempt(len(record.attempts) + 1, "error", record.log_dir or "",
-                              now_iso(), now_iso(), 0.0, None,
-                              f"internal error: {type(exc).__name__}: {exc}")
-            self.store.record_attempt(run_id, attempt)
+            self._record_internal_error(run_id, f"internal error: {type(exc).__name__}: {exc}")
             return self.store.run(run_id)
+
+    def _record_internal_error(self, run_id: str, reason: str) -> None:
+        """Closes the attempt left `running` (or adds one), so no attempt stays running."""
+        record = self.store.run(run_id)
+        last = record.attempts[-1] if record.attempts else None
+        ended = now_iso()
+        if last is not None and last.status == "running":
+            attempt = replace(last, status="error", ended_at=ended, error=reason,
+                              duration_seconds=seconds_between(last.started_at, ended))
+        else:
+            attempt = Attempt(len(record.attempts) + 1, "error", record.log_dir or "",
+                              ended, ended, 0.0, None, reason)
+        self.store.record_attempt(run_id, attempt)
 
     def _run_one(self, spec: RunSpec, cancel: threading.Event) -> RunRecord:
         if cancel.is_set():

@@ -52,7 +52,9 @@ class BatchLock:
 
 def batch_containers(client: docker.DockerClient, batch_id: str | None = None) -> list[str]:
     """Ids of containers the tool created (of one batch, when given), running or not."""
-    label = f"{LABEL_PREFIX}.batch={batch_id}" if batch_id else f"{LABEL_PREFIX}.managed=true"
+    # By the batch label, which only our backend sets: image labels (`managed`) are copied onto
+    # every container made from our images, also ones a user starts by hand.
+    label = f"{LABEL_PREFIX}.batch={batch_id}" if batch_id else f"{LABEL_PREFIX}.batch"
     return [c["Id"] for c in client.api.containers(all=True, filters={"label": label})]
 
 

@@ -27,7 +27,9 @@ class Leftover:
 def leftover_containers(client: docker.DockerClient) -> list[Leftover]:
     """Every labelled container; one whose orchestrator still runs here is kept."""
     found = []
-    for info in client.api.containers(all=True, filters={"label": MANAGED}):
+    # The batch label only our backend sets; `managed` also reaches containers users start from
+    # our images (Docker copies image labels onto containers).
+    for info in client.api.containers(all=True, filters={"label": f"{LABEL_PREFIX}.batch"}):
         labels: dict[str, str] = info.get("Labels") or {}
         name = (info.get("Names") or ["/" + info["Id"][:12]])[0].lstrip("/")
         pid = labels.get(f"{LABEL_PREFIX}.pid", "")

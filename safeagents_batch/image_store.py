@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import docker
 import docker.errors
+import requests
 
 from safeagents_batch import __version__
 from safeagents_batch.images import ImageSpec, write_build_context
@@ -91,7 +92,7 @@ class ImageStore:
                 error = _write_chunk(chunk, log)
                 if error:
                     return error
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             log.write(f"\nERROR: {exc}\n")
             return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None

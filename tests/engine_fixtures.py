@@ -6,6 +6,8 @@ scripts/provision-docker before running the suite.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import docker.errors
 import pytest
 import requests
 
-from safeagents_batch.batchdir import batch_containers
 from safeagents_batch.backends.docker import remove_container
+from safeagents_batch.batchdir import batch_containers
+from safeagents_batch.image_store import LABEL_PREFIX
 
 # A framework with no packages: its image builds in about a second from the base image.
 PLAIN_FRAMEWORK_YAML = "frameworks:\n  plain: {packages: []}\n"
@@ -33,14 +36,28 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture
-def engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
-    """The engine, plus a check that the test left no container of the tool behind."""
-    before = set(batch_containers(docker_client))
+def engine(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[docker.DockerClient]:
+    """The engine, plus a check that the test left no container of the tool behind.
+
+    Only the test's own containers count: those this process created (`pid` and `host`
+    labels) and those of batches under the test's tmp_path (a CLI child process). Other
+    sessions on the same engine, or a real batch, may start containers meanwhile; they are
+    neither reported nor removed.
+    """
+    before = set(_own_containers(docker_client, tmp_path))
     yield docker_client
-    leaked = set(batch_containers(docker_client)) - before
+    leaked = set(_own_containers(docker_client, tmp_path)) - before
     for container_id in leaked:
         remove_container(docker_client, container_id)
     assert not leaked, f"test leaked {len(leaked)} labelled container(s)"
+
+
+def _own_containers(client: docker.DockerClient, tmp_path: Path) -> list[str]:
+    mine = [f"{LABEL_PREFIX}.pid={os.getpid()}", f"{LABEL_PREFIX}.host={socket.gethostname()}"]
+    found = [c["Id"] for c in client.api.containers(all=True, filters={"label": mine})]
+    for manifest in tmp_path.rglob("manifest.json"):  # a batch dir is named by its batch id
+        found += batch_containers(client, manifest.parent.name)
+    return found
 
 
 def write_project(root: Path, jobs_yaml: str, scripts: dict[str, str]) -> Path:

@@ -7,6 +7,7 @@ to the test and are removed at its end; the built-in openai-agents image is kept
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ import pytest
 from engine_fixtures import docker_client, engine, write_project  # noqa: F401
 
 from safeagents_batch import cli
+from safeagents_batch.backends import docker as docker_backend
 from safeagents_batch.batchdir import batch_containers
 from safeagents_batch.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK, EXIT_RUNS_FAILED
 
@@ -92,7 +94,7 @@ MIXED_SCRIPTS = {
         "(logs / 'artifacts').mkdir()\n"
         "(logs / 'artifacts' / 'result.txt').write_text(os.environ.get('X', 'none'))\n"
         "print('ok', os.environ.get('X', ''))\n"),
-    "scripts/uses_helper.py": "import helper\nprint(helper.NAME)\n",
+    "scripts/uses_helper.py": "from helpers import helper\nprint(helper.NAME)\n",
     "scripts/exit3.py": "print('about to fail', flush=True)\nraise SystemExit(3)\n",
     "scripts/stderr_writer.py": (
         "import sys\n"
@@ -171,6 +173,9 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
     uid = os.getuid()
     not_ours = [str(p) for p in [batch_dir, *batch_dir.rglob("*")] if p.lstat().st_uid != uid]
     assert not_ours == []
+    # The manifest is as readable as the logs and the jobs snapshot next to it.
+    mode = (batch_dir / "jobs.yaml").stat().st_mode & 0o777
+    assert (batch_dir / "manifest.json").stat().st_mode & 0o777 == mode
 
 
 # -- 2. image cache: nothing rebuilt, then only the changed image -------------------------------
@@ -179,7 +184,8 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
 def test_second_run_builds_nothing_and_a_changed_framework_rebuilds_alone(
         engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
         capsys: pytest.CaptureFixture[str]) -> None:
-    scripts = {**MIXED_SCRIPTS, "scripts/uses_six.py": "import six\nprint('six', six.__version__)\n"}
+    scripts = {**MIXED_SCRIPTS,
+               "scripts/uses_six.py": "import six\nprint('six', six.__version__)\n"}
     jobs = write_project(tmp_path / "proj", mixed_jobs_yaml(image_name), scripts)
 
     def run(output: str) -> tuple[Path, dict[str, Any]]:
@@ -251,6 +257,8 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
     # Build first, so that the measurement covers the run alone.
     assert run_cli(["build", str(jobs)], capsys)[0] == EXIT_OK
 
+    # Resets VmHWM to the current RSS (Linux >= 4.0), so the HWM after covers this run alone.
+    Path("/proc/self/clear_refs").write_text("5")
     before_kib = _rss_kib("VmRSS")
     sampler = RssSampler()
     sampler.start()
@@ -261,9 +269,9 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
         sampler.stop.set()
         sampler.join()
     growth_mib = (sampler.peak_kib - before_kib) / 1024
-    print(f"\nRSS before {before_kib / 1024:.1f} MiB, peak during run "
-          f"{sampler.peak_kib / 1024:.1f} MiB, growth {growth_mib:.1f} MiB; "
-          f"VmHWM {_rss_kib('VmHWM') / 1024:.1f} MiB")
+    hwm_growth_mib = (_rss_kib("VmHWM") - before_kib) / 1024
+    print(f"\nRSS before {before_kib / 1024:.1f} MiB, sampled peak {sampler.peak_kib / 1024:.1f} "
+          f"MiB (+{growth_mib:.1f}), VmHWM +{hwm_growth_mib:.1f} MiB")
 
     assert code == EXIT_OK, stdout
     batch_dir = only_batch_dir(tmp_path / "out")
@@ -273,6 +281,7 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
     assert (log_dir / "console.log").stat().st_size == megabytes * MIB
     assert (log_dir / "stderr.log").stat().st_size == 0
     assert growth_mib < 200, f"orchestrator RSS grew by {growth_mib:.0f} MiB"
+    assert hwm_growth_mib < 200, f"orchestrator peak RSS grew by {hwm_growth_mib:.0f} MiB"
 
 
 # -- 4. a real framework image from PyPI --------------------------------------------------------
@@ -417,3 +426,80 @@ def test_concurrent_runs_share_one_build(
     tagged = [e for e in events if e.get("Actor", {}).get("Attributes", {}).get("name")
               == image["tag"]]
     assert len(tagged) == 1, tagged
+
+
+# -- found on the way: a log file that cannot be written ----------------------------------------
+
+@pytest.mark.docker
+def test_unwritable_log_ends_the_run_as_an_error_and_removes_its_container(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """stdout.log on a full disk (/dev/full: every write fails with ENOSPC) while the script
+    keeps running: the run is an `error` naming the cause, its container is gone, and the
+    attempt keeps its log dir; not an internal error after the engine's wait times out."""
+    real_log_files = docker_backend._log_files
+
+    @contextlib.contextmanager
+    def full_stdout(log_dir: Path) -> Iterator[tuple[Any, Any, Any]]:
+        with real_log_files(log_dir) as (_, err, console), open("/dev/full", "wb") as full:
+            yield full, err, console
+
+    monkeypatch.setattr(docker_backend, "_log_files", full_stdout)
+    script = "import time\nprint('x' * 100_000, flush=True)\ntime.sleep(600)\n"
+    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+                 "jobs:\n  - {name: full, framework: plain, scripts: talk.py, timeout: 900}\n")
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"talk.py": script})
+
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"],
+                              capsys)
+
+    assert code == EXIT_RUNS_FAILED, stdout
+    manifest = load_valid_manifest(only_batch_dir(tmp_path / "out"))
+    run = runs_by_id(manifest)["full-talk"]
+    assert run["status"] == "error"
+    assert "No space left on device" in run["error"]
+    assert "internal error" not in run["error"]
+    assert Path(run["log_dir"]).is_dir()
+    assert batch_containers(engine, manifest["batch_id"]) == []
+
+
+# -- found on the way: output reaches the log files while the script still runs ---------------
+
+@pytest.mark.docker
+def test_output_is_in_the_log_files_while_the_script_is_quiet(
+        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A script prints one line on each stream, then stays quiet while a file exists in its
+    code dir (a bind mount: the test deletes it on the host). Both lines must be in the log
+    files meanwhile (`tail -f`, and an orchestrator killed now must not lose them)."""
+    script = ("import os, sys, time\nprint('first out line', flush=True)\n"
+              "print('first err line', file=sys.stderr, flush=True)\n"
+              "while os.path.exists('/safeagents/code/hold'):\n    time.sleep(0.1)\n")
+    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+                 "jobs:\n  - {name: quiet, framework: plain, scripts: quiet.py, timeout: 300}\n")
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"quiet.py": script, "hold": ""})
+    out_dir = tmp_path / "out"
+    outcome: list[int] = []
+    batch = threading.Thread(target=lambda: outcome.append(cli.main(
+        ["run", str(jobs), "-o", str(out_dir), "--no-progress"])))
+    batch.start()
+
+    def logged(name: str, text: str) -> bool:
+        return any(text in p.read_text() for p in out_dir.glob(f"*/runs/*/*/{name}"))
+
+    try:
+        seen = False
+        for _ in range(600):  # an upper bound for a hang (60 s), not a timing assertion
+            seen = logged("stdout.log", "first out line") and logged("stderr.log",
+                                                                     "first err line")
+            if seen or not batch.is_alive():
+                break
+            time.sleep(0.1)
+        still_running = batch.is_alive()
+    finally:
+        (tmp_path / "proj" / "hold").unlink()
+        batch.join(120)
+    capsys.readouterr()
+    assert still_running, "the script ended before the test released it"
+    assert seen, "output written by a running script is not in its log files"
+    assert outcome == [EXIT_OK]

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -94,7 +94,8 @@ class DockerBackend:
             container.start()
             stopped_by = self._watch(container, pump, request.timeout, cancel)
             pump.join(DRAIN_SECONDS)
-            stream.close()  # free the socket now, not at garbage collection
+            if not pump.is_alive():  # closing under a reading thread would raise in it
+                stream.close()  # free the socket now, not at garbage collection
             state = self._final_state(container)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             # RequestException: the engine did not answer in time (e.g. the wait above).
@@ -178,9 +179,17 @@ class LogPump(threading.Thread):
 
 @contextmanager
 def _log_files(log_dir: Path) -> Iterator[tuple[Any, Any, Any]]:
-    with (log_dir / "stdout.log").open("wb") as out, (log_dir / "stderr.log").open("wb") as err, \
-            (log_dir / "console.log").open("wb") as console:
+    with _open_no_link(log_dir / "stdout.log") as out, \
+            _open_no_link(log_dir / "stderr.log") as err, \
+            _open_no_link(log_dir / "console.log") as console:
         yield out, err, console
+
+
+def _open_no_link(path: Path) -> BinaryIO:
+    """For writing, never through a symlink: the script (and others, while the dir is open to
+    the container) can plant one in the log dir, aimed at a host file we would then overwrite."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
+                     "wb")
 
 
 def container_user(request: RunRequest) -> str:
