@@ -104,12 +104,7 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
     batch_id = new_batch_id(jobs_file.name)
     batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
     batch_dir.mkdir(parents=True)
-    # Both copies lose literal secret values: a batch dir is shared further than a jobs file.
-    patterns = jobs_file.secret_patterns
-    (batch_dir / SNAPSHOT_NAME).write_text(redact_yaml_text(resolved_yaml(jobs_file), patterns),
-                                           encoding="utf-8")
-    (batch_dir / SOURCE_COPY_NAME).write_text(redact_yaml_text(jobs_file.text, patterns),
-                                              encoding="utf-8")
+    write_jobs_copies(batch_dir, jobs_file)
     manifest = Manifest(
         batch_id=batch_id, batch_dir=str(batch_dir), jobs_file=str(jobs_file.path),
         jobs_file_sha256=jobs_file.sha256, created_at=now_iso(),
@@ -120,6 +115,16 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
         runner = BatchRunner(client, store, batch_dir, specs, envs, options)
         return runner.execute([s.run_id for s in specs], workers=options.workers
                               or jobs_file.workers)
+
+
+def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
+    """The resolved snapshot `rerun` reads, and the file as written, into the batch dir."""
+    # Both copies lose literal secret values: a batch dir is shared further than a jobs file.
+    patterns = jobs_file.secret_patterns
+    (batch_dir / SNAPSHOT_NAME).write_text(redact_yaml_text(resolved_yaml(jobs_file), patterns),
+                                           encoding="utf-8")
+    (batch_dir / SOURCE_COPY_NAME).write_text(redact_yaml_text(jobs_file.text, patterns),
+                                              encoding="utf-8")
 
 
 def new_record(spec: RunSpec, jobs_file: JobsFile) -> RunRecord:
@@ -161,6 +166,8 @@ class BatchRunner:
             if tag not in self.store.manifest.images:
                 self.store.set_image(ImageRecord(tag, spec.image.framework, "pending"))
         progress = make_progress(len(run_ids), bar=self.options.progress_bar)
+        # The handlers stay until the manifest is final: a second Ctrl-C during cleanup must
+        # not turn into a KeyboardInterrupt that leaves the batch `running` with no hint.
         with interrupt_handling(self.cancel, self._say_interrupted):
             try:
                 run_pool(run_ids, self.run_one, workers=workers, progress=progress,
@@ -168,11 +175,11 @@ class BatchRunner:
             finally:
                 # Whatever happened, no container of this batch outlives us.
                 remove_batch_containers(self.client, self.store.manifest.batch_id)
-        interrupted = self.cancel.is_set()
-        self.store.finish("interrupted" if interrupted else "finished")
-        if interrupted:
-            print(f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "
-                  f"{self.batch_dir}", file=sys.stderr)
+            interrupted = self.cancel.is_set()
+            self.store.finish("interrupted" if interrupted else "finished")
+            if interrupted:
+                print(f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "
+                      f"{self.batch_dir}", file=sys.stderr)
         return BatchOutcome(self.batch_dir, self.store.manifest.summary(), interrupted)
 
     def _say_interrupted(self) -> None:
@@ -206,6 +213,8 @@ class BatchRunner:
         image = self._ensure_image(spec)
         if image.error is not None:
             return self._mark_not_started(spec.run_id, "error", image.error)
+        if cancel.is_set():  # interrupted while the image was being built
+            return self._mark_not_started(spec.run_id, "cancelled", "cancelled before it started")
         for retry in range(spec.job.retries + 1):
             if retry and cancel.wait(min(MAX_BACKOFF_SECONDS, 2.0 ** retry)):
                 break  # interrupted while backing off

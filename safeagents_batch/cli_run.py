@@ -166,7 +166,8 @@ def _add_rerun(sub: SubParsers) -> None:
                        help="rerun runs with these statuses (default: all but succeeded)")
     which.add_argument("--all", action="store_true", help="rerun every run")
     p.add_argument("--jobs", type=Path, metavar="FILE",
-                   help="use this (edited) jobs file instead of the batch's snapshot")
+                   help="use this (edited) jobs file instead of the batch's snapshot; it "
+                        "becomes the batch's jobs file for later reruns")
     p.add_argument("-j", "--workers", type=_positive_int, metavar="N")
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     _add_progress_flag(p)
@@ -191,6 +192,9 @@ def _add_clean(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
                    help="jobs files whose images are kept")
     p.add_argument("--images", action="store_true", help="also remove unused images")
     p.add_argument("--all", action="store_true", help="with --images: remove all the tool's images")
+    p.add_argument("--image-name", action="append", metavar="NAME", dest="image_names",
+                   help="with --images: only images of this repository (`image_name`); "
+                        "repeatable")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
 
     def command(args: argparse.Namespace) -> int:
@@ -198,8 +202,10 @@ def _add_clean(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
             raise UsageError("clean --images needs the jobs files whose images to keep, or --all")
         keep = set() if args.all else {image_spec(c).tag for f in args.files
                                        for c in needed_images(load_and_expand(f)[1])}
+        repositories = set(args.image_names) if args.image_names else None
         client = connect_engine()
-        items = leftover_containers(client) + (tool_images(client, keep) if args.images else [])
+        images = tool_images(client, keep, repositories) if args.images else []
+        items = leftover_containers(client) + images
         return _clean(client, items, dry_run=args.dry_run)
 
     p.set_defaults(command=command)

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from types import FrameType
 from typing import Protocol, TextIO
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from safeagents_batch.manifest import RunRecord
 
 Task = Callable[[str, threading.Event], RunRecord]
+WAKE_SECONDS = 0.25
 
 
 class Progress(Protocol):
@@ -81,12 +82,17 @@ def run_pool(run_ids: Sequence[str], task: Task, *, workers: int, progress: Prog
     """Runs `task` for every id on `workers` threads; records come back in completion order."""
     records: list[RunRecord] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="run") as pool:
-        futures = [pool.submit(task, run_id, cancel) for run_id in run_ids]
+        pending = {pool.submit(task, run_id, cancel) for run_id in run_ids}
         try:
-            for future in as_completed(futures):
-                record = future.result()
-                records.append(record)
-                progress.finished(record)
+            while pending:
+                # Never block without a timeout: a Python signal handler only runs when the main
+                # thread runs bytecode, and a signal the kernel hands to another thread does not
+                # wake a main thread blocked on a lock; Ctrl-C would wait for the next run to end.
+                done, pending = wait(pending, timeout=WAKE_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record = future.result()
+                    records.append(record)
+                    progress.finished(record)
         except BaseException:
             cancel.set()  # let the other workers wind down before the pool joins them
             raise

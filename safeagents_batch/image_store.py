@@ -116,5 +116,6 @@ def image_labels(spec: ImageSpec) -> dict[str, str]:
         f"{LABEL_PREFIX}.managed": "true",
         f"{LABEL_PREFIX}.framework": spec.config.framework,
         f"{LABEL_PREFIX}.digest": spec.digest,
+        f"{LABEL_PREFIX}.base": spec.config.effective_base_image,
         f"{LABEL_PREFIX}.version": __version__,
     }

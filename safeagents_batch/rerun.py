@@ -18,6 +18,7 @@ from safeagents_batch.batch import (
     new_record,
     resolve_env,
     select_runs,
+    write_jobs_copies,
 )
 from safeagents_batch.batchdir import BatchLock, remove_batch_containers
 from safeagents_batch.errors import UsageError
@@ -70,14 +71,16 @@ def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoic
         specs = expand(jobs_file)
         store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
         _recover_after_crash(client, store)
-        _merge_runs(store, specs, jobs_file)
+        _merge_runs(store.manifest, specs, jobs_file)
         selected = [s for s in specs if choice.wants(manifest.runs[s.run_id].status)]
         selected = select_runs(selected, options.only) if selected and options.only else selected
         check_passthrough(selected, os.environ)
         _check_secrets_kept(selected, jobs_path)
         envs = {s.run_id: resolve_env(s, os.environ) for s in selected}
+        if choice.jobs_file is not None:
+            _adopt_jobs_file(batch_dir, store.manifest, jobs_file)
         store.manifest.state, store.manifest.finished_at = "running", None
-        store.save()
+        store.save()  # the merged runs too: written only once the input proved good
         print(f"rerunning {len(selected)} of {len(manifest.runs)} runs in {batch_dir}",
               file=sys.stderr)
         runner = BatchRunner(client, store, batch_dir, selected, envs, options)
@@ -110,10 +113,9 @@ def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> N
                 error=INTERRUPTED_REASON))
 
 
-def _merge_runs(store: ManifestStore, specs: list[RunSpec], jobs_file: JobsFile) -> None:
+def _merge_runs(manifest: Manifest, specs: list[RunSpec], jobs_file: JobsFile) -> None:
     """Match the (maybe edited) jobs file to the manifest by run id: known runs keep their
     attempts, new ids join as pending, vanished ids are reported and kept."""
-    manifest: Manifest = store.manifest
     wanted = {s.run_id for s in specs}
     for spec in specs:
         fresh = new_record(spec, jobs_file)
@@ -130,5 +132,11 @@ def _merge_runs(store: ManifestStore, specs: list[RunSpec], jobs_file: JobsFile)
     if vanished:
         print(f"not in the jobs file any more (kept in the manifest, not rerun): "
               f"{', '.join(vanished)}", file=sys.stderr)
-    store.save()
+
+
+def _adopt_jobs_file(batch_dir: Path, manifest: Manifest, jobs_file: JobsFile) -> None:
+    """`rerun --jobs FILE` makes FILE the batch's jobs file: a later plain `rerun` must not go
+    back to the old snapshot, which lacks the new runs and has the fixes undone."""
+    write_jobs_copies(batch_dir, jobs_file)
+    manifest.jobs_file, manifest.jobs_file_sha256 = str(jobs_file.path), jobs_file.sha256
 
