@@ -21,7 +21,7 @@ from safeagents_batch.dotenv import read_dotenv
 from safeagents_batch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED, UsageError
 from safeagents_batch.executor import interrupt_handling, make_progress, run_pool
 from safeagents_batch.image_store import ImageStore
-from safeagents_batch.images import file_sha256, image_spec
+from safeagents_batch.images import ImageSpec, file_sha256, image_spec
 from safeagents_batch.manifest import (
     MANIFEST_NAME,
     Attempt,
@@ -32,8 +32,8 @@ from safeagents_batch.manifest import (
     now_iso,
     seconds_between,
 )
-from safeagents_batch.model import JobsFile
-from safeagents_batch.plan import RunSpec
+from safeagents_batch.model import ImageConfig, JobsFile
+from safeagents_batch.plan import RunSpec, needed_images
 from safeagents_batch.redaction import redact_env, redact_yaml_text
 from safeagents_batch.snapshot import resolved_yaml
 
@@ -75,9 +75,22 @@ def select_runs(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
     return chosen
 
 
-def resolve_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
+def read_env_files(specs: list[RunSpec]) -> dict[Path, dict[str, str]]:
+    """Every env file the runs name, each read once: a job's runs share one file."""
+    paths = dict.fromkeys(s.job.env_file for s in specs if s.job.env_file is not None)
+    return {path: read_dotenv(path) for path in paths}
+
+
+def image_specs(specs: list[RunSpec]) -> dict[ImageConfig, ImageSpec]:
+    """The spec of every image the runs need, computed once: image_spec hashes the
+    requirements file and source dirs, and a batch asks for each image's tag many times."""
+    return {config: image_spec(config) for config in needed_images(specs)}
+
+
+def resolve_env(spec: RunSpec, env_files: Mapping[Path, dict[str, str]],
+                environ: Mapping[str, str]) -> dict[str, str]:
     """The env the container gets: env_file, then the file's env, matrix, host passthrough."""
-    env = read_dotenv(spec.job.env_file) if spec.job.env_file else {}
+    env = dict(env_files[spec.job.env_file]) if spec.job.env_file else {}
     env.update(spec.literal_env)
     env.update({name: environ[name] for name in spec.job.env_passthrough})
     return env
@@ -100,19 +113,21 @@ def run_batch(jobs_file: JobsFile, specs: list[RunSpec], client: docker.DockerCl
     """Creates the batch dir, then runs every spec; nothing is written if the input is bad."""
     specs = select_runs(specs, options.only)
     check_passthrough(specs, os.environ)
-    envs = {s.run_id: resolve_env(s, os.environ) for s in specs}  # bad env files fail here
+    env_files = read_env_files(specs)  # bad env files fail here
+    envs = {s.run_id: resolve_env(s, env_files, os.environ) for s in specs}
+    images = image_specs(specs)
+    runs = {s.run_id: new_record(s, jobs_file, env_files, images) for s in specs}
     batch_id = new_batch_id(jobs_file.name)
     batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
     batch_dir.mkdir(parents=True)
     write_jobs_copies(batch_dir, jobs_file)
     manifest = Manifest(
         batch_id=batch_id, batch_dir=str(batch_dir), jobs_file=str(jobs_file.path),
-        jobs_file_sha256=jobs_file.sha256, created_at=now_iso(),
-        runs={s.run_id: new_record(s, jobs_file) for s in specs})
+        jobs_file_sha256=jobs_file.sha256, created_at=now_iso(), runs=runs)
     with BatchLock(batch_dir):
         store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
         store.save()
-        runner = BatchRunner(client, store, batch_dir, specs, envs, options)
+        runner = BatchRunner(client, store, batch_dir, specs, envs, images, options)
         return runner.execute([s.run_id for s in specs], workers=options.workers
                               or jobs_file.workers)
 
@@ -127,15 +142,16 @@ def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
                                               encoding="utf-8")
 
 
-def new_record(spec: RunSpec, jobs_file: JobsFile) -> RunRecord:
+def new_record(spec: RunSpec, jobs_file: JobsFile, env_files: Mapping[Path, dict[str, str]],
+               images: Mapping[ImageConfig, ImageSpec]) -> RunRecord:
     """A pending record. Values from env_file and the host are only ever named, as redacted."""
-    from_file = read_dotenv(spec.job.env_file) if spec.job.env_file else {}
-    hidden = {*from_file, *spec.job.env_passthrough} - set(spec.literal_env)
-    hidden |= set(spec.job.env_passthrough)
+    # An env_file value that a literal overrides is not in the container: the literal is shown.
+    from_file = set(env_files[spec.job.env_file]) if spec.job.env_file else set()
+    hidden = (from_file - set(spec.literal_env)) | set(spec.job.env_passthrough)
     return RunRecord(
         run_id=spec.run_id, job=spec.job.name, framework=spec.job.framework,
         script=str(spec.script), script_sha256=file_sha256(spec.script),
-        image=image_spec(spec.image).tag,
+        image=images[spec.image].tag,
         env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
         timeout=spec.job.timeout)
 
@@ -149,6 +165,7 @@ class BatchRunner:
     batch_dir: Path
     specs: list[RunSpec]
     envs: dict[str, dict[str, str]] = field(repr=False)
+    image_specs: Mapping[ImageConfig, ImageSpec]
     options: BatchOptions = BatchOptions()
 
     def __post_init__(self) -> None:
@@ -161,10 +178,10 @@ class BatchRunner:
         self._azure_warned = False
 
     def execute(self, run_ids: list[str], *, workers: int) -> BatchOutcome:
-        for spec in self.specs:
-            tag = image_spec(spec.image).tag
+        for config in needed_images(self.specs):
+            tag = self.image_specs[config].tag
             if tag not in self.store.manifest.images:
-                self.store.set_image(ImageRecord(tag, spec.image.framework, "pending"))
+                self.store.set_image(ImageRecord(tag, config.framework, "pending"))
         progress = make_progress(len(run_ids), bar=self.options.progress_bar)
         # The handlers stay until the manifest is final: a second Ctrl-C during cleanup must
         # not turn into a KeyboardInterrupt that leaves the batch `running` with no hint.
@@ -235,7 +252,7 @@ class BatchRunner:
         return result.status
 
     def _ensure_image(self, spec: RunSpec) -> ImageRecord:
-        outcome = self.images.ensure(image_spec(spec.image))
+        outcome = self.images.ensure(self.image_specs[spec.image])
         record = ImageRecord(outcome.tag, outcome.framework, outcome.status,
                              outcome.build_seconds, str(outcome.build_log)
                              if outcome.build_log else None, outcome.error)
@@ -251,7 +268,7 @@ class BatchRunner:
     def _request(self, spec: RunSpec, number: int, log_dir: Path) -> RunRequest:
         return RunRequest(
             run_id=spec.run_id, batch_id=self.store.manifest.batch_id, attempt=number,
-            image=image_spec(spec.image).tag, script=spec.script, log_dir=log_dir,
+            image=self.image_specs[spec.image].tag, script=spec.script, log_dir=log_dir,
             env=self.envs[spec.run_id], timeout=spec.job.timeout,
             azure_dir=self._azure_dir() if spec.job.bind_azure_folder else None,
             azure_mode=spec.job.azure_mount, resources=spec.job.resources,

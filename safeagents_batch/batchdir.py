@@ -7,6 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import docker
 import docker.errors
@@ -50,12 +51,20 @@ class BatchLock:
             self.fd = None
 
 
-def batch_containers(client: docker.DockerClient, batch_id: str | None = None) -> list[str]:
-    """Ids of containers the tool created (of one batch, when given), running or not."""
+def batch_container_infos(client: docker.DockerClient,
+                          batch_id: str | None = None) -> list[dict[str, Any]]:
+    """The engine's listing of containers the tool created (of one batch, when given), running
+    or not."""
     # By the batch label, which only our backend sets: image labels (`managed`) are copied onto
     # every container made from our images, also ones a user starts by hand.
     label = f"{LABEL_PREFIX}.batch={batch_id}" if batch_id else f"{LABEL_PREFIX}.batch"
-    return [c["Id"] for c in client.api.containers(all=True, filters={"label": label})]
+    infos: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": label})
+    return infos
+
+
+def batch_containers(client: docker.DockerClient, batch_id: str | None = None) -> list[str]:
+    """Ids of containers the tool created (of one batch, when given), running or not."""
+    return [c["Id"] for c in batch_container_infos(client, batch_id)]
 
 
 def remove_batch_containers(client: docker.DockerClient, batch_id: str) -> list[str]:

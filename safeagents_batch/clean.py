@@ -11,6 +11,7 @@ import docker
 import docker.errors
 
 from safeagents_batch.backends.docker import remove_container
+from safeagents_batch.batchdir import batch_container_infos
 from safeagents_batch.image_store import LABEL_PREFIX
 
 MANAGED = f"{LABEL_PREFIX}.managed=true"
@@ -29,9 +30,7 @@ class Leftover:
 def leftover_containers(client: docker.DockerClient) -> list[Leftover]:
     """Every labelled container; one whose orchestrator still runs here is kept."""
     found = []
-    # The batch label only our backend sets; `managed` also reaches containers users start from
-    # our images (Docker copies image labels onto containers).
-    for info in client.api.containers(all=True, filters={"label": f"{LABEL_PREFIX}.batch"}):
+    for info in batch_container_infos(client):
         labels: dict[str, str] = info.get("Labels") or {}
         name = (info.get("Names") or ["/" + info["Id"][:12]])[0].lstrip("/")
         pid = labels.get(f"{LABEL_PREFIX}.pid", "")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from safeagents_batch import __version__
+from safeagents_batch import __version__, cli_run
 from safeagents_batch.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -18,18 +18,16 @@ from safeagents_batch.errors import (
     Problem,
 )
 from safeagents_batch.images import image_spec
-from safeagents_batch.jobsfile import load_jobs_file
+from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.model import JobsFile
-from safeagents_batch.plan import RunSpec, expand, needed_images
+from safeagents_batch.plan import RunSpec, needed_images
 from safeagents_batch.schema import schema_text
-
-Command = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command: Command = args.command
+    command: cli_run.Command = args.command
     try:
         return command(args)
     except BatchError as exc:
@@ -62,14 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_plan(sub)
     _add_schema(sub)
-    _add_engine_commands(sub)
+    cli_run.add_commands(sub)
     return parser
-
-
-def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from safeagents_batch import cli_run
-
-    cli_run.add_commands(sub, load_and_expand)
 
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,11 +85,6 @@ def _add_schema(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("schema", help="print a JSON Schema shipped with the tool")
     p.add_argument("which", nargs="?", choices=["jobs", "manifest"], default="jobs")
     p.set_defaults(command=cmd_schema)
-
-
-def load_and_expand(path: Path) -> tuple[JobsFile, list[RunSpec]]:
-    jobs_file = load_jobs_file(path, label=str(path))
-    return jobs_file, expand(jobs_file)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

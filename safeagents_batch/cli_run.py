@@ -22,14 +22,22 @@ from safeagents_batch.clean import (
     remove_leftover,
     tool_images,
 )
-from safeagents_batch.errors import EXIT_OK, EXIT_RUNS_FAILED, EngineUnavailable, UsageError
+from safeagents_batch.errors import (
+    EXIT_OK,
+    EXIT_RUNS_FAILED,
+    EngineUnavailable,
+    UsageError,
+    one_line,
+)
 from safeagents_batch.image_store import ImageStore
 from safeagents_batch.images import image_spec
-from safeagents_batch.manifest import FINISHED, Manifest, load_manifest
+from safeagents_batch.jobsfile import load_and_expand
+from safeagents_batch.manifest import FINISHED, MANIFEST_NAME, Manifest, load_manifest
 from safeagents_batch.plan import needed_images
 from safeagents_batch.rerun import RerunChoice, parse_statuses, rerun_batch
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Command = Callable[[argparse.Namespace], int]
 
 
 def connect_engine() -> docker.DockerClient:
@@ -39,21 +47,32 @@ def connect_engine() -> docker.DockerClient:
         client = docker.from_env(timeout=120)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise EngineUnavailable(f"cannot reach the Docker engine at {where}: {reason} "
+        raise EngineUnavailable(f"cannot reach the Docker engine at {where}: {one_line(exc)} "
                                 "(start dockerd, or run scripts/provision-docker)") from None
     return client
 
 
-def add_commands(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
-    _add_run(sub, load_and_expand)
-    _add_build(sub, load_and_expand)
+def _engine_errors(command: Command) -> Command:
+    """The engine can fail or go away after `connect_engine`'s ping (a sweep of containers, a
+    `clean`, an image lookup): that is one line and exit 3 as well, never a traceback."""
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineUnavailable(f"Docker engine error: {one_line(exc)}") from None
+
+    return guarded
+
+
+def add_commands(sub: SubParsers) -> None:
+    _add_run(sub)
+    _add_build(sub)
     _add_status(sub)
     _add_rerun(sub)
-    _add_clean(sub, load_and_expand)
+    _add_clean(sub)
 
 
-def _add_run(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+def _add_run(sub: SubParsers) -> None:
     p = sub.add_parser("run", help="build missing images and run every run of a jobs file",
                        description="Build what is missing, run every run in its own container, "
                                    "and write OUTPUT/<batch id>/ with logs and manifest.json.")
@@ -72,7 +91,7 @@ def _add_run(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
                                rebuild=args.no_cache, progress_bar=_bar_choice(args))
         return report(run_batch(jobs_file, specs, connect_engine(), options))
 
-    p.set_defaults(command=command)
+    p.set_defaults(command=_engine_errors(command))
 
 
 def _add_progress_flag(p: argparse.ArgumentParser) -> None:
@@ -87,11 +106,11 @@ def _bar_choice(args: argparse.Namespace) -> bool | None:
 def report(outcome: BatchOutcome) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in outcome.summary.items() if s != "total" and n)
     print(f"batch {outcome.batch_dir}: {counts or 'no runs'} ({outcome.summary['total']} runs)")
-    print(f"manifest: {outcome.batch_dir / 'manifest.json'}")
+    print(f"manifest: {outcome.batch_dir / MANIFEST_NAME}")
     return outcome.exit_code
 
 
-def _add_build(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+def _add_build(sub: SubParsers) -> None:
     p = sub.add_parser("build", help="build the images a jobs file needs, without running")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the tag exists")
@@ -110,7 +129,7 @@ def _add_build(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
             failed += not outcome.ok
         return EXIT_RUNS_FAILED if failed else EXIT_OK
 
-    p.set_defaults(command=command)
+    p.set_defaults(command=_engine_errors(command))
 
 
 def _add_status(sub: SubParsers) -> None:
@@ -180,10 +199,10 @@ def _add_rerun(sub: SubParsers) -> None:
                                progress_bar=_bar_choice(args))
         return report(rerun_batch(args.batch_dir, connect_engine(), choice, options))
 
-    p.set_defaults(command=command)
+    p.set_defaults(command=_engine_errors(command))
 
 
-def _add_clean(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
+def _add_clean(sub: SubParsers) -> None:
     p = sub.add_parser("clean", help="remove containers (and with --images, images) the tool left",
                        description="Remove labelled containers whose batch is not running; with "
                                    "--images also the tool's images that the given jobs files "
@@ -208,7 +227,7 @@ def _add_clean(sub: SubParsers, load_and_expand: Callable[[Path], Any]) -> None:
         items = leftover_containers(client) + images
         return _clean(client, items, dry_run=args.dry_run)
 
-    p.set_defaults(command=command)
+    p.set_defaults(command=_engine_errors(command))
 
 
 def _clean(client: docker.DockerClient, items: list[Leftover], *, dry_run: bool) -> int:

@@ -11,6 +11,11 @@ EXIT_ENGINE_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text for a one-line report: engine errors span lines and can be long."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 class BatchError(Exception):
     """Base of every error the tool reports to the user (never shown as a traceback)."""
 

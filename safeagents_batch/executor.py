@@ -63,8 +63,10 @@ class BarProgress:
         self.counts[record.status] += 1
         if record.status != "succeeded":
             self.bar.write(f"{record.status}: {record.run_id}  ({record.error})")
+        # Counts and position change together: one refresh, by update(), shows both.
         self.bar.set_postfix(ok=self.counts["succeeded"],
-                             failed=sum(self.counts.values()) - self.counts["succeeded"])
+                             failed=sum(self.counts.values()) - self.counts["succeeded"],
+                             refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

@@ -18,7 +18,8 @@ CONTAINER_HOME = "/home/safeagents"
 CODE_DIR = "/safeagents/code"
 LOGS_DIR = "/safeagents/logs"
 SOURCE_DIR = "/opt/safeagents/src"
-_SKIPPED_NAMES = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".venv"}
+# Directories in source_dirs that are not source: neither digested nor copied into the image.
+SKIPPED_NAMES = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".venv"})
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def context_files(config: ImageConfig) -> list[tuple[str, Path]]:
 
 def _walk(directory: Path) -> Iterator[tuple[str, Path]]:
     for root, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_NAMES)
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_NAMES)
         for name in sorted(names):
             path = Path(root) / name
             if path.is_file() and not name.endswith(".pyc"):

@@ -30,6 +30,7 @@ from safeagents_batch.model import (
     JobsFile,
     Resources,
 )
+from safeagents_batch.plan import RunSpec, expand
 from safeagents_batch.redaction import is_secret_name
 from safeagents_batch.schema import format_key_path, jobs_schema_problems
 from safeagents_batch.yamlmarks import (
@@ -64,6 +65,12 @@ def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
     if checker.problems or jobs_file is None:
         raise JobsFileError(checker.located())
     return jobs_file
+
+
+def load_and_expand(path: Path) -> tuple[JobsFile, list[RunSpec]]:
+    """The jobs file at `path` and its runs: what every command that takes a jobs file needs."""
+    jobs_file = load_jobs_file(path)
+    return jobs_file, expand(jobs_file)
 
 
 def _read_text(path: Path, label: str) -> str:

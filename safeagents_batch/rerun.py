@@ -15,24 +15,27 @@ from safeagents_batch.batch import (
     BatchOutcome,
     BatchRunner,
     check_passthrough,
+    image_specs,
     new_record,
+    read_env_files,
     resolve_env,
     select_runs,
     write_jobs_copies,
 )
 from safeagents_batch.batchdir import BatchLock, remove_batch_containers
 from safeagents_batch.errors import UsageError
-from safeagents_batch.jobsfile import load_jobs_file
+from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import (
     MANIFEST_NAME,
     STATUSES,
     Manifest,
     ManifestStore,
+    RunRecord,
     load_manifest,
     now_iso,
 )
 from safeagents_batch.model import JobsFile
-from safeagents_batch.plan import RunSpec, expand
+from safeagents_batch.plan import RunSpec
 from safeagents_batch.redaction import REDACTED
 
 INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
@@ -67,23 +70,24 @@ def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoic
     with BatchLock(batch_dir):
         manifest = load_manifest(batch_dir)
         jobs_path = choice.jobs_file or batch_dir / SNAPSHOT_NAME
-        jobs_file = load_jobs_file(jobs_path, label=str(jobs_path))
-        specs = expand(jobs_file)
+        jobs_file, specs = load_and_expand(jobs_path)
         store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
         _recover_after_crash(client, store)
-        _merge_runs(store.manifest, specs, jobs_file)
+        env_files = read_env_files(specs)
+        images = image_specs(specs)
+        _merge_runs(store.manifest, [new_record(s, jobs_file, env_files, images) for s in specs])
         selected = [s for s in specs if choice.wants(manifest.runs[s.run_id].status)]
         selected = select_runs(selected, options.only) if selected and options.only else selected
         check_passthrough(selected, os.environ)
         _check_secrets_kept(selected, jobs_path)
-        envs = {s.run_id: resolve_env(s, os.environ) for s in selected}
+        envs = {s.run_id: resolve_env(s, env_files, os.environ) for s in selected}
         if choice.jobs_file is not None:
             _adopt_jobs_file(batch_dir, store.manifest, jobs_file)
         store.manifest.state, store.manifest.finished_at = "running", None
         store.save()  # the merged runs too: written only once the input proved good
         print(f"rerunning {len(selected)} of {len(manifest.runs)} runs in {batch_dir}",
               file=sys.stderr)
-        runner = BatchRunner(client, store, batch_dir, selected, envs, options)
+        runner = BatchRunner(client, store, batch_dir, selected, envs, images, options)
         return runner.execute([s.run_id for s in selected],
                               workers=options.workers or jobs_file.workers)
 
@@ -113,18 +117,17 @@ def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> N
                 error=INTERRUPTED_REASON))
 
 
-def _merge_runs(manifest: Manifest, specs: list[RunSpec], jobs_file: JobsFile) -> None:
-    """Match the (maybe edited) jobs file to the manifest by run id: known runs keep their
-    attempts, new ids join as pending, vanished ids are reported and kept."""
-    wanted = {s.run_id for s in specs}
-    for spec in specs:
-        fresh = new_record(spec, jobs_file)
-        old = manifest.runs.get(spec.run_id)
+def _merge_runs(manifest: Manifest, fresh_records: list[RunRecord]) -> None:
+    """Match the (maybe edited) jobs file's runs to the manifest by run id: known runs keep
+    their attempts, new ids join as pending, vanished ids are reported and kept."""
+    wanted = {r.run_id for r in fresh_records}
+    for fresh in fresh_records:
+        old = manifest.runs.get(fresh.run_id)
         if old is None:
-            print(f"new run added: {spec.run_id}", file=sys.stderr)
-            manifest.runs[spec.run_id] = fresh
+            print(f"new run added: {fresh.run_id}", file=sys.stderr)
+            manifest.runs[fresh.run_id] = fresh
         else:
-            manifest.runs[spec.run_id] = replace(
+            manifest.runs[fresh.run_id] = replace(
                 old, framework=fresh.framework, script=fresh.script,
                 script_sha256=fresh.script_sha256, image=fresh.image, env=fresh.env,
                 timeout=fresh.timeout)

@@ -28,9 +28,10 @@ import requests
 
 from safeagents_batch.backends import RunRequest, RunResult
 from safeagents_batch.backends.docker import DockerBackend
+from safeagents_batch.errors import one_line
 from safeagents_batch.frameworks import builtin_frameworks, framework_packages
 from safeagents_batch.image_store import ImageStore
-from safeagents_batch.images import image_spec, write_build_context
+from safeagents_batch.images import SKIPPED_NAMES, ImageSpec, image_spec, write_build_context
 from safeagents_batch.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class DockerRunner:
         self.additional_packages = tuple(additional_packages or ())
         self.build_log: Path | None = None
         self.image_tag: str | None = None
-        self._config: ImageConfig | None = None
+        self._spec: ImageSpec | None = None
 
     # -- prepare -----------------------------------------------------------------------------
 
@@ -89,13 +90,14 @@ class DockerRunner:
         write the generated build context into build_folder and create the log dir."""
         try:
             source = _copy_safeagents_source(self.build_folder / "code" / SOURCE_PACKAGE)
-            config = self._image_config(source)
-            write_build_context(image_spec(config), self.build_folder)
+            # Hashed once here, not on every run: the source is fixed until the next prepare.
+            spec = image_spec(self._image_config(source))
+            write_build_context(spec, self.build_folder)
             self.log_output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             logger.error("prepare_environment failed: %s", exc)
             return False
-        self._config = config
+        self._spec = spec
         self.image_tag = None  # the source may have changed, and with it the tag
         return True
 
@@ -117,14 +119,14 @@ class DockerRunner:
 
     def _ensure_image(self, no_cache: bool = False) -> str | None:
         """Makes `self.image_tag` usable; returns why not, or None when it is."""
-        if self._config is None and not self.prepare_environment():
+        if self._spec is None and not self.prepare_environment():
             return "preparing the build folder failed (see the log)"
-        assert self._config is not None  # set by a successful prepare_environment
+        assert self._spec is not None  # set by a successful prepare_environment
         try:
             with _engine() as client:
                 # A fresh store each time: it remembers failures, and a retry must retry.
                 store = ImageStore(client, self.build_folder / BUILD_LOGS, rebuild=no_cache)
-                outcome = store.ensure(image_spec(self._config))
+                outcome = store.ensure(self._spec)
         except _ENGINE_ERRORS as exc:
             return _log_failure(_engine_failure(exc))
         if outcome.build_log is not None:  # a cached image has none: keep the last build's
@@ -204,8 +206,8 @@ def _copy_safeagents_source(target: Path) -> Path | None:
     if source.resolve() != target.resolve():
         # The copy is ours: clear it so files deleted upstream do not linger in the image.
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-            "__pycache__", "*.pyc", ".git", ".mypy_cache", ".pytest_cache"))
+        shutil.copytree(source, target,
+                        ignore=shutil.ignore_patterns(*SKIPPED_NAMES, "*.pyc"))
     return target
 
 
@@ -284,9 +286,5 @@ def _log_failure(reason: str) -> str:
 
 def _engine_failure(exc: BaseException) -> str:
     if isinstance(exc, (docker.errors.DockerException, requests.RequestException)):
-        return f"Docker engine unavailable: {_one_line(exc)}"
-    return f"cannot prepare the run: {_one_line(exc)}"  # a local file system problem
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+        return f"Docker engine unavailable: {one_line(exc)}"
+    return f"cannot prepare the run: {one_line(exc)}"  # a local file system problem

@@ -17,17 +17,16 @@ from safeagents_batch.yamlmarks import KeyPath, MarkedDocument, Position
 SchemaProblem = tuple[Position, KeyPath, str]
 
 
-@cache
-def load_schema(name: str) -> dict[str, Any]:
-    """`name` is `jobs` or `manifest`; the file lives inside the installed package."""
-    path = resources.files("safeagents_batch").joinpath(f"schemas/{name}.schema.json")
-    schema: dict[str, Any] = json.loads(path.read_text("utf-8"))
-    return schema
-
-
 def schema_text(name: str) -> str:
+    """`name` is `jobs` or `manifest`; the file lives inside the installed package."""
     return resources.files("safeagents_batch").joinpath(f"schemas/{name}.schema.json").read_text(
         "utf-8")
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(schema_text(name))
+    return schema
 
 
 def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any
@@ -66,11 +65,10 @@ def validate_against(name: str, data: Any) -> list[str]:
 
 
 def jobs_schema_problems(doc: MarkedDocument) -> list[SchemaProblem]:
-    """Every schema violation of a jobs document, each placed on the key or value at fault."""
-    problems: list[SchemaProblem] = []
-    for error in _validator("jobs").iter_errors(doc.data):
-        problems.extend(_located(error, doc))
-    return sorted(problems, key=lambda p: (p[0].line, p[0].column, p[2]))
+    """Every schema violation of a jobs document, each placed on the key or value at fault
+    (in the validator's order: the loader sorts them together with its own)."""
+    return [problem for error in _validator("jobs").iter_errors(doc.data)
+            for problem in _located(error, doc)]
 
 
 def _located(error: jsonschema.ValidationError, doc: MarkedDocument) -> Iterator[SchemaProblem]:

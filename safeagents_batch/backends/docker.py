@@ -22,6 +22,7 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 
 from safeagents_batch.backends import RunRequest, RunResult
+from safeagents_batch.errors import one_line
 from safeagents_batch.image_store import LABEL_PREFIX
 from safeagents_batch.images import CODE_DIR, CONTAINER_HOME, CONTAINER_UID, LOGS_DIR
 from safeagents_batch.manifest import now_iso
@@ -193,7 +194,8 @@ def _open_no_link(path: Path) -> BinaryIO:
 
 
 def container_user(request: RunRequest) -> str:
-    """The invoking user's uid:gid, so files are theirs; a fixed non-root uid when that is root."""
+    """The invoking user's uid:gid, so files are theirs; a fixed non-root uid when that is root;
+    root itself only when the job turns `hardening.non_root` off."""
     if not request.hardening.non_root:
         return "0:0"
     if os.getuid() == 0:
@@ -201,12 +203,17 @@ def container_user(request: RunRequest) -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
+def _runs_as_other_uid(request: RunRequest) -> bool:
+    """Only root runs the container as a uid other than its own (see container_user)."""
+    return os.getuid() == 0 and container_user(request) != "0:0"
+
+
 def unreadable_by_container(request: RunRequest) -> str | None:
     """As root we run the container as another uid, which sees the script through its
     permission bits for "others" only: say so plainly instead of a Python traceback."""
-    if os.getuid() == 0 and container_user(request) != "0:0":
-        script, directory = request.script.resolve(), request.script.resolve().parent
-        if not (script.stat().st_mode & 0o004 and directory.stat().st_mode & 0o005 == 0o005):
+    if _runs_as_other_uid(request):
+        script = real_script(request)
+        if not (script.stat().st_mode & 0o004 and script.parent.stat().st_mode & 0o005 == 0o005):
             return (f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
                     f"chmod o+r it and o+rx its directory, or set hardening.non_root: false")
     return None
@@ -216,7 +223,7 @@ def unreadable_by_container(request: RunRequest) -> str | None:
 def _log_dir_open_to_container(request: RunRequest) -> Iterator[None]:
     """When we run as root the container's uid differs from ours: open the log dir to it with
     the sticky bit (it can add files but not delete ours), then hand everything back to us."""
-    opened = os.getuid() == 0 and container_user(request) != "0:0"
+    opened = _runs_as_other_uid(request)
     if opened:
         request.log_dir.chmod(0o1777)
     try:
@@ -303,5 +310,4 @@ def remove_container(client: docker.DockerClient, container_id: str) -> None:
 
 
 def _reason(stage: str, exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return f"engine error ({stage}): {text[:500]}"
+    return f"engine error ({stage}): {one_line(exc, 500)}"
