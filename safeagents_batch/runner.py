@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import docker.errors
 import requests
 
 from safeagents_batch.backends import RunRequest, RunResult
-from safeagents_batch.backends.docker import DockerBackend
+from safeagents_batch.backends.docker import DockerBackend, readable_by_others
 from safeagents_batch.errors import one_line
 from safeagents_batch.frameworks import builtin_frameworks, framework_packages
 from safeagents_batch.image_store import ImageStore
@@ -235,10 +234,7 @@ def _azure_dir() -> Path | None:
 def _warn_if_unreadable_in_container(script: Path) -> None:
     """As root we run the container as an unprivileged uid (see backends.docker), which can only
     read the script if its directory and file are open to others."""
-    if os.getuid() != 0:
-        return
-    dir_mode, file_mode = script.parent.stat().st_mode, script.stat().st_mode
-    if not (dir_mode & stat.S_IROTH and dir_mode & stat.S_IXOTH and file_mode & stat.S_IROTH):
+    if os.getuid() == 0 and not readable_by_others(script):
         warnings.warn(f"{script} or its directory is not readable by others; the container's "
                       "non-root user will not be able to open it", stacklevel=3)
 

@@ -211,12 +211,16 @@ def _runs_as_other_uid(request: RunRequest) -> bool:
 def unreadable_by_container(request: RunRequest) -> str | None:
     """As root we run the container as another uid, which sees the script through its
     permission bits for "others" only: say so plainly instead of a Python traceback."""
-    if _runs_as_other_uid(request):
-        script = real_script(request)
-        if not (script.stat().st_mode & 0o004 and script.parent.stat().st_mode & 0o005 == 0o005):
-            return (f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
-                    f"chmod o+r it and o+rx its directory, or set hardening.non_root: false")
+    script = real_script(request)
+    if _runs_as_other_uid(request) and not readable_by_others(script):
+        return (f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
+                f"chmod o+r it and o+rx its directory, or set hardening.non_root: false")
     return None
+
+
+def readable_by_others(script: Path) -> bool:
+    """What a uid other than the owner's needs: o+r on the file, o+rx on its directory."""
+    return bool(script.stat().st_mode & 0o004) and script.parent.stat().st_mode & 0o005 == 0o005
 
 
 @contextmanager
