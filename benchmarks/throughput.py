@@ -30,13 +30,18 @@ def measure(runs: int, workers: int, root: Path) -> dict[str, float]:
     jobs = project / "jobs.yaml"
     jobs.write_text(JOBS.format(runs=runs), encoding="utf-8")
     started = time.perf_counter()
-    code = cli.main(["run", str(jobs), "-j", str(workers), "--no-progress", "-o",
-                     str(project / "out")])
+    code = cli.main(
+        ["run", str(jobs), "-j", str(workers), "--no-progress", "-o", str(project / "out")]
+    )
     seconds = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"benchmark batch failed with exit code {code}")
-    return {"workers": workers, "runs": runs, "seconds": round(seconds, 2),
-            "runs_per_second": round(runs / seconds, 2)}
+    return {
+        "workers": workers,
+        "runs": runs,
+        "seconds": round(seconds, 2),
+        "runs_per_second": round(runs / seconds, 2),
+    }
 
 
 def main() -> None:

@@ -46,8 +46,9 @@ def main() -> None:
     graph.add_edge(START, "plan")
     graph.add_edge("plan", "act")
     graph.add_edge("act", END)
-    final = graph.compile().invoke({"task": "summarise the safety report", "steps": [],
-                                    "answer": ""})
+    final = graph.compile().invoke(
+        {"task": "summarise the safety report", "steps": [], "answer": ""}
+    )
     print(f"answer: {final['answer']}")
     if ARTIFACTS.is_dir():
         (ARTIFACTS / "result.json").write_text(json.dumps(final, indent=2), encoding="utf-8")

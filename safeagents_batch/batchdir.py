@@ -35,24 +35,31 @@ class BatchLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise BatchLocked(f"{self.path.parent} is in use by pid {holder}; "
-                                  "wait for it to finish or stop it first") from None
+                raise BatchLocked(
+                    f"{self.path.parent} is in use by pid {holder}; "
+                    "wait for it to finish or stop it first"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing releases the flock
             self.fd = None
 
 
-def batch_container_infos(client: docker.DockerClient,
-                          batch_id: str | None = None) -> list[dict[str, Any]]:
+def batch_container_infos(
+    client: docker.DockerClient, batch_id: str | None = None
+) -> list[dict[str, Any]]:
     """The engine's listing of containers the tool created (of one batch, when given), running
     or not."""
     # By the batch label, which only our backend sets: image labels (`managed`) are copied onto

@@ -52,8 +52,9 @@ def _orchestrator_alive(labels: dict[str, str]) -> bool:
     return True
 
 
-def tool_images(client: docker.DockerClient, keep_tags: set[str],
-                repositories: set[str] | None = None) -> list[Leftover]:
+def tool_images(
+    client: docker.DockerClient, keep_tags: set[str], repositories: set[str] | None = None
+) -> list[Leftover]:
     """The tool's images (by label) except those carrying a tag in `keep_tags`; with
     `repositories`, only images tagged in one of them."""
     found = []
@@ -63,8 +64,15 @@ def tool_images(client: docker.DockerClient, keep_tags: set[str],
             continue
         if repositories is not None and not {t.rpartition(":")[0] for t in tags} & repositories:
             continue
-        found.append(Leftover("image", image["Id"], ", ".join(tags) or image["Id"][7:19],
-                              _own_size(client, image), tags=tuple(tags)))
+        found.append(
+            Leftover(
+                "image",
+                image["Id"],
+                ", ".join(tags) or image["Id"][7:19],
+                _own_size(client, image),
+                tags=tuple(tags),
+            )
+        )
     return found
 
 

@@ -34,8 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_error_text(exc), file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # e.g. a script or requirements file unreadable after validation
-        print(f"safeagents-batch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+        print(
+            f"safeagents-batch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("safeagents-batch: interrupted", file=sys.stderr)
@@ -52,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safeagents-batch",
         description="Run SafeAgents evaluation scripts in isolated Docker containers, "
-                    "as declared in a jobs YAML file.",
+        "as declared in a jobs YAML file.",
         epilog="Exit codes: 0 all runs succeeded, 1 some run did not, 2 bad input, "
-               "3 Docker engine unavailable, 130 interrupted.")
+        "3 Docker engine unavailable, 130 interrupted.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_validate(sub)
@@ -65,17 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("validate", help="check jobs files; print every problem with its location",
-                       description="Check jobs files against the schema and the file system. "
-                                   "Prints 'OK: <n> runs, <m> images' or every problem found.")
+    p = sub.add_parser(
+        "validate",
+        help="check jobs files; print every problem with its location",
+        description="Check jobs files against the schema and the file system. "
+        "Prints 'OK: <n> runs, <m> images' or every problem found.",
+    )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.set_defaults(command=cmd_validate)
 
 
 def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("plan", help="list every run a jobs file expands to (no Docker needed)",
-                       description="List every run: id, job, framework, script, image, timeout "
-                                   "and env names (never values).")
+    p = sub.add_parser(
+        "plan",
+        help="list every run a jobs file expands to (no Docker needed)",
+        description="List every run: id, job, framework, script, image, timeout "
+        "and env names (never values).",
+    )
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(command=cmd_plan)
@@ -127,7 +136,8 @@ def _plan_row(spec: RunSpec, jobs_file: JobsFile, tag: str) -> dict[str, object]
         "timeout": spec.job.timeout,
         "env": list(spec.env_names),
         "env_file": relative_to_jobs_file(spec.job.env_file, jobs_file)
-        if spec.job.env_file else None,
+        if spec.job.env_file
+        else None,
     }
 
 
@@ -141,8 +151,10 @@ def relative_to_jobs_file(path: Path, jobs_file: JobsFile) -> str:
 
 def _print_table(rows: list[dict[str, object]]) -> None:
     columns = ["run_id", "job", "framework", "script", "image", "timeout", "env"]
-    cells = [[", ".join(map(str, v)) if isinstance(v := row[c], list) else str(v)
-              for c in columns] for row in rows]
+    cells = [
+        [", ".join(map(str, v)) if isinstance(v := row[c], list) else str(v) for c in columns]
+        for row in rows
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     for line in [[c.upper() for c in columns], *cells]:
         print("  ".join(text.ljust(w) for text, w in zip(line, widths, strict=True)).rstrip())

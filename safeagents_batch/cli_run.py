@@ -47,14 +47,17 @@ def connect_engine() -> docker.DockerClient:
         client = docker.from_env(timeout=120)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        raise EngineUnavailable(f"cannot reach the Docker engine at {where}: {one_line(exc)} "
-                                "(start dockerd, or run scripts/provision-docker)") from None
+        raise EngineUnavailable(
+            f"cannot reach the Docker engine at {where}: {one_line(exc)} "
+            "(start dockerd, or run scripts/provision-docker)"
+        ) from None
     return client
 
 
 def _engine_errors(command: Command) -> Command:
     """The engine can fail or go away after `connect_engine`'s ping (a sweep of containers, a
     `clean`, an image lookup): that is one line and exit 3 as well, never a traceback."""
+
     def guarded(args: argparse.Namespace) -> int:
         try:
             return command(args)
@@ -73,30 +76,51 @@ def add_commands(sub: SubParsers) -> None:
 
 
 def _add_run(sub: SubParsers) -> None:
-    p = sub.add_parser("run", help="build missing images and run every run of a jobs file",
-                       description="Build what is missing, run every run in its own container, "
-                                   "and write OUTPUT/<batch id>/ with logs and manifest.json.")
+    p = sub.add_parser(
+        "run",
+        help="build missing images and run every run of a jobs file",
+        description="Build what is missing, run every run in its own container, "
+        "and write OUTPUT/<batch id>/ with logs and manifest.json.",
+    )
     p.add_argument("file", type=Path, metavar="FILE")
-    p.add_argument("-j", "--workers", type=_positive_int, metavar="N",
-                   help="runs at once (default: the file's `workers`, else 4)")
-    p.add_argument("-o", "--output-dir", type=Path, metavar="DIR",
-                   help="where the batch directory goes (default: the file's `output_dir`)")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="runs at once (default: the file's `workers`, else 4)",
+    )
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the batch directory goes (default: the file's `output_dir`)",
+    )
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     p.add_argument("--no-cache", action="store_true", help="rebuild images even if tagged")
     _add_progress_flag(p)
 
     def command(args: argparse.Namespace) -> int:
         jobs_file, specs = load_and_expand(args.file)
-        options = BatchOptions(workers=args.workers, output_dir=args.output_dir, only=args.only,
-                               rebuild=args.no_cache, progress_bar=_bar_choice(args))
+        options = BatchOptions(
+            workers=args.workers,
+            output_dir=args.output_dir,
+            only=args.only,
+            rebuild=args.no_cache,
+            progress_bar=_bar_choice(args),
+        )
         return report(run_batch(jobs_file, specs, connect_engine(), options))
 
     p.set_defaults(command=_engine_errors(command))
 
 
 def _add_progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="plain one-line-per-run output even on a terminal")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain one-line-per-run output even on a terminal",
+    )
 
 
 def _bar_choice(args: argparse.Namespace) -> bool | None:
@@ -124,8 +148,10 @@ def _add_build(sub: SubParsers) -> None:
         for config in needed_images(select_runs(specs, args.only)):
             outcome = store.ensure(image_spec(config))
             seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
-            print(f"{outcome.status:<7} {outcome.tag}{seconds}"
-                  + (f"  ({outcome.error})" if outcome.error else ""))
+            print(
+                f"{outcome.status:<7} {outcome.tag}{seconds}"
+                + (f"  ({outcome.error})" if outcome.error else "")
+            )
             failed += not outcome.ok
         return EXIT_RUNS_FAILED if failed else EXIT_OK
 
@@ -145,18 +171,30 @@ def _add_status(sub: SubParsers) -> None:
             print(json.dumps(_status_json(manifest), indent=2))
         else:
             _print_status(manifest)
-        return EXIT_OK if manifest.summary()["succeeded"] == len(manifest.runs) else \
-            EXIT_RUNS_FAILED
+        return (
+            EXIT_OK if manifest.summary()["succeeded"] == len(manifest.runs) else EXIT_RUNS_FAILED
+        )
 
     p.set_defaults(command=command)
 
 
 def _status_json(manifest: Manifest) -> dict[str, Any]:
-    return {"batch_id": manifest.batch_id, "state": manifest.state,
-            "summary": manifest.summary(),
-            "not_succeeded": [{"run_id": r.run_id, "status": r.status, "exit_code": r.exit_code,
-                               "error": r.error, "log_dir": r.log_dir}
-                              for r in manifest.runs.values() if r.status != "succeeded"]}
+    return {
+        "batch_id": manifest.batch_id,
+        "state": manifest.state,
+        "summary": manifest.summary(),
+        "not_succeeded": [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "exit_code": r.exit_code,
+                "error": r.error,
+                "log_dir": r.log_dir,
+            }
+            for r in manifest.runs.values()
+            if r.status != "succeeded"
+        ],
+    }
 
 
 def _print_status(manifest: Manifest) -> None:
@@ -175,18 +213,29 @@ def _print_status(manifest: Manifest) -> None:
 
 
 def _add_rerun(sub: SubParsers) -> None:
-    p = sub.add_parser("rerun", help="run again, in place, the runs of a batch that failed",
-                       description="Rerun runs of BATCH_DIR in place. Earlier attempts keep their "
-                                   "logs; the manifest records every attempt. Stale containers "
-                                   "of a crashed run are removed first.")
+    p = sub.add_parser(
+        "rerun",
+        help="run again, in place, the runs of a batch that failed",
+        description="Rerun runs of BATCH_DIR in place. Earlier attempts keep their "
+        "logs; the manifest records every attempt. Stale containers "
+        "of a crashed run are removed first.",
+    )
     p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--status", type=parse_statuses, metavar="S1,S2",
-                       help="rerun runs with these statuses (default: all but succeeded)")
+    which.add_argument(
+        "--status",
+        type=parse_statuses,
+        metavar="S1,S2",
+        help="rerun runs with these statuses (default: all but succeeded)",
+    )
     which.add_argument("--all", action="store_true", help="rerun every run")
-    p.add_argument("--jobs", type=Path, metavar="FILE",
-                   help="use this (edited) jobs file instead of the batch's snapshot; it "
-                        "becomes the batch's jobs file for later reruns")
+    p.add_argument(
+        "--jobs",
+        type=Path,
+        metavar="FILE",
+        help="use this (edited) jobs file instead of the batch's snapshot; it "
+        "becomes the batch's jobs file for later reruns",
+    )
     p.add_argument("-j", "--workers", type=_positive_int, metavar="N")
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     _add_progress_flag(p)
@@ -195,32 +244,44 @@ def _add_rerun(sub: SubParsers) -> None:
         choice = RerunChoice(everything=args.all, jobs_file=args.jobs)
         if args.status:
             choice = replace(choice, statuses=args.status)
-        options = BatchOptions(workers=args.workers, only=args.only,
-                               progress_bar=_bar_choice(args))
+        options = BatchOptions(workers=args.workers, only=args.only, progress_bar=_bar_choice(args))
         return report(rerun_batch(args.batch_dir, connect_engine(), choice, options))
 
     p.set_defaults(command=_engine_errors(command))
 
 
 def _add_clean(sub: SubParsers) -> None:
-    p = sub.add_parser("clean", help="remove containers (and with --images, images) the tool left",
-                       description="Remove labelled containers whose batch is not running; with "
-                                   "--images also the tool's images that the given jobs files "
-                                   "do not use (or all of them with --all).")
-    p.add_argument("files", nargs="*", type=Path, metavar="FILE",
-                   help="jobs files whose images are kept")
+    p = sub.add_parser(
+        "clean",
+        help="remove containers (and with --images, images) the tool left",
+        description="Remove labelled containers whose batch is not running; with "
+        "--images also the tool's images that the given jobs files "
+        "do not use (or all of them with --all).",
+    )
+    p.add_argument(
+        "files", nargs="*", type=Path, metavar="FILE", help="jobs files whose images are kept"
+    )
     p.add_argument("--images", action="store_true", help="also remove unused images")
     p.add_argument("--all", action="store_true", help="with --images: remove all the tool's images")
-    p.add_argument("--image-name", action="append", metavar="NAME", dest="image_names",
-                   help="with --images: only images of this repository (`image_name`); "
-                        "repeatable")
+    p.add_argument(
+        "--image-name",
+        action="append",
+        metavar="NAME",
+        dest="image_names",
+        help="with --images: only images of this repository (`image_name`); repeatable",
+    )
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
 
     def command(args: argparse.Namespace) -> int:
         if args.images and not (args.files or args.all):
             raise UsageError("clean --images needs the jobs files whose images to keep, or --all")
-        keep = set() if args.all else {image_spec(c).tag for f in args.files
-                                       for c in needed_images(load_and_expand(f)[1])}
+        keep = (
+            set()
+            if args.all
+            else {
+                image_spec(c).tag for f in args.files for c in needed_images(load_and_expand(f)[1])
+            }
+        )
         repositories = set(args.image_names) if args.image_names else None
         client = connect_engine()
         images = tool_images(client, keep, repositories) if args.images else []

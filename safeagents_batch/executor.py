@@ -44,8 +44,12 @@ class LineProgress:
         width = len(str(self.total))
         seconds = f" {record.duration_seconds:.1f}s" if record.duration_seconds is not None else ""
         reason = f"  ({record.error})" if record.error and record.status != "succeeded" else ""
-        print(f"[{self.done:>{width}}/{self.total}] {record.status:<9} {record.run_id}{seconds}"
-              f"{reason}", file=self.stream, flush=True)
+        print(
+            f"[{self.done:>{width}}/{self.total}] {record.status:<9} {record.run_id}{seconds}"
+            f"{reason}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         pass
@@ -55,8 +59,12 @@ class BarProgress:
     """A tqdm bar with running counts, for an interactive terminal."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.bar = tqdm(total=total, unit="run", file=stream if stream is not None else sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            unit="run",
+            file=stream if stream is not None else sys.stderr,
+            dynamic_ncols=True,
+        )
         self.counts: Counter[str] = Counter()
 
     def finished(self, record: RunRecord) -> None:
@@ -64,9 +72,11 @@ class BarProgress:
         if record.status != "succeeded":
             self.bar.write(f"{record.status}: {record.run_id}  ({record.error})")
         # Counts and position change together: one refresh, by update(), shows both.
-        self.bar.set_postfix(ok=self.counts["succeeded"],
-                             failed=sum(self.counts.values()) - self.counts["succeeded"],
-                             refresh=False)
+        self.bar.set_postfix(
+            ok=self.counts["succeeded"],
+            failed=sum(self.counts.values()) - self.counts["succeeded"],
+            refresh=False,
+        )
         self.bar.update(1)
 
     def close(self) -> None:
@@ -79,8 +89,9 @@ def make_progress(total: int, *, bar: bool | None) -> Progress:
     return BarProgress(total) if use_bar else LineProgress(total)
 
 
-def run_pool(run_ids: Sequence[str], task: Task, *, workers: int, progress: Progress,
-             cancel: threading.Event) -> list[RunRecord]:
+def run_pool(
+    run_ids: Sequence[str], task: Task, *, workers: int, progress: Progress, cancel: threading.Event
+) -> list[RunRecord]:
     """Runs `task` for every id on `workers` threads; records come back in completion order."""
     records: list[RunRecord] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="run") as pool:
@@ -113,8 +124,9 @@ def interrupt_handling(cancel: threading.Event, on_first: Callable[[], None]) ->
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if cancel.is_set():
-            print("safeagents-batch: still cleaning up, please wait...", file=sys.stderr,
-                  flush=True)
+            print(
+                "safeagents-batch: still cleaning up, please wait...", file=sys.stderr, flush=True
+            )
             return
         cancel.set()
         on_first()

@@ -37,8 +37,9 @@ class ImageStore:
     """Ensures images by tag. Thread-safe: concurrent asks for one tag share one build, and an
     outcome (also a failure) is remembered for the life of the store."""
 
-    def __init__(self, client: docker.DockerClient, log_dir: Path, *,
-                 rebuild: bool = False) -> None:
+    def __init__(
+        self, client: docker.DockerClient, log_dir: Path, *, rebuild: bool = False
+    ) -> None:
         self.client = client
         self.log_dir = log_dir
         self.rebuild = rebuild
@@ -71,14 +72,22 @@ class ImageStore:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="safeagents-build-") as context, \
-                log_path.open("w", encoding="utf-8") as log:
+        with (
+            tempfile.TemporaryDirectory(prefix="safeagents-build-") as context,
+            log_path.open("w", encoding="utf-8") as log,
+        ):
             write_build_context(spec, Path(context))
             error = self._stream_build(spec, Path(context), log)
         seconds = round(time.monotonic() - started, 3)
         if error is not None:
-            return ImageOutcome(spec.tag, spec.config.framework, "failed", seconds, log_path,
-                                f"image build failed: {error} (log: {log_path})")
+            return ImageOutcome(
+                spec.tag,
+                spec.config.framework,
+                "failed",
+                seconds,
+                log_path,
+                f"image build failed: {error} (log: {log_path})",
+            )
         return ImageOutcome(spec.tag, spec.config.framework, "built", seconds, log_path)
 
     def _stream_build(self, spec: ImageSpec, context: Path, log: IO[str]) -> str | None:
@@ -86,8 +95,15 @@ class ImageStore:
         log.write(f"# building {spec.tag}\n{spec.dockerfile}\n")
         try:
             stream = self.client.api.build(
-                path=str(context), tag=spec.tag, rm=True, forcerm=True, decode=True,
-                nocache=self.rebuild, pull=False, labels=image_labels(spec))
+                path=str(context),
+                tag=spec.tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                nocache=self.rebuild,
+                pull=False,
+                labels=image_labels(spec),
+            )
             for chunk in stream:
                 error = _write_chunk(chunk, log)
                 if error:

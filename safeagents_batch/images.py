@@ -56,9 +56,10 @@ def dockerfile_text(config: ImageConfig) -> str:
         *_pip_layer(config.additional_packages),
     ]
     if config.requirements is not None:
-        lines += ["COPY requirements.txt /opt/safeagents/requirements.txt",
-                  _run_json(["python", "-m", "pip", "install", "-r",
-                             "/opt/safeagents/requirements.txt"])]
+        lines += [
+            "COPY requirements.txt /opt/safeagents/requirements.txt",
+            _run_json(["python", "-m", "pip", "install", "-r", "/opt/safeagents/requirements.txt"]),
+        ]
     if config.source_dirs:
         lines += [f"COPY src/ {SOURCE_DIR}/", f"ENV PYTHONPATH={SOURCE_DIR}"]
     lines += [

@@ -69,10 +69,17 @@ class RunRecord:
     def with_latest(self, attempt: Attempt) -> RunRecord:
         """This record with `attempt` added (or replacing the one of the same number)."""
         others = tuple(a for a in self.attempts if a.number != attempt.number)
-        return replace(self, attempts=(*others, attempt), status=attempt.status,
-                       exit_code=attempt.exit_code, started_at=attempt.started_at,
-                       ended_at=attempt.ended_at, duration_seconds=attempt.duration_seconds,
-                       log_dir=attempt.log_dir, error=attempt.error)
+        return replace(
+            self,
+            attempts=(*others, attempt),
+            status=attempt.status,
+            exit_code=attempt.exit_code,
+            started_at=attempt.started_at,
+            ended_at=attempt.ended_at,
+            duration_seconds=attempt.duration_seconds,
+            log_dir=attempt.log_dir,
+            error=attempt.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,15 +137,23 @@ def _run_json(record: RunRecord) -> dict[str, Any]:
 
 def manifest_from_json(data: dict[str, Any]) -> Manifest:
     """Inverse of Manifest.to_json for a document that passed the schema."""
-    runs = {r["run_id"]: RunRecord(**{**r, "attempts": tuple(Attempt(**a) for a in r["attempts"])})
-            for r in data["runs"]}
+    runs = {
+        r["run_id"]: RunRecord(**{**r, "attempts": tuple(Attempt(**a) for a in r["attempts"])})
+        for r in data["runs"]
+    }
     return Manifest(
-        batch_id=data["batch_id"], batch_dir=data["batch_dir"],
-        jobs_file=data["jobs_file"]["path"], jobs_file_sha256=data["jobs_file"]["sha256"],
-        created_at=data["created_at"], runs=runs,
+        batch_id=data["batch_id"],
+        batch_dir=data["batch_dir"],
+        jobs_file=data["jobs_file"]["path"],
+        jobs_file_sha256=data["jobs_file"]["sha256"],
+        created_at=data["created_at"],
+        runs=runs,
         images={i["tag"]: ImageRecord(**i) for i in data["images"]},
-        updated_at=data["updated_at"], finished_at=data["finished_at"], state=data["state"],
-        tool_version=data["tool"]["version"])
+        updated_at=data["updated_at"],
+        finished_at=data["finished_at"],
+        state=data["state"],
+        tool_version=data["tool"]["version"],
+    )
 
 
 def load_manifest(batch_dir: Path) -> Manifest:

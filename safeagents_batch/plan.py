@@ -53,10 +53,15 @@ def _job_runs(job: Job, jobs_file: JobsFile) -> Iterator[RunSpec]:
         for combination in combinations:
             for k in range(1, job.repeat + 1):
                 yield RunSpec(
-                    run_id=run_id(job.name, script.stem, combination,
-                                  k if job.repeat > 1 else None),
-                    job=job, script=script, matrix_env=tuple(zip(names, combination, strict=True)),
-                    repeat_index=k, image=jobs_file.frameworks[job.framework])
+                    run_id=run_id(
+                        job.name, script.stem, combination, k if job.repeat > 1 else None
+                    ),
+                    job=job,
+                    script=script,
+                    matrix_env=tuple(zip(names, combination, strict=True)),
+                    repeat_index=k,
+                    image=jobs_file.frameworks[job.framework],
+                )
 
 
 def run_id(job: str, script_stem: str, matrix_values: tuple[str, ...], repeat: int | None) -> str:
@@ -84,9 +89,14 @@ def _check_unique(specs: list[RunSpec]) -> None:
     for spec in specs:
         other = first.setdefault(spec.run_id, spec)
         if other is not spec:
-            problems.append(Problem(spec.job.location, f"jobs[{spec.job.index}]",
-                                    f"run id '{spec.run_id}' is produced twice ({other.script} and "
-                                    f"{spec.script}); rename a script or a matrix value"))
+            problems.append(
+                Problem(
+                    spec.job.location,
+                    f"jobs[{spec.job.index}]",
+                    f"run id '{spec.run_id}' is produced twice ({other.script} and "
+                    f"{spec.script}); rename a script or a matrix value",
+                )
+            )
     if problems:
         raise JobsFileError(problems)
 

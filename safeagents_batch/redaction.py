@@ -19,8 +19,11 @@ def is_secret_name(name: str, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS)
     return any(fnmatch.fnmatchcase(name.upper(), p.upper()) for p in patterns)
 
 
-def redact_env(literal: Mapping[str, str], hidden_names: Iterable[str],
-               patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS) -> dict[str, str]:
+def redact_env(
+    literal: Mapping[str, str],
+    hidden_names: Iterable[str],
+    patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS,
+) -> dict[str, str]:
     """Env for reports: literal values unless secret-looking; `hidden_names` always redacted."""
     patterns = tuple(patterns)
     shown = {k: (REDACTED if is_secret_name(k, patterns) else v) for k, v in literal.items()}
@@ -35,18 +38,18 @@ def redact_yaml_text(text: str, patterns: Iterable[str] = DEFAULT_SECRET_PATTERN
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     found = _secret_env_values(root, tuple(patterns), set()) if root is not None else iter(())
     # From the end, so that earlier offsets stay valid while later spans change length.
-    for start, end in sorted({(n.start_mark.index, n.end_mark.index) for n in found},
-                             reverse=True):
+    for start, end in sorted({(n.start_mark.index, n.end_mark.index) for n in found}, reverse=True):
         span = text[start:end]
         # Kept: an anchor or tag before the value (an alias elsewhere may name it), and the
         # line break(s) a block scalar's span ends with (the next key needs them).
         head = _ANCHOR_OR_TAG.match(span).group()  # type: ignore[union-attr]
-        text = f'{text[:start]}{head}"{REDACTED}"{span[len(span.rstrip()):]}{text[end:]}'
+        text = f'{text[:start]}{head}"{REDACTED}"{span[len(span.rstrip()) :]}{text[end:]}'
     return text
 
 
-def _secret_env_values(node: yaml.Node, patterns: tuple[str, ...],
-                       seen: set[int]) -> Iterator[yaml.ScalarNode]:
+def _secret_env_values(
+    node: yaml.Node, patterns: tuple[str, ...], seen: set[int]
+) -> Iterator[yaml.ScalarNode]:
     """Secret values of every `env` mapping at or below `node` (anchors, aliases included)."""
     if id(node) in seen:  # an alias shares its node: visit it once
         return
@@ -68,6 +71,10 @@ def _secret_pairs(env: yaml.MappingNode, patterns: tuple[str, ...]) -> Iterator[
             for mapping in merged:
                 if isinstance(mapping, yaml.MappingNode):
                     yield from _secret_pairs(mapping, patterns)
-        elif isinstance(value, yaml.ScalarNode) and value.value and isinstance(key.value, str) \
-                and is_secret_name(key.value, patterns):
+        elif (
+            isinstance(value, yaml.ScalarNode)
+            and value.value
+            and isinstance(key.value, str)
+            and is_secret_name(key.value, patterns)
+        ):
             yield value

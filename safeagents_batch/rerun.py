@@ -57,13 +57,19 @@ def parse_statuses(text: str) -> frozenset[str]:
     chosen = frozenset(s.strip() for s in text.split(",") if s.strip())
     unknown = sorted(chosen - set(STATUSES))
     if unknown or not chosen:
-        raise UsageError(f"--status takes a comma-separated list of: {', '.join(STATUSES)}"
-                         + (f" (not: {', '.join(unknown)})" if unknown else ""))
+        raise UsageError(
+            f"--status takes a comma-separated list of: {', '.join(STATUSES)}"
+            + (f" (not: {', '.join(unknown)})" if unknown else "")
+        )
     return chosen
 
 
-def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoice = RerunChoice(),
-                options: BatchOptions = BatchOptions()) -> BatchOutcome:
+def rerun_batch(
+    batch_dir: Path,
+    client: docker.DockerClient,
+    choice: RerunChoice = RerunChoice(),
+    options: BatchOptions = BatchOptions(),
+) -> BatchOutcome:
     if not batch_dir.is_dir():
         raise UsageError(f"{batch_dir}: no such batch directory")
     batch_dir = batch_dir.absolute()
@@ -85,22 +91,33 @@ def rerun_batch(batch_dir: Path, client: docker.DockerClient, choice: RerunChoic
             _adopt_jobs_file(batch_dir, store.manifest, jobs_file)
         store.manifest.state, store.manifest.finished_at = "running", None
         store.save()  # the merged runs too: written only once the input proved good
-        print(f"rerunning {len(selected)} of {len(manifest.runs)} runs in {batch_dir}",
-              file=sys.stderr)
+        print(
+            f"rerunning {len(selected)} of {len(manifest.runs)} runs in {batch_dir}",
+            file=sys.stderr,
+        )
         runner = BatchRunner(client, store, batch_dir, selected, envs, images, options)
-        return runner.execute([s.run_id for s in selected],
-                              workers=options.workers or jobs_file.workers)
+        return runner.execute(
+            [s.run_id for s in selected], workers=options.workers or jobs_file.workers
+        )
 
 
 def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:
     """The batch's snapshot holds "<redacted>" where the jobs file had a literal secret value:
     a rerun with that text in its place would quietly run something else."""
-    redacted = sorted({f"jobs[{s.job.index}].env.{name}" for s in specs
-                       for name, value in s.literal_env.items() if value == REDACTED})
+    redacted = sorted(
+        {
+            f"jobs[{s.job.index}].env.{name}"
+            for s in specs
+            for name, value in s.literal_env.items()
+            if value == REDACTED
+        }
+    )
     if redacted:
-        raise UsageError(f"{jobs_path} has redacted secret values ({', '.join(redacted)}): a "
-                         "batch dir keeps no literal secrets; rerun with --jobs <the original "
-                         "jobs file>, or move them to env_passthrough or env_file")
+        raise UsageError(
+            f"{jobs_path} has redacted secret values ({', '.join(redacted)}): a "
+            "batch dir keeps no literal secrets; rerun with --jobs <the original "
+            "jobs file>, or move them to env_passthrough or env_file"
+        )
 
 
 def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> None:
@@ -112,9 +129,15 @@ def _recover_after_crash(client: docker.DockerClient, store: ManifestStore) -> N
     for record in list(store.manifest.runs.values()):
         if record.status == "running" and record.attempts:  # `running` only comes with one
             last = record.attempts[-1]
-            store.record_attempt(record.run_id, replace(
-                last, status="error", ended_at=last.ended_at or now_iso(),
-                error=INTERRUPTED_REASON))
+            store.record_attempt(
+                record.run_id,
+                replace(
+                    last,
+                    status="error",
+                    ended_at=last.ended_at or now_iso(),
+                    error=INTERRUPTED_REASON,
+                ),
+            )
 
 
 def _merge_runs(manifest: Manifest, fresh_records: list[RunRecord]) -> None:
@@ -128,13 +151,21 @@ def _merge_runs(manifest: Manifest, fresh_records: list[RunRecord]) -> None:
             manifest.runs[fresh.run_id] = fresh
         else:
             manifest.runs[fresh.run_id] = replace(
-                old, framework=fresh.framework, script=fresh.script,
-                script_sha256=fresh.script_sha256, image=fresh.image, env=fresh.env,
-                timeout=fresh.timeout)
+                old,
+                framework=fresh.framework,
+                script=fresh.script,
+                script_sha256=fresh.script_sha256,
+                image=fresh.image,
+                env=fresh.env,
+                timeout=fresh.timeout,
+            )
     vanished = [run_id for run_id in manifest.runs if run_id not in wanted]
     if vanished:
-        print(f"not in the jobs file any more (kept in the manifest, not rerun): "
-              f"{', '.join(vanished)}", file=sys.stderr)
+        print(
+            f"not in the jobs file any more (kept in the manifest, not rerun): "
+            f"{', '.join(vanished)}",
+            file=sys.stderr,
+        )
 
 
 def _adopt_jobs_file(batch_dir: Path, manifest: Manifest, jobs_file: JobsFile) -> None:
@@ -142,4 +173,3 @@ def _adopt_jobs_file(batch_dir: Path, manifest: Manifest, jobs_file: JobsFile) -
     back to the old snapshot, which lacks the new runs and has the fixes undone."""
     write_jobs_copies(batch_dir, jobs_file)
     manifest.jobs_file, manifest.jobs_file_sha256 = str(jobs_file.path), jobs_file.sha256
-

@@ -159,8 +159,9 @@ class DockerRunner:
         if reason is not None:
             return _not_run(run_id, log_dir, reason)
         _warn_if_unreadable_in_container(script)
-        request = self._request(run_id, script, dict(environment_vars or {}), timeout,
-                                bind_azure_folder)
+        request = self._request(
+            run_id, script, dict(environment_vars or {}), timeout, bind_azure_folder
+        )
         try:
             with _engine() as client:
                 result = _run_interruptibly(DockerBackend(client), request)
@@ -168,13 +169,26 @@ class DockerRunner:
             return _not_run(run_id, log_dir, _engine_failure(exc))
         return _script_result(run_id, log_dir, result)
 
-    def _request(self, run_id: str, script: Path, env: dict[str, str], timeout: int | None,
-                 bind_azure_folder: bool) -> RunRequest:
+    def _request(
+        self,
+        run_id: str,
+        script: Path,
+        env: dict[str, str],
+        timeout: int | None,
+        bind_azure_folder: bool,
+    ) -> RunRequest:
         assert self.image_tag is not None  # run_script ensured the image first
         return RunRequest(
-            run_id=run_id, batch_id=RUNNER_BATCH_ID, attempt=1, image=self.image_tag,
-            script=script, log_dir=self.log_output_dir / run_id, env=env, timeout=timeout,
-            azure_dir=_azure_dir() if bind_azure_folder else None)
+            run_id=run_id,
+            batch_id=RUNNER_BATCH_ID,
+            attempt=1,
+            image=self.image_tag,
+            script=script,
+            log_dir=self.log_output_dir / run_id,
+            env=env,
+            timeout=timeout,
+            azure_dir=_azure_dir() if bind_azure_folder else None,
+        )
 
 
 @contextmanager
@@ -199,14 +213,14 @@ def _copy_safeagents_source(target: Path) -> Path | None:
     """Copies the host's safeagents package to `target`; None when it is not importable."""
     source = _safeagents_source()
     if source is None:
-        logger.info("package %r not importable here; the image gets no SafeAgents source",
-                    SOURCE_PACKAGE)
+        logger.info(
+            "package %r not importable here; the image gets no SafeAgents source", SOURCE_PACKAGE
+        )
         return None
     if source.resolve() != target.resolve():
         # The copy is ours: clear it so files deleted upstream do not linger in the image.
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target,
-                        ignore=shutil.ignore_patterns(*SKIPPED_NAMES, "*.pyc"))
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*SKIPPED_NAMES, "*.pyc"))
     return target
 
 
@@ -226,8 +240,9 @@ def _azure_dir() -> Path | None:
     azure = Path.home() / ".azure"
     if azure.is_dir():
         return azure
-    warnings.warn(f"bind_azure_folder is set but {azure} does not exist; running without it",
-                  stacklevel=3)
+    warnings.warn(
+        f"bind_azure_folder is set but {azure} does not exist; running without it", stacklevel=3
+    )
     return None
 
 
@@ -235,8 +250,11 @@ def _warn_if_unreadable_in_container(script: Path) -> None:
     """As root we run the container as an unprivileged uid (see backends.docker), which can only
     read the script if its directory and file are open to others."""
     if os.getuid() == 0 and not readable_by_others(script):
-        warnings.warn(f"{script} or its directory is not readable by others; the container's "
-                      "non-root user will not be able to open it", stacklevel=3)
+        warnings.warn(
+            f"{script} or its directory is not readable by others; the container's "
+            "non-root user will not be able to open it",
+            stacklevel=3,
+        )
 
 
 def _run_interruptibly(backend: DockerBackend, request: RunRequest) -> RunResult:
@@ -256,16 +274,30 @@ def _run_interruptibly(backend: DockerBackend, request: RunRequest) -> RunResult
 def _script_result(run_id: str, log_dir: Path, result: RunResult) -> ScriptResult:
     # The files were streamed during the run; the dict reads them back, as the API promises.
     return ScriptResult(
-        success=result.status == "succeeded", exit_code=result.exit_code,
-        stdout=_read_log(log_dir / "stdout.log"), stderr=_read_log(log_dir / "stderr.log"),
-        log_dir=str(log_dir), run_id=run_id, status=result.status, error=result.error)
+        success=result.status == "succeeded",
+        exit_code=result.exit_code,
+        stdout=_read_log(log_dir / "stdout.log"),
+        stderr=_read_log(log_dir / "stderr.log"),
+        log_dir=str(log_dir),
+        run_id=run_id,
+        status=result.status,
+        error=result.error,
+    )
 
 
 def _not_run(run_id: str, log_dir: Path, reason: str) -> ScriptResult:
     """The result of a run that never started a container (its log dir is not created)."""
     logger.error("run %s not started: %s", run_id, reason)
-    return ScriptResult(success=False, exit_code=None, stdout="", stderr="",
-                        log_dir=str(log_dir), run_id=run_id, status="error", error=reason)
+    return ScriptResult(
+        success=False,
+        exit_code=None,
+        stdout="",
+        stderr="",
+        log_dir=str(log_dir),
+        run_id=run_id,
+        status="error",
+        error=reason,
+    )
 
 
 def _read_log(path: Path) -> str:

@@ -19,8 +19,11 @@ SchemaProblem = tuple[Position, KeyPath, str]
 
 def schema_text(name: str) -> str:
     """`name` is `jobs` or `manifest`; the file lives inside the installed package."""
-    return resources.files("safeagents_batch").joinpath(f"schemas/{name}.schema.json").read_text(
-        "utf-8")
+    return (
+        resources.files("safeagents_batch")
+        .joinpath(f"schemas/{name}.schema.json")
+        .read_text("utf-8")
+    )
 
 
 @cache
@@ -29,8 +32,9 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any
-                  ) -> Iterator[jsonschema.ValidationError]:
+def _ecma_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
     """`pattern` as JSON Schema means it (ECMA-262): `$` is the very end of the text. Python's
     `$` also matches before a final newline, which let "2g\\n" or a name ending in a newline
     through; appending one more newline makes such a match fail and keeps every other one."""
@@ -49,8 +53,10 @@ def _is_integer(checker: Any, instance: Any) -> bool:
 
 
 _Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern},
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+    jsonschema.Draft202012Validator,
+    {"pattern": _ecma_pattern},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 @cache
@@ -60,21 +66,27 @@ def _validator(name: str) -> Any:
 
 def validate_against(name: str, data: Any) -> list[str]:
     """Plain messages for a document we wrote ourselves (the manifest); empty when valid."""
-    return [f"{format_key_path(tuple(e.absolute_path))}: {e.message}"
-            for e in _validator(name).iter_errors(data)]
+    return [
+        f"{format_key_path(tuple(e.absolute_path))}: {e.message}"
+        for e in _validator(name).iter_errors(data)
+    ]
 
 
 def jobs_schema_problems(doc: MarkedDocument) -> list[SchemaProblem]:
     """Every schema violation of a jobs document, each placed on the key or value at fault
     (in the validator's order: the loader sorts them together with its own)."""
-    return [problem for error in _validator("jobs").iter_errors(doc.data)
-            for problem in _located(error, doc)]
+    return [
+        problem
+        for error in _validator("jobs").iter_errors(doc.data)
+        for problem in _located(error, doc)
+    ]
 
 
 def _located(error: jsonschema.ValidationError, doc: MarkedDocument) -> Iterator[SchemaProblem]:
     path: KeyPath = tuple(error.absolute_path)
     if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
-            error.instance, dict):
+        error.instance, dict
+    ):
         yield from _unknown_keys(error, path, doc)
         return
     if error.validator == "required":
@@ -88,8 +100,9 @@ def _located(error: jsonschema.ValidationError, doc: MarkedDocument) -> Iterator
     yield doc.position(path), path, _friendly(error)
 
 
-def _unknown_keys(error: jsonschema.ValidationError, path: KeyPath,
-                  doc: MarkedDocument) -> Iterator[SchemaProblem]:
+def _unknown_keys(
+    error: jsonschema.ValidationError, path: KeyPath, doc: MarkedDocument
+) -> Iterator[SchemaProblem]:
     allowed = _allowed_keys(error.schema)
     for key in error.instance:
         if key in allowed:
@@ -111,8 +124,11 @@ def _allowed_keys(subschema: Any) -> set[str]:
 
 
 def _friendly(error: jsonschema.ValidationError) -> str:
-    if error.validator == "type" and error.validator_value == "string" and isinstance(
-            error.instance, (bool, int, float)):
+    if (
+        error.validator == "type"
+        and error.validator_value == "string"
+        and isinstance(error.instance, (bool, int, float))
+    ):
         return f"{error.message}; quote it to make it a string"
     if error.validator == "pattern":
         description = error.schema.get("description") if isinstance(error.schema, dict) else None

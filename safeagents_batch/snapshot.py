@@ -10,14 +10,17 @@ import yaml
 
 from safeagents_batch.model import DEFAULT_IMAGE_NAME, ImageConfig, Job, JobsFile
 
-HEADER = ("# Resolved by safeagents-batch from {source} (sha256 {sha}).\n"
-          "# Defaults are merged, globs expanded and paths absolute; `rerun` reads this file.\n")
+HEADER = (
+    "# Resolved by safeagents-batch from {source} (sha256 {sha}).\n"
+    "# Defaults are merged, globs expanded and paths absolute; `rerun` reads this file.\n"
+)
 
 
 def resolved_yaml(jobs_file: JobsFile) -> str:
     header = HEADER.format(source=jobs_file.path, sha=jobs_file.sha256)
-    return header + yaml.safe_dump(resolved_document(jobs_file), sort_keys=False,
-                                   allow_unicode=True, width=100)
+    return header + yaml.safe_dump(
+        resolved_document(jobs_file), sort_keys=False, allow_unicode=True, width=100
+    )
 
 
 def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:

@@ -85,8 +85,9 @@ def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YamlSyntaxError:
     line = before.count("\n")
     column = exc.position - (before.rfind("\n") + 1)
     character = exc.character if isinstance(exc.character, int) else ord(exc.character)
-    return YamlSyntaxError(Position(line, column),
-                           f"unacceptable character #x{character:04x}: {exc.reason}")
+    return YamlSyntaxError(
+        Position(line, column), f"unacceptable character #x{character:04x}: {exc.reason}"
+    )
 
 
 def _one_line(text: str) -> str:
@@ -110,16 +111,19 @@ class _Walker:
     def convert(self, node: yaml.Node, path: KeyPath) -> Any:
         self.visited += 1
         if self.visited > MAX_NODES:
-            raise yaml.MarkedYAMLError(problem="document too large after alias expansion",
-                                       problem_mark=node.start_mark)
+            raise yaml.MarkedYAMLError(
+                problem="document too large after alias expansion", problem_mark=node.start_mark
+            )
         self.doc.values[path] = Position(node.start_mark.line, node.start_mark.column)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if node.tag not in self.loader.yaml_constructors:  # e.g. !!python/object/apply on a list
             raise yaml.constructor.ConstructorError(
-                None, None, f"could not determine a constructor for the tag "
-                            f"{_short_tag(node.tag)!r}",
-                node.start_mark)
+                None,
+                None,
+                f"could not determine a constructor for the tag {_short_tag(node.tag)!r}",
+                node.start_mark,
+            )
         if id(node) in self.on_stack:
             raise yaml.MarkedYAMLError(problem="recursive alias", problem_mark=node.start_mark)
         self.on_stack.add(id(node))
@@ -156,7 +160,8 @@ class _Walker:
         flatten_mapping rewrites the node in place and an alias may visit it again."""
         if id(node) not in self.explicit_keys:
             self.explicit_keys[id(node)] = {
-                id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
+                id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"
+            }
         return self.explicit_keys[id(node)]
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
@@ -168,8 +173,10 @@ class _Walker:
             # PyYAML's scalar constructors trust the resolver's regexes; an explicit tag skips
             # them (`!!int fuzz`, `!!timestamp x`, `!!bool maybe`) and they fail with bare errors.
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {node.value!r} as {_short_tag(node.tag)}: {exc}",
-                node.start_mark
+                None,
+                None,
+                f"cannot read {node.value!r} as {_short_tag(node.tag)}: {exc}",
+                node.start_mark,
             ) from None
 
     def _key(self, key_node: yaml.Node, path: KeyPath, where: Position) -> str | None:
@@ -178,6 +185,12 @@ class _Walker:
             return key
         shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
         self.doc.problems.append(
-            (where, path, f"key {shown!r} is not a string (quote it: {str(shown)!r})"
-             if isinstance(key_node, yaml.ScalarNode) else "a key must be a plain string"))
+            (
+                where,
+                path,
+                f"key {shown!r} is not a string (quote it: {str(shown)!r})"
+                if isinstance(key_node, yaml.ScalarNode)
+                else "a key must be a plain string",
+            )
+        )
         return None

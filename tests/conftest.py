@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Engine fixtures (docker_client, engine, orchestrators) for every test module that asks.
+pytest_plugins = ["engine_fixtures", "engine_cli"]
+
 
 @dataclass(frozen=True)
 class Project:

@@ -43,7 +43,8 @@ HELD_SCRIPT = (
     "print('holding', flush=True)\n"
     f"while os.path.exists('/safeagents/code/{HOLD}'):\n"
     "    time.sleep(0.1)\n"
-    "print('released')\n")
+    "print('released')\n"
+)
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,21 @@ class SessionImage:
     token: str
 
     def header(self, name: str, workers: int = 4) -> str:
-        return (f"version: 1\nname: {name}\nimage_name: {self.image_name}\nworkers: {workers}\n"
-                "frameworks:\n  plain: {packages: [], source_dirs: [uniq]}\n")
+        return (
+            f"version: 1\nname: {name}\nimage_name: {self.image_name}\nworkers: {workers}\n"
+            "frameworks:\n  plain: {packages: [], source_dirs: [uniq]}\n"
+        )
 
-    def project(self, root: Path, name: str, jobs: str, scripts: dict[str, str],
-                *, workers: int = 4, held: bool = False) -> Path:
+    def project(
+        self,
+        root: Path,
+        name: str,
+        jobs: str,
+        scripts: dict[str, str],
+        *,
+        workers: int = 4,
+        held: bool = False,
+    ) -> Path:
         """Writes the scripts, the token dir and jobs.yaml (header + `jobs`); returns the file."""
         for relative, text in {**scripts, "uniq/token.txt": self.token}.items():
             path = root / relative
@@ -74,8 +85,9 @@ class SessionImage:
 def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionImage]:
     """Builds the session image through `safeagents-batch build`, pins it, removes it after."""
     image = SessionImage(f"sab-rerun-test-{secrets.token_hex(4)}", secrets.token_hex(16))
-    jobs = image.project(root, "build", "  - {name: b, framework: plain, scripts: b.py}\n",
-                         {"b.py": "print('b')\n"})
+    jobs = image.project(
+        root, "build", "  - {name: b, framework: plain, scripts: b.py}\n", {"b.py": "print('b')\n"}
+    )
     built = cli(["build", str(jobs)])
     assert built.returncode == 0, built.stdout + built.stderr
     [tag] = [t for i in client.images.list(name=image.image_name) for t in i.tags]
@@ -89,8 +101,9 @@ def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionIm
 
 def cli(args: list[str], timeout: float = EXIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """One CLI command to its end."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @dataclass
@@ -103,8 +116,13 @@ class Orchestrators:
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def start(self, args: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [*CLI, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -157,8 +175,9 @@ def kill_hard(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=EXIT_TIMEOUT)
 
 
-def wait_for(condition: Callable[[], bool], what: str,
-             proc: subprocess.Popen[str] | None = None) -> None:
+def wait_for(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None
+) -> None:
     """Polls `condition` for at most WAIT_TIMEOUT seconds; a process that ends meanwhile fails
     the test with its output."""
     deadline = time.monotonic() + WAIT_TIMEOUT
@@ -172,8 +191,11 @@ def wait_for(condition: Callable[[], bool], what: str,
 
 
 def batch_dir_in(output_dir: Path) -> Path | None:
-    dirs = [d for d in output_dir.glob("*") if (d / "manifest.json").is_file()] \
-        if output_dir.is_dir() else []
+    dirs = (
+        [d for d in output_dir.glob("*") if (d / "manifest.json").is_file()]
+        if output_dir.is_dir()
+        else []
+    )
     assert len(dirs) <= 1, dirs
     return dirs[0] if dirs else None
 
@@ -204,7 +226,8 @@ def valid_manifest(batch_dir: Path) -> dict[str, Any]:
     data = read_manifest(batch_dir)
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
     validator.validate(data)
     return data
 

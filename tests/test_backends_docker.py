@@ -75,4 +75,7 @@ def test_log_pump_writes_each_stream_and_the_console(tmp_path: Path) -> None:
 
     assert pump.error is None
     assert [(tmp_path / n).read_bytes() for n in ("stdout.log", "stderr.log", "console.log")] == [
-        b"out\n", b"err\n", b"out\nerr\n"]
+        b"out\n",
+        b"err\n",
+        b"out\nerr\n",
+    ]

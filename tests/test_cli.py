@@ -53,8 +53,9 @@ def test_validate_ok(project: Project, capsys: pytest.CaptureFixture[str]) -> No
     assert (out, err) == ("OK: 4 runs, 1 images\n", "")
 
 
-def test_validate_prints_warnings_on_stderr(project: Project,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_prints_warnings_on_stderr(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = project.jobs(GOOD)
     assert main(["validate", str(path)]) == 0
     out, err = capsys.readouterr()
@@ -76,25 +77,29 @@ def test_validate_bad_file(project: Project, capsys: pytest.CaptureFixture[str])
 
 
 def test_validate_several_files(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
-    good = project.jobs("version: 1\njobs: [{name: a, framework: crewai, scripts: scripts/a.py}]",
-                        name="good.yaml")
+    good = project.jobs(
+        "version: 1\njobs: [{name: a, framework: crewai, scripts: scripts/a.py}]", name="good.yaml"
+    )
     bad = project.jobs(BAD, name="bad.yaml")
     assert main(["validate", str(good), str(bad)]) == 2
     out, err = capsys.readouterr()
     assert out == f"{good}: OK: 1 runs, 1 images\n"
-    assert len(err.splitlines()) == 3 and all(line.startswith(f"{bad}:")
-                                              for line in err.splitlines())
+    assert len(err.splitlines()) == 3 and all(
+        line.startswith(f"{bad}:") for line in err.splitlines()
+    )
 
 
 def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nope.yaml"
     assert main(["validate", str(path)]) == 2
     assert capsys.readouterr().err == (
-        f"{path}:1:1: (file): cannot read: No such file or directory\n")
+        f"{path}:1:1: (file): cannot read: No such file or directory\n"
+    )
 
 
-def test_plan_json_is_deterministic_and_expands(project: Project,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_json_is_deterministic_and_expands(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = project.jobs(GOOD)
     outputs = []
     for _ in range(2):
@@ -106,19 +111,28 @@ def test_plan_json_is_deterministic_and_expands(project: Project,
     runs = document["runs"]
     assert [run["run_id"] for run in runs] == [
         f"grid-{stem}-{model}-r{k}"
-        for stem in ("a", "b") for model in ("gpt-4o", "mini") for k in (1, 2, 3)
+        for stem in ("a", "b")
+        for model in ("gpt-4o", "mini")
+        for k in (1, 2, 3)
     ] + ["other-a"]
     first = runs[0]
     assert (first["job"], first["framework"], first["script"], first["timeout"]) == (
-        "grid", "langgraph", "scripts/a.py", 3600)
+        "grid",
+        "langgraph",
+        "scripts/a.py",
+        3600,
+    )
     assert first["env"] == ["AZURE_TOKEN", "MODEL", "OPENAI_API_KEY"]
     assert re.fullmatch(r"safeagents-runtime:langgraph-[0-9a-f]{12}", first["image"])
     assert "sk-do-not-print" not in outputs[0]
 
 
-def test_plan_json_is_the_same_for_a_copied_project(project: Project, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_json_is_the_same_for_a_copied_project(
+    project: Project,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     project.jobs(GOOD)
     copy = tmp_path / "moved" / "proj"
     shutil.copytree(project.root, copy)
@@ -162,12 +176,27 @@ def test_module_entry_point_from_another_cwd(project: Project, tmp_path: Path) -
     path = project.jobs(BAD)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    bad = subprocess.run([sys.executable, "-m", "safeagents_batch", "validate", str(path)],
-                         cwd=elsewhere, capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "safeagents_batch", "validate", str(path)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.splitlines()) == 3 and "Traceback" not in bad.stderr
     path.write_text("version: 1\njobs: [{name: a, framework: crewai, scripts: scripts/a.py}]\n")
-    good = subprocess.run([sys.executable, "-m", "safeagents_batch", "validate",
-                           str(Path("..") / "proj" / "jobs.yaml")],
-                          cwd=elsewhere, capture_output=True, text=True, check=False)
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "safeagents_batch",
+            "validate",
+            str(Path("..") / "proj" / "jobs.yaml"),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert (good.returncode, good.stdout, good.stderr) == (0, "OK: 1 runs, 1 images\n", "")

@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import jsonschema
 import pytest
-from engine_fixtures import docker_client, engine, write_project  # noqa: F401
+from engine_fixtures import write_project
 
 from safeagents_batch import cli
 from safeagents_batch.backends import docker as docker_backend
@@ -37,8 +37,9 @@ MIB = 1024 * 1024
 
 # -- helpers ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
-def image_name(docker_client: docker.DockerClient) -> Iterator[str]:  # noqa: F811
+def image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """A repository name no image has yet: every image of the test is built fresh, then removed."""
     name = f"sab-engine-test-{secrets.token_hex(4)}"
     yield name
@@ -64,7 +65,8 @@ def load_valid_manifest(batch_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
     validator.validate(data)
     return data
 
@@ -93,13 +95,15 @@ MIXED_SCRIPTS = {
         "logs = pathlib.Path('/safeagents/logs')\n"
         "(logs / 'artifacts').mkdir()\n"
         "(logs / 'artifacts' / 'result.txt').write_text(os.environ.get('X', 'none'))\n"
-        "print('ok', os.environ.get('X', ''))\n"),
+        "print('ok', os.environ.get('X', ''))\n"
+    ),
     "scripts/uses_helper.py": "from helpers import helper\nprint(helper.NAME)\n",
     "scripts/exit3.py": "print('about to fail', flush=True)\nraise SystemExit(3)\n",
     "scripts/stderr_writer.py": (
         "import sys\n"
         "print('plain stdout line')\n"
-        "print('STDERR-MARKER-7d1f only on stderr', file=sys.stderr)\n"),
+        "print('STDERR-MARKER-7d1f only on stderr', file=sys.stderr)\n"
+    ),
     "scripts/sleeper.py": "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n",
     "helpers/helper.py": "NAME = 'helper from source_dirs'\n",
 }
@@ -140,8 +144,11 @@ jobs:
 
 @pytest.mark.docker
 def test_mixed_batch_statuses_logs_cleanup_and_ownership(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     jobs = write_project(tmp_path / "proj", mixed_jobs_yaml(image_name), MIXED_SCRIPTS)
     out_dir = tmp_path / "out"
 
@@ -165,8 +172,10 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
     assert "STDERR-MARKER-7d1f" in (noisy / "console.log").read_text()
     assert "STDERR-MARKER-7d1f" not in (noisy / "stdout.log").read_text()
     assert "plain stdout line" in (noisy / "stdout.log").read_text()
-    assert "helper from source_dirs" in (
-        Path(runs["helper-uses_helper-r1"]["log_dir"]) / "stdout.log").read_text()
+    assert (
+        "helper from source_dirs"
+        in (Path(runs["helper-uses_helper-r1"]["log_dir"]) / "stdout.log").read_text()
+    )
     assert (Path(runs["ok-ok-c"]["log_dir"]) / "artifacts" / "result.txt").read_text() == "c"
 
     assert batch_containers(engine, manifest["batch_id"]) == []
@@ -180,47 +189,61 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
 
 # -- 2. image cache: nothing rebuilt, then only the changed image -------------------------------
 
+
 @pytest.mark.docker
 def test_second_run_builds_nothing_and_a_changed_framework_rebuilds_alone(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    scripts = {**MIXED_SCRIPTS,
-               "scripts/uses_six.py": "import six\nprint('six', six.__version__)\n"}
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scripts = {
+        **MIXED_SCRIPTS,
+        "scripts/uses_six.py": "import six\nprint('six', six.__version__)\n",
+    }
     jobs = write_project(tmp_path / "proj", mixed_jobs_yaml(image_name), scripts)
 
     def run(output: str) -> tuple[Path, dict[str, Any]]:
-        run_cli(["run", str(jobs), "-o", str(tmp_path / output), "--no-progress",
-                 "--only", "[oh]*"], capsys)  # jobs ok and helper: all succeed
+        run_cli(
+            ["run", str(jobs), "-o", str(tmp_path / output), "--no-progress", "--only", "[oh]*"],
+            capsys,
+        )  # jobs ok and helper: all succeed
         batch_dir = only_batch_dir(tmp_path / output)
         return batch_dir, load_valid_manifest(batch_dir)
 
     first_dir, first = run("first")
     assert {f: i["status"] for f, i in images_by_framework(first).items()} == {
-        "plain": "built", "plain2": "built"}
+        "plain": "built",
+        "plain2": "built",
+    }
     assert len(build_logs(first_dir)) == 2
 
     again_dir, again = run("again")
     assert {f: i["status"] for f, i in images_by_framework(again).items()} == {
-        "plain": "cached", "plain2": "cached"}
+        "plain": "cached",
+        "plain2": "cached",
+    }
     assert build_logs(again_dir) == []
     assert counts(again) == {"succeeded": 9}
 
-    jobs.write_text(mixed_jobs_yaml(image_name, plain2_extra="[six]")
-                    + "  - name: hassix\n    framework: plain2\n    scripts: scripts/uses_six.py\n")
+    jobs.write_text(
+        mixed_jobs_yaml(image_name, plain2_extra="[six]")
+        + "  - name: hassix\n    framework: plain2\n    scripts: scripts/uses_six.py\n"
+    )
     changed_dir, changed = run("changed")
     images = images_by_framework(changed)
     assert images["plain"]["status"] == "cached"
     assert images["plain"]["tag"] == images_by_framework(first)["plain"]["tag"]
     assert images["plain2"]["status"] == "built"
     assert images["plain2"]["tag"] != images_by_framework(first)["plain2"]["tag"]
-    assert [p.name for p in build_logs(changed_dir)] == [
-        Path(images["plain2"]["build_log"]).name]
+    assert [p.name for p in build_logs(changed_dir)] == [Path(images["plain2"]["build_log"]).name]
     assert counts(changed) == {"succeeded": 10}
     six_run = runs_by_id(changed)["hassix-uses_six"]
     assert "six 1." in (Path(six_run["log_dir"]) / "stdout.log").read_text()
 
 
 # -- 3. 200 MB of output with flat orchestrator memory ------------------------------------------
+
 
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -244,15 +267,22 @@ class RssSampler(threading.Thread):
 
 @pytest.mark.docker
 def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     megabytes = 200
-    script = ("import sys\n"
-              f"line = b'y' * 1023 + b'\\n'\nblock = line * 1024\n"
-              f"for _ in range({megabytes}):\n    sys.stdout.buffer.write(block)\n"
-              "sys.stdout.buffer.flush()\n")
-    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
-                 "jobs:\n  - {name: flood, framework: plain, scripts: flood.py, timeout: 900}\n")
+    script = (
+        "import sys\n"
+        f"line = b'y' * 1023 + b'\\n'\nblock = line * 1024\n"
+        f"for _ in range({megabytes}):\n    sys.stdout.buffer.write(block)\n"
+        "sys.stdout.buffer.flush()\n"
+    )
+    jobs_yaml = (
+        f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+        "jobs:\n  - {name: flood, framework: plain, scripts: flood.py, timeout: 900}\n"
+    )
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"flood.py": script})
     # Build first, so that the measurement covers the run alone.
     assert run_cli(["build", str(jobs)], capsys)[0] == EXIT_OK
@@ -263,15 +293,18 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
     sampler = RssSampler()
     sampler.start()
     try:
-        code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"),
-                                   "--no-progress"], capsys)
+        code, stdout, _ = run_cli(
+            ["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"], capsys
+        )
     finally:
         sampler.stop.set()
         sampler.join()
     growth_mib = (sampler.peak_kib - before_kib) / 1024
     hwm_growth_mib = (_rss_kib("VmHWM") - before_kib) / 1024
-    print(f"\nRSS before {before_kib / 1024:.1f} MiB, sampled peak {sampler.peak_kib / 1024:.1f} "
-          f"MiB (+{growth_mib:.1f}), VmHWM +{hwm_growth_mib:.1f} MiB")
+    print(
+        f"\nRSS before {before_kib / 1024:.1f} MiB, sampled peak {sampler.peak_kib / 1024:.1f} "
+        f"MiB (+{growth_mib:.1f}), VmHWM +{hwm_growth_mib:.1f} MiB"
+    )
 
     assert code == EXIT_OK, stdout
     batch_dir = only_batch_dir(tmp_path / "out")
@@ -286,18 +319,25 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
 
 # -- 4. a real framework image from PyPI --------------------------------------------------------
 
+
 @pytest.mark.docker
 def test_openai_agents_image_builds_from_pypi_and_imports_agents(
-        engine: docker.DockerClient, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    script = ("import agents\nfrom agents import Agent\n"
-              "print('agents imported from', agents.__file__)\n")
-    jobs_yaml = ("version: 1\njobs:\n"
-                 "  - {name: agents, framework: openai-agents, scripts: check.py, timeout: 300}\n")
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = (
+        "import agents\nfrom agents import Agent\nprint('agents imported from', agents.__file__)\n"
+    )
+    jobs_yaml = (
+        "version: 1\njobs:\n"
+        "  - {name: agents, framework: openai-agents, scripts: check.py, timeout: 300}\n"
+    )
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"check.py": script})
 
-    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"],
-                              capsys)
+    code, stdout, _ = run_cli(
+        ["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"], capsys
+    )
 
     batch_dir = only_batch_dir(tmp_path / "out")
     manifest = load_valid_manifest(batch_dir)
@@ -314,18 +354,23 @@ def test_openai_agents_image_builds_from_pypi_and_imports_agents(
 
 # -- 5. no engine -------------------------------------------------------------------------------
 
+
 @pytest.mark.docker
 def test_unreachable_engine_is_one_line_naming_the_socket(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     socket = tmp_path / "no-such-dir" / "docker.sock"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
-    jobs = write_project(tmp_path / "proj", "version: 1\nframeworks:\n  plain: {packages: []}\n"
-                         "jobs:\n  - {name: a, framework: plain, scripts: a.py}\n",
-                         {"a.py": "print('never runs')\n"})
+    jobs = write_project(
+        tmp_path / "proj",
+        "version: 1\nframeworks:\n  plain: {packages: []}\n"
+        "jobs:\n  - {name: a, framework: plain, scripts: a.py}\n",
+        {"a.py": "print('never runs')\n"},
+    )
 
-    code, stdout, stderr = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"),
-                                    "--no-progress"], capsys)
+    code, stdout, stderr = run_cli(
+        ["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"], capsys
+    )
 
     assert code == EXIT_ENGINE_UNAVAILABLE
     lines = stderr.splitlines()
@@ -337,10 +382,14 @@ def test_unreachable_engine_is_one_line_naming_the_socket(
 
 # -- 6. status, and a failed build that fails only its own runs ---------------------------------
 
+
 @pytest.mark.docker
 def test_failed_build_errors_only_its_runs_and_status_reports_them(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     jobs_yaml = f"""\
 version: 1
 name: halfbroken
@@ -354,8 +403,9 @@ jobs:
 """
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"ok.py": "print('ok')\n"})
 
-    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "3",
-                               "--no-progress"], capsys)
+    code, stdout, _ = run_cli(
+        ["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "3", "--no-progress"], capsys
+    )
 
     assert code == EXIT_RUNS_FAILED, stdout
     batch_dir = only_batch_dir(tmp_path / "out")
@@ -398,17 +448,24 @@ jobs:
 
 # -- 7. one build, however many runs wait for it ------------------------------------------------
 
+
 @pytest.mark.docker
 def test_concurrent_runs_share_one_build(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
-                 "jobs:\n  - {name: many, framework: plain, scripts: ok.py, repeat: 12}\n")
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs_yaml = (
+        f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+        "jobs:\n  - {name: many, framework: plain, scripts: ok.py, repeat: 12}\n"
+    )
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"ok.py": "print('ok')\n"})
     since = int(time.time()) - 1
 
-    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "4",
-                               "--no-progress"], capsys)
+    code, stdout, _ = run_cli(
+        ["run", str(jobs), "-o", str(tmp_path / "out"), "-j", "4", "--no-progress"], capsys
+    )
 
     until = int(time.time()) + 1
     assert code == EXIT_OK, stdout
@@ -421,19 +478,26 @@ def test_concurrent_runs_share_one_build(
     log = Path(image["build_log"]).read_text()
     assert log.count(f"# building {image['tag']}") == 1
     # The engine's own record: the tag was applied once, by one build.
-    events = engine.api.events(since=since, until=until, decode=True,
-                               filters={"type": "image", "event": "tag"})
-    tagged = [e for e in events if e.get("Actor", {}).get("Attributes", {}).get("name")
-              == image["tag"]]
+    events = engine.api.events(
+        since=since, until=until, decode=True, filters={"type": "image", "event": "tag"}
+    )
+    tagged = [
+        e for e in events if e.get("Actor", {}).get("Attributes", {}).get("name") == image["tag"]
+    ]
     assert len(tagged) == 1, tagged
 
 
 # -- found on the way: a log file that cannot be written ----------------------------------------
 
+
 @pytest.mark.docker
 def test_unwritable_log_ends_the_run_as_an_error_and_removes_its_container(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """stdout.log on a full disk (/dev/full: every write fails with ENOSPC) while the script
     keeps running: the run is an `error` naming the cause, its container is gone, and the
     attempt keeps its log dir; not an internal error after the engine's wait times out."""
@@ -446,12 +510,15 @@ def test_unwritable_log_ends_the_run_as_an_error_and_removes_its_container(
 
     monkeypatch.setattr(docker_backend, "_log_files", full_stdout)
     script = "import time\nprint('x' * 100_000, flush=True)\ntime.sleep(600)\n"
-    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
-                 "jobs:\n  - {name: full, framework: plain, scripts: talk.py, timeout: 900}\n")
+    jobs_yaml = (
+        f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+        "jobs:\n  - {name: full, framework: plain, scripts: talk.py, timeout: 900}\n"
+    )
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"talk.py": script})
 
-    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"],
-                              capsys)
+    code, stdout, _ = run_cli(
+        ["run", str(jobs), "-o", str(tmp_path / "out"), "--no-progress"], capsys
+    )
 
     assert code == EXIT_RUNS_FAILED, stdout
     manifest = load_valid_manifest(only_batch_dir(tmp_path / "out"))
@@ -465,23 +532,34 @@ def test_unwritable_log_ends_the_run_as_an_error_and_removes_its_container(
 
 # -- found on the way: output reaches the log files while the script still runs ---------------
 
+
 @pytest.mark.docker
 def test_output_is_in_the_log_files_while_the_script_is_quiet(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """A script prints one line on each stream, then stays quiet while a file exists in its
     code dir (a bind mount: the test deletes it on the host). Both lines must be in the log
     files meanwhile (`tail -f`, and an orchestrator killed now must not lose them)."""
-    script = ("import os, sys, time\nprint('first out line', flush=True)\n"
-              "print('first err line', file=sys.stderr, flush=True)\n"
-              "while os.path.exists('/safeagents/code/hold'):\n    time.sleep(0.1)\n")
-    jobs_yaml = (f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
-                 "jobs:\n  - {name: quiet, framework: plain, scripts: quiet.py, timeout: 300}\n")
+    script = (
+        "import os, sys, time\nprint('first out line', flush=True)\n"
+        "print('first err line', file=sys.stderr, flush=True)\n"
+        "while os.path.exists('/safeagents/code/hold'):\n    time.sleep(0.1)\n"
+    )
+    jobs_yaml = (
+        f"version: 1\nimage_name: {image_name}\nframeworks:\n  plain: {{packages: []}}\n"
+        "jobs:\n  - {name: quiet, framework: plain, scripts: quiet.py, timeout: 300}\n"
+    )
     jobs = write_project(tmp_path / "proj", jobs_yaml, {"quiet.py": script, "hold": ""})
     out_dir = tmp_path / "out"
     outcome: list[int] = []
-    batch = threading.Thread(target=lambda: outcome.append(cli.main(
-        ["run", str(jobs), "-o", str(out_dir), "--no-progress"])))
+    batch = threading.Thread(
+        target=lambda: outcome.append(
+            cli.main(["run", str(jobs), "-o", str(out_dir), "--no-progress"])
+        )
+    )
     batch.start()
 
     def logged(name: str, text: str) -> bool:
@@ -490,8 +568,7 @@ def test_output_is_in_the_log_files_while_the_script_is_quiet(
     try:
         seen = False
         for _ in range(600):  # an upper bound for a hang (60 s), not a timing assertion
-            seen = logged("stdout.log", "first out line") and logged("stderr.log",
-                                                                     "first err line")
+            seen = logged("stdout.log", "first out line") and logged("stderr.log", "first err line")
             if seen or not batch.is_alive():
                 break
             time.sleep(0.1)

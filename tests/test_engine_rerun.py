@@ -24,7 +24,6 @@ from engine_cli import (
     containers_of,
     finish,
     kill_hard,
-    orchestrators,  # noqa: F401
     read_manifest,
     read_stderr_until,
     release,
@@ -35,7 +34,6 @@ from engine_cli import (
     wait_for,
     wait_for_batch,
 )
-from engine_fixtures import docker_client, engine  # noqa: F401
 
 from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED
 from safeagents_batch.rerun import INTERRUPTED_REASON
@@ -44,16 +42,17 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient,  # noqa: F811
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionImage]:
+def image(
+    docker_client: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SessionImage]:
     yield from session_image(docker_client, tmp_path_factory.mktemp("image"))
 
 
 def held_batch(image: SessionImage, root: Path, runs: int, workers: int) -> Path:
     """`runs` runs of one held script: they stay `running` until the test releases them."""
     jobs = f"  - {{name: held, framework: plain, scripts: held.py, repeat: {runs}}}\n"
-    return image.project(root, "held", jobs, {"held.py": HELD_SCRIPT}, workers=workers,
-                         held=True)
+    return image.project(root, "held", jobs, {"held.py": HELD_SCRIPT}, workers=workers, held=True)
 
 
 def attempt_dirs(batch_dir: Path, run_id: str) -> list[str]:
@@ -62,10 +61,14 @@ def attempt_dirs(batch_dir: Path, run_id: str) -> list[str]:
 
 # -- 1. Ctrl-C, SIGTERM, and a second Ctrl-C during cleanup --------------------------------------
 
+
 @pytest.mark.docker
 def test_sigint_cancels_cleans_up_and_rerun_completes_the_batch(
-        engine: docker.DockerClient, image: SessionImage,  # noqa: F811
-        orchestrators: Orchestrators, tmp_path: Path) -> None:  # noqa: F811
+    engine: docker.DockerClient,
+    image: SessionImage,
+    orchestrators: Orchestrators,
+    tmp_path: Path,
+) -> None:
     jobs = held_batch(image, tmp_path / "proj", runs=10, workers=4)
     out = tmp_path / "out"
     proc = orchestrators.start(["run", str(jobs), "-o", str(out), "--no-progress"])
@@ -96,16 +99,21 @@ def test_sigint_cancels_cleans_up_and_rerun_completes_the_batch(
         expected = ["cancelled", "succeeded"] if run["run_id"] in killed else ["succeeded"]
         assert [a["status"] for a in run["attempts"]] == expected
         assert attempt_dirs(batch_dir, run["run_id"]) == [
-            f"attempt-{k}" for k in range(1, len(expected) + 1)]
+            f"attempt-{k}" for k in range(1, len(expected) + 1)
+        ]
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
-                         ids=["sigterm", "double-sigint"])
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)], ids=["sigterm", "double-sigint"]
+)
 def test_sigterm_and_a_second_sigint_during_cleanup_leave_no_container(
-        engine: docker.DockerClient, image: SessionImage,  # noqa: F811
-        orchestrators: Orchestrators, tmp_path: Path,  # noqa: F811
-        signals: tuple[signal.Signals, ...]) -> None:
+    engine: docker.DockerClient,
+    image: SessionImage,
+    orchestrators: Orchestrators,
+    tmp_path: Path,
+    signals: tuple[signal.Signals, ...],
+) -> None:
     jobs = held_batch(image, tmp_path / "proj", runs=4, workers=4)
     out = tmp_path / "out"
     proc = orchestrators.start(["run", str(jobs), "-o", str(out), "--no-progress"])
@@ -132,16 +140,23 @@ def test_sigterm_and_a_second_sigint_during_cleanup_leave_no_container(
 
 # -- 2. the orchestrator SIGKILLed mid-batch ----------------------------------------------------
 
+
 @pytest.mark.docker
 def test_sigkilled_orchestrator_leaves_a_valid_manifest_and_rerun_recovers(
-        engine: docker.DockerClient, image: SessionImage,  # noqa: F811
-        orchestrators: Orchestrators, tmp_path: Path) -> None:  # noqa: F811
+    engine: docker.DockerClient,
+    image: SessionImage,
+    orchestrators: Orchestrators,
+    tmp_path: Path,
+) -> None:
     jobs = held_batch(image, tmp_path / "proj", runs=6, workers=3)
     out = tmp_path / "out"
     proc = orchestrators.start(["run", str(jobs), "-o", str(out), "--no-progress"])
     batch_dir = wait_for_batch(out, proc, running=2)
-    wait_for(lambda: sum(c["State"] == "running" for c in containers_of(engine, batch_dir)) >= 2,
-             "two running containers", proc)
+    wait_for(
+        lambda: sum(c["State"] == "running" for c in containers_of(engine, batch_dir)) >= 2,
+        "two running containers",
+        proc,
+    )
 
     kill_hard(proc)
 
@@ -176,16 +191,22 @@ def test_sigkilled_orchestrator_leaves_a_valid_manifest_and_rerun_recovers(
 
 # -- 3. attempts: a rerun after a fix, and retries inside one batch -----------------------------
 
-FAIL_UNLESS_FIXED = "import os, sys\nprint('FAIL is', os.environ['FAIL'])\n" \
-                    "sys.exit(3 if os.environ['FAIL'] == '1' else 0)\n"
+FAIL_UNLESS_FIXED = (
+    "import os, sys\nprint('FAIL is', os.environ['FAIL'])\n"
+    "sys.exit(3 if os.environ['FAIL'] == '1' else 0)\n"
+)
 
 
 @pytest.mark.docker
 def test_a_run_that_fails_then_succeeds_on_rerun_has_two_attempts(
-        engine: docker.DockerClient, image: SessionImage, tmp_path: Path) -> None:  # noqa: F811
-    jobs = image.project(tmp_path / "proj", "flaky",
-                         "  - {name: flaky, framework: plain, scripts: f.py, env_file: .env}\n",
-                         {"f.py": FAIL_UNLESS_FIXED, ".env": "FAIL=1\n"})
+    engine: docker.DockerClient, image: SessionImage, tmp_path: Path
+) -> None:
+    jobs = image.project(
+        tmp_path / "proj",
+        "flaky",
+        "  - {name: flaky, framework: plain, scripts: f.py, env_file: .env}\n",
+        {"f.py": FAIL_UNLESS_FIXED, ".env": "FAIL=1\n"},
+    )
     out = tmp_path / "out"
 
     first = cli(["run", str(jobs), "-o", str(out), "--no-progress"])
@@ -201,7 +222,9 @@ def test_a_run_that_fails_then_succeeds_on_rerun_has_two_attempts(
     assert again.returncode == EXIT_OK, again.stdout + again.stderr
     run = runs_by_id(valid_manifest(batch_dir))["flaky-f"]
     assert [(a["number"], a["status"], a["exit_code"]) for a in run["attempts"]] == [
-        (1, "failed", 3), (2, "succeeded", 0)]
+        (1, "failed", 3),
+        (2, "succeeded", 0),
+    ]
     assert (run["status"], run["exit_code"]) == ("succeeded", 0)
     assert attempt_dirs(batch_dir, "flaky-f") == ["attempt-1", "attempt-2"]
     for number, value in ((1, "1"), (2, "0")):
@@ -211,11 +234,14 @@ def test_a_run_that_fails_then_succeeds_on_rerun_has_two_attempts(
 
 @pytest.mark.docker
 def test_retries_on_failed_record_three_attempts_in_one_batch(
-        engine: docker.DockerClient, image: SessionImage, tmp_path: Path) -> None:  # noqa: F811
-    jobs = image.project(tmp_path / "proj", "retry",
-                         "  - {name: doomed, framework: plain, scripts: d.py, retries: 2,"
-                         " retry_on: [failed]}\n",
-                         {"d.py": "print('trying')\nraise SystemExit(5)\n"})
+    engine: docker.DockerClient, image: SessionImage, tmp_path: Path
+) -> None:
+    jobs = image.project(
+        tmp_path / "proj",
+        "retry",
+        "  - {name: doomed, framework: plain, scripts: d.py, retries: 2, retry_on: [failed]}\n",
+        {"d.py": "print('trying')\nraise SystemExit(5)\n"},
+    )
     out = tmp_path / "out"
 
     result = cli(["run", str(jobs), "-o", str(out), "--no-progress"])
@@ -225,7 +251,10 @@ def test_retries_on_failed_record_three_attempts_in_one_batch(
     assert batch_dir is not None
     run = runs_by_id(valid_manifest(batch_dir))["doomed-d"]
     assert [(a["number"], a["status"], a["exit_code"]) for a in run["attempts"]] == [
-        (1, "failed", 5), (2, "failed", 5), (3, "failed", 5)]
+        (1, "failed", 5),
+        (2, "failed", 5),
+        (3, "failed", 5),
+    ]
     assert run["status"] == "failed"
     assert attempt_dirs(batch_dir, "doomed-d") == ["attempt-1", "attempt-2", "attempt-3"]
     assert result.stdout.count("doomed-d") == 1  # one line per run, not per attempt
@@ -233,23 +262,35 @@ def test_retries_on_failed_record_three_attempts_in_one_batch(
 
 # -- 4. rerun with an edited jobs file ----------------------------------------------------------
 
+
 @pytest.mark.docker
 def test_rerun_with_an_edited_jobs_file_adds_new_ids_and_keeps_vanished_ones(
-        engine: docker.DockerClient, image: SessionImage, tmp_path: Path) -> None:  # noqa: F811
-    scripts = {"keep.py": "print('keep')\n", "gone.py": "print('gone')\n",
-               "new.py": "print('new')\n"}
-    jobs = image.project(tmp_path / "proj", "edit",
-                         "  - {name: keep, framework: plain, scripts: keep.py}\n"
-                         "  - {name: gone, framework: plain, scripts: gone.py}\n", scripts)
+    engine: docker.DockerClient, image: SessionImage, tmp_path: Path
+) -> None:
+    scripts = {
+        "keep.py": "print('keep')\n",
+        "gone.py": "print('gone')\n",
+        "new.py": "print('new')\n",
+    }
+    jobs = image.project(
+        tmp_path / "proj",
+        "edit",
+        "  - {name: keep, framework: plain, scripts: keep.py}\n"
+        "  - {name: gone, framework: plain, scripts: gone.py}\n",
+        scripts,
+    )
     out = tmp_path / "out"
     first = cli(["run", str(jobs), "-o", str(out), "--no-progress"])
     assert first.returncode == EXIT_OK, first.stdout + first.stderr
     batch_dir = batch_dir_in(out)
     assert batch_dir is not None
     edited = jobs.parent / "edited.yaml"
-    edited.write_text(image.header("edit") + "jobs:\n"
-                      "  - {name: keep, framework: plain, scripts: keep.py}\n"
-                      "  - {name: new, framework: plain, scripts: new.py}\n", encoding="utf-8")
+    edited.write_text(
+        image.header("edit") + "jobs:\n"
+        "  - {name: keep, framework: plain, scripts: keep.py}\n"
+        "  - {name: new, framework: plain, scripts: new.py}\n",
+        encoding="utf-8",
+    )
 
     rerun = cli(["rerun", str(batch_dir), "--jobs", str(edited), "--no-progress"])
 
@@ -268,7 +309,8 @@ def test_rerun_with_an_edited_jobs_file_adds_new_ids_and_keeps_vanished_ones(
 
     assert later.returncode == EXIT_OK, later.stdout + later.stderr
     assert "new-new" not in "".join(
-        line for line in later.stderr.splitlines() if "not in the jobs file" in line)
+        line for line in later.stderr.splitlines() if "not in the jobs file" in line
+    )
     runs = runs_by_id(valid_manifest(batch_dir))
     assert len(runs["new-new"]["attempts"]) == 2
     assert len(runs["gone-gone"]["attempts"]) == 1
@@ -276,10 +318,14 @@ def test_rerun_with_an_edited_jobs_file_adds_new_ids_and_keeps_vanished_ones(
 
 # -- 5. the batch lock --------------------------------------------------------------------------
 
+
 @pytest.mark.docker
 def test_a_second_rerun_of_a_busy_batch_exits_2_and_a_killed_holder_is_taken_over(
-        engine: docker.DockerClient, image: SessionImage,  # noqa: F811
-        orchestrators: Orchestrators, tmp_path: Path) -> None:  # noqa: F811
+    engine: docker.DockerClient,
+    image: SessionImage,
+    orchestrators: Orchestrators,
+    tmp_path: Path,
+) -> None:
     jobs = held_batch(image, tmp_path / "proj", runs=1, workers=1)
     out = tmp_path / "out"
     holder = orchestrators.start(["run", str(jobs), "-o", str(out), "--no-progress"])
@@ -290,7 +336,8 @@ def test_a_second_rerun_of_a_busy_batch_exits_2_and_a_killed_holder_is_taken_ove
     assert second.returncode == EXIT_BAD_INPUT, second.stdout + second.stderr
     assert second.stderr.splitlines() == [
         f"safeagents-batch: error: {batch_dir} is in use by pid {holder.pid}; "
-        "wait for it to finish or stop it first"]
+        "wait for it to finish or stop it first"
+    ]
     assert read_manifest(batch_dir)["runs"][0]["attempts"][0]["status"] == "running"
 
     kill_hard(holder)
@@ -305,25 +352,41 @@ def test_a_second_rerun_of_a_busy_batch_exits_2_and_a_killed_holder_is_taken_ove
 
 # -- 6. engine faults: a container removed behind our back, an OOM kill -------------------------
 
+
 @pytest.mark.docker
 def test_container_removed_behind_our_back_is_an_error_and_oom_is_a_failure(
-        engine: docker.DockerClient, image: SessionImage,  # noqa: F811
-        orchestrators: Orchestrators, tmp_path: Path) -> None:  # noqa: F811
-    scripts = {"held.py": HELD_SCRIPT, "ok.py": "print('ok')\n",
-               "hog.py": "print('allocating', flush=True)\n"
-                         "data = b'x' * (500 * 1024 * 1024)\nprint(len(data))\n"}
+    engine: docker.DockerClient,
+    image: SessionImage,
+    orchestrators: Orchestrators,
+    tmp_path: Path,
+) -> None:
+    scripts = {
+        "held.py": HELD_SCRIPT,
+        "ok.py": "print('ok')\n",
+        "hog.py": "print('allocating', flush=True)\n"
+        "data = b'x' * (500 * 1024 * 1024)\nprint(len(data))\n",
+    }
     # One worker: the runs go in file order, so `ok` and `hog` start after the removal.
-    jobs = image.project(tmp_path / "proj", "faults",
-                         "  - {name: victim, framework: plain, scripts: held.py}\n"
-                         "  - {name: ok, framework: plain, scripts: ok.py}\n"
-                         "  - {name: hog, framework: plain, scripts: hog.py,"
-                         " resources: {memory: 64m}}\n", scripts, workers=1, held=True)
+    jobs = image.project(
+        tmp_path / "proj",
+        "faults",
+        "  - {name: victim, framework: plain, scripts: held.py}\n"
+        "  - {name: ok, framework: plain, scripts: ok.py}\n"
+        "  - {name: hog, framework: plain, scripts: hog.py,"
+        " resources: {memory: 64m}}\n",
+        scripts,
+        workers=1,
+        held=True,
+    )
     out = tmp_path / "out"
     proc = orchestrators.start(["run", str(jobs), "-o", str(out), "--no-progress"])
     batch_dir = wait_for_batch(out, proc, running=1)
     victim_log = batch_dir / "runs" / "victim-held" / "attempt-1" / "stdout.log"
-    wait_for(lambda: victim_log.is_file() and "holding" in victim_log.read_text(),
-             "the victim's script to run", proc)  # mid-run: not between create and start
+    wait_for(
+        lambda: victim_log.is_file() and "holding" in victim_log.read_text(),
+        "the victim's script to run",
+        proc,
+    )  # mid-run: not between create and start
     [victim] = containers_of(engine, batch_dir)
     assert victim["Labels"]["safeagents-batch.run"] == "victim-held"
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import docker
 import pytest
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, docker_client, engine, write_project  # noqa: F401
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 
 from safeagents_batch import cli
 from safeagents_batch.batchdir import batch_containers
@@ -47,8 +47,9 @@ EXPECTED_GID = CONTAINER_UID if os.getuid() == 0 else os.getgid()
 
 # -- helpers ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def image_name(docker_client: docker.DockerClient) -> Iterator[str]:  # noqa: F811
+def image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """One repository for the module: the `plain` image is built once, removed at the end."""
     name = f"sab-security-test-{secrets.token_hex(4)}"
     yield name
@@ -60,8 +61,10 @@ def image_name(docker_client: docker.DockerClient) -> Iterator[str]:  # noqa: F8
 def jobs_yaml(image_name: str, jobs: str) -> str:
     """A jobs file on the quick `plain` framework; `jobs` is the YAML list under `jobs:`."""
     body = textwrap.indent(textwrap.dedent(jobs).strip("\n"), "  ")
-    return (f"version: 1\nimage_name: {image_name}\n{PLAIN_FRAMEWORK_YAML}"
-            f"defaults: {{framework: plain, timeout: 300}}\njobs:\n{body}\n")
+    return (
+        f"version: 1\nimage_name: {image_name}\n{PLAIN_FRAMEWORK_YAML}"
+        f"defaults: {{framework: plain, timeout: 300}}\njobs:\n{body}\n"
+    )
 
 
 def expect(**facts: object) -> str:
@@ -95,7 +98,8 @@ class Batch:
         record = self.run(run_id)
         assert record["status"] == "succeeded", (
             f"{run_id}: {record['status']} ({record['error']}); saw {self.log(run_id)}"
-            f"stderr: {self.log(run_id, 'stderr.log')}")
+            f"stderr: {self.log(run_id, 'stderr.log')}"
+        )
         return self.facts(run_id)
 
 
@@ -105,9 +109,14 @@ def only_batch_dir(output_dir: Path) -> Path:
     return dirs[0]
 
 
-def run_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
-              scripts: dict[str, str], *args: str,
-              prepare: Callable[[Path], None] | None = None) -> Batch:
+def run_batch(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    scripts: dict[str, str],
+    *args: str,
+    prepare: Callable[[Path], None] | None = None,
+) -> Batch:
     """`safeagents-batch run` in this process on a fresh project (`prepare` gets its dir
     before the run); returns what the run left."""
     jobs = write_project(tmp_path / "proj", text, scripts)
@@ -174,7 +183,7 @@ def probe(body: str) -> str:
 
 # -- 1. secrets ---------------------------------------------------------------------------------
 
-SECRET_PROBE = probe('''
+SECRET_PROBE = probe("""
     import hashlib, pathlib, time
 
     def digest(name):
@@ -191,7 +200,7 @@ SECRET_PROBE = probe('''
             break
         time.sleep(0.1)
     verdict(facts)  # names and booleans only: no value is ever printed
-''')
+""")
 
 
 def token() -> str:
@@ -199,7 +208,9 @@ def token() -> str:
 
 
 def secret_jobs_yaml(image_name: str, literal: str, digests: dict[str, str]) -> str:
-    return jobs_yaml(image_name, f"""
+    return jobs_yaml(
+        image_name,
+        f"""
         - name: secrets
           scripts: probe.py
           env_passthrough: [SAB_PASSED_TOKEN]
@@ -208,9 +219,16 @@ def secret_jobs_yaml(image_name: str, literal: str, digests: dict[str, str]) -> 
             LITERAL_API_KEY: "{literal}"
             DIGESTS: '{json.dumps(digests)}'
             HOLD: "1"
-            EXPECT: {expect(SAB_PASSED_TOKEN=True, FROM_ENV_FILE=True, LITERAL_API_KEY=True,
-                            unlisted_host_variable_absent=True)}
-    """)
+            EXPECT: {
+            expect(
+                SAB_PASSED_TOKEN=True,
+                FROM_ENV_FILE=True,
+                LITERAL_API_KEY=True,
+                unlisted_host_variable_absent=True,
+            )
+        }
+    """,
+    )
 
 
 def processes_showing(needles: list[str]) -> list[str]:
@@ -230,8 +248,9 @@ def processes_showing(needles: list[str]) -> list[str]:
 
 
 def ps_output() -> str:
-    return subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def files_holding(root: Path, needles: list[str]) -> list[str]:
@@ -240,13 +259,17 @@ def files_holding(root: Path, needles: list[str]) -> list[str]:
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
-            found += [f"{path.relative_to(root)} holds needle {i}"
-                      for i, n in enumerate(needles) if n.encode() in data]
+            found += [
+                f"{path.relative_to(root)} holds needle {i}"
+                for i, n in enumerate(needles)
+                if n.encode() in data
+            ]
     return found
 
 
-def wait_for_start(proc: subprocess.Popen[str], out_dir: Path,
-                   seen_in_ps: list[str], needles: list[str]) -> Path:
+def wait_for_start(
+    proc: subprocess.Popen[str], out_dir: Path, seen_in_ps: list[str], needles: list[str]
+) -> Path:
     """Samples the process list until the probe says it started; returns its log dir."""
     deadline = time.monotonic() + WAIT_LIMIT_SECONDS
     while time.monotonic() < deadline:
@@ -263,24 +286,52 @@ def wait_for_start(proc: subprocess.Popen[str], out_dir: Path,
 
 @pytest.mark.docker
 def test_secrets_reach_the_script_and_appear_nowhere_else(
-        docker_client: docker.DockerClient, image_name: str, tmp_path: Path) -> None:  # noqa: F811
+    docker_client: docker.DockerClient, image_name: str, tmp_path: Path
+) -> None:
     passed, from_file, literal, unlisted = token(), token(), token(), token()
     needles = [passed, from_file, literal, unlisted]
-    digests = {name: sha256(value.encode()).hexdigest() for name, value in
-               (("SAB_PASSED_TOKEN", passed), ("FROM_ENV_FILE", from_file),
-                ("LITERAL_API_KEY", literal))}
-    jobs = write_project(tmp_path / "proj", secret_jobs_yaml(image_name, literal, digests),
-                         {"probe.py": SECRET_PROBE,
-                          "secrets.env": f"# a comment\nexport FROM_ENV_FILE='{from_file}'\n"})
+    digests = {
+        name: sha256(value.encode()).hexdigest()
+        for name, value in (
+            ("SAB_PASSED_TOKEN", passed),
+            ("FROM_ENV_FILE", from_file),
+            ("LITERAL_API_KEY", literal),
+        )
+    }
+    jobs = write_project(
+        tmp_path / "proj",
+        secret_jobs_yaml(image_name, literal, digests),
+        {
+            "probe.py": SECRET_PROBE,
+            "secrets.env": f"# a comment\nexport FROM_ENV_FILE='{from_file}'\n",
+        },
+    )
     out_dir = tmp_path / "out"
-    env = {**os.environ, "SAB_PASSED_TOKEN": passed, "SAB_UNLISTED_TOKEN": unlisted,
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "SAB_PASSED_TOKEN": passed,
+        "SAB_UNLISTED_TOKEN": unlisted,
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     seen_in_ps: list[str] = []
     # --no-cache: the build log is written into the batch dir and searched with the rest.
-    with subprocess.Popen([sys.executable, "-m", "safeagents_batch", "run", str(jobs),
-                           "-o", str(out_dir), "--no-progress", "--no-cache"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safeagents_batch",
+            "run",
+            str(jobs),
+            "-o",
+            str(out_dir),
+            "--no-progress",
+            "--no-cache",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         log_dir = wait_for_start(proc, out_dir, seen_in_ps, needles)
         seen_in_ps += processes_showing(needles)  # the container and the tool are both up now
         ps_while_running = ps_output()
@@ -293,8 +344,12 @@ def test_secrets_reach_the_script_and_appear_nowhere_else(
     assert [n for n in needles if n in out + err] == []
     batch_dir = only_batch_dir(out_dir)
     written = {p.relative_to(batch_dir).as_posix() for p in batch_dir.rglob("*") if p.is_file()}
-    assert {"manifest.json", "jobs.yaml", "jobs.source.yaml",
-            "runs/secrets-probe/attempt-1/stdout.log"} <= written
+    assert {
+        "manifest.json",
+        "jobs.yaml",
+        "jobs.source.yaml",
+        "runs/secrets-probe/attempt-1/stdout.log",
+    } <= written
     assert [w for w in written if w.startswith("images/") and w.endswith(".log")], written
     assert files_holding(batch_dir, needles) == []
     manifest = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -309,23 +364,30 @@ LITERAL_ONLY_EXPECT = expect(LITERAL_API_KEY=True, unlisted_host_variable_absent
 
 def literal_only_yaml(image_name: str, literal: str) -> str:
     digests = {"LITERAL_API_KEY": sha256(literal.encode()).hexdigest()}
-    return jobs_yaml(image_name, f"""
+    return jobs_yaml(
+        image_name,
+        f"""
         - name: literal
           scripts: probe.py
           env:
             LITERAL_API_KEY: "{literal}"
             DIGESTS: '{json.dumps(digests)}'
             EXPECT: {LITERAL_ONLY_EXPECT}
-    """)
+    """,
+    )
 
 
 @pytest.mark.docker
 def test_rerun_refuses_a_redacted_literal_secret_and_runs_with_the_original_file(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     literal = token()
-    batch = run_batch(tmp_path, capsys, literal_only_yaml(image_name, literal),
-                      {"probe.py": SECRET_PROBE})
+    batch = run_batch(
+        tmp_path, capsys, literal_only_yaml(image_name, literal), {"probe.py": SECRET_PROBE}
+    )
     assert batch.code == EXIT_OK, batch.err
     assert files_holding(batch.batch_dir, [literal]) == []
 
@@ -336,8 +398,10 @@ def test_rerun_refuses_a_redacted_literal_secret_and_runs_with_the_original_file
     assert literal not in err
 
     original = tmp_path / "proj" / "jobs.yaml"
-    assert cli.main(["rerun", str(batch.batch_dir), "--all", "--no-progress",
-                     "--jobs", str(original)]) == EXIT_OK
+    assert (
+        cli.main(["rerun", str(batch.batch_dir), "--all", "--no-progress", "--jobs", str(original)])
+        == EXIT_OK
+    )
     captured = capsys.readouterr()
     assert literal not in captured.out + captured.err
     assert files_holding(batch.batch_dir, [literal]) == []
@@ -347,14 +411,25 @@ def test_rerun_refuses_a_redacted_literal_secret_and_runs_with_the_original_file
 
 @pytest.mark.docker
 def test_missing_passthrough_variable_fails_before_anything_runs(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("SAB_NOT_SET_TOKEN", raising=False)
-    jobs = write_project(tmp_path / "proj", jobs_yaml(image_name, """
+    jobs = write_project(
+        tmp_path / "proj",
+        jobs_yaml(
+            image_name,
+            """
         - name: needs
           scripts: probe.py
           env_passthrough: [SAB_NOT_SET_TOKEN]
-    """), {"probe.py": "print('must not run')\n"})
+    """,
+        ),
+        {"probe.py": "print('must not run')\n"},
+    )
     out_dir = tmp_path / "out"
 
     code = cli.main(["run", str(jobs), "-o", str(out_dir), "--no-progress"])
@@ -367,23 +442,27 @@ def test_missing_passthrough_variable_fails_before_anything_runs(
 
 
 def test_validate_warns_about_a_literal_secret_without_printing_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     literal = token()
-    jobs = write_project(tmp_path / "proj", literal_only_yaml("sab-unused", literal),
-                         {"probe.py": "print()\n"})
+    jobs = write_project(
+        tmp_path / "proj", literal_only_yaml("sab-unused", literal), {"probe.py": "print()\n"}
+    )
 
     assert cli.main(["validate", str(jobs)]) == EXIT_OK
 
     out, err = capsys.readouterr()
     assert out == "OK: 1 runs, 1 images\n"
-    assert "warning: " in err and "jobs[0].env.LITERAL_API_KEY: literal value under a " \
-                                  "secret-looking name" in err
+    assert (
+        "warning: " in err
+        and "jobs[0].env.LITERAL_API_KEY: literal value under a secret-looking name" in err
+    )
     assert literal not in out + err
 
 
 # -- 2. privileges, mounts and limits inside a default container ---------------------------------
 
-PRIVILEGES_PROBE = probe('''
+PRIVILEGES_PROBE = probe("""
     def become_root():
         os.setuid(0)
 
@@ -396,22 +475,43 @@ PRIVILEGES_PROBE = probe('''
         "setuid_0": outcome(become_root),
     }
     verdict(facts)
-''')
+""")
 
-DEFAULT_PRIVILEGES = dict(uid=EXPECTED_UID, euid=EXPECTED_UID, gid=EXPECTED_GID,
-                          root_in_groups=False, cap_eff=False, cap_prm=False, cap_bnd=False,
-                          cap_amb=False, no_new_privs="1", seccomp="2", setuid_0="EPERM")
+DEFAULT_PRIVILEGES = dict(
+    uid=EXPECTED_UID,
+    euid=EXPECTED_UID,
+    gid=EXPECTED_GID,
+    root_in_groups=False,
+    cap_eff=False,
+    cap_prm=False,
+    cap_bnd=False,
+    cap_amb=False,
+    no_new_privs="1",
+    seccomp="2",
+    setuid_0="EPERM",
+)
 
 
 @pytest.mark.docker
 def test_default_container_has_no_root_no_capabilities_and_no_new_privileges(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: default
           scripts: privileges.py
           env: {{EXPECT: {expect(**DEFAULT_PRIVILEGES)}}}
-    """), {"privileges.py": PRIVILEGES_PROBE})
+    """,
+        ),
+        {"privileges.py": PRIVILEGES_PROBE},
+    )
 
     facts = batch.assert_succeeded("default-privileges")
     assert facts["uid"] != 0
@@ -423,26 +523,43 @@ def test_default_container_has_no_root_no_capabilities_and_no_new_privileges(
 
 @pytest.mark.docker
 def test_hardening_can_be_relaxed_per_job(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Each switch changes only what it names. Capabilities kept for a non-root uid stay out of
     its effective set (the kernel clears them on exec): they take effect only for root."""
     relaxed = {
-        "caps": ("{drop_capabilities: false}",
-                 {**DEFAULT_PRIVILEGES, "cap_bnd": True}),
-        "root": ("{drop_capabilities: false, non_root: false}",
-                 {**DEFAULT_PRIVILEGES, "uid": 0, "euid": 0, "gid": 0, "root_in_groups": True,
-                  "cap_eff": True, "cap_prm": True, "cap_bnd": True, "setuid_0": "ok"}),
+        "caps": ("{drop_capabilities: false}", {**DEFAULT_PRIVILEGES, "cap_bnd": True}),
+        "root": (
+            "{drop_capabilities: false, non_root: false}",
+            {
+                **DEFAULT_PRIVILEGES,
+                "uid": 0,
+                "euid": 0,
+                "gid": 0,
+                "root_in_groups": True,
+                "cap_eff": True,
+                "cap_prm": True,
+                "cap_bnd": True,
+                "setuid_0": "ok",
+            },
+        ),
         "nnp": ("{no_new_privileges: false}", {**DEFAULT_PRIVILEGES, "no_new_privs": "0"}),
     }
-    jobs = "".join(f"""
+    jobs = "".join(
+        f"""
         - name: {name}
           scripts: privileges.py
           hardening: {switches}
           env: {{EXPECT: {expect(**wanted)}}}
-    """ for name, (switches, wanted) in relaxed.items())
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, jobs),
-                      {"privileges.py": PRIVILEGES_PROBE})
+    """
+        for name, (switches, wanted) in relaxed.items()
+    )
+    batch = run_batch(
+        tmp_path, capsys, jobs_yaml(image_name, jobs), {"privileges.py": PRIVILEGES_PROBE}
+    )
 
     for name in relaxed:
         batch.assert_succeeded(f"{name}-privileges")
@@ -451,7 +568,7 @@ def test_hardening_can_be_relaxed_per_job(
     assert batch.facts("nnp-privileges")["no_new_privs"] == "0"
 
 
-CODE_MOUNT_PROBE = probe('''
+CODE_MOUNT_PROBE = probe("""
     me = os.path.abspath(__file__)
     facts = {
         "script_dir": os.path.dirname(me),
@@ -462,7 +579,7 @@ CODE_MOUNT_PROBE = probe('''
         "uid": os.getuid(),
     }
     verdict(facts)
-''')
+""")
 
 
 def open_to_all(project: Path) -> None:
@@ -475,11 +592,24 @@ def open_to_all(project: Path) -> None:
 
 @pytest.mark.docker
 def test_code_mount_is_read_only_even_for_root_with_capabilities(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    read_only = dict(script_dir="/safeagents/code", new_file="EROFS", own_script="EROFS",
-                     mkdir="EROFS", chmod="EROFS")
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    read_only = dict(
+        script_dir="/safeagents/code",
+        new_file="EROFS",
+        own_script="EROFS",
+        mkdir="EROFS",
+        chmod="EROFS",
+    )
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: default
           scripts: code_mount.py
           env: {{EXPECT: {expect(**read_only, uid=EXPECTED_UID)}}}
@@ -487,7 +617,11 @@ def test_code_mount_is_read_only_even_for_root_with_capabilities(
           scripts: code_mount.py
           hardening: {{non_root: false, drop_capabilities: false}}
           env: {{EXPECT: {expect(**read_only, uid=0)}}}
-    """), {"code_mount.py": CODE_MOUNT_PROBE}, prepare=open_to_all)
+    """,
+        ),
+        {"code_mount.py": CODE_MOUNT_PROBE},
+        prepare=open_to_all,
+    )
 
     batch.assert_succeeded("default-code_mount")
     batch.assert_succeeded("root-code_mount")
@@ -496,7 +630,7 @@ def test_code_mount_is_read_only_even_for_root_with_capabilities(
     assert (project / "code_mount.py").read_text(encoding="utf-8") == CODE_MOUNT_PROBE
 
 
-FORK_BOMB_PROBE = probe('''
+FORK_BOMB_PROBE = probe("""
     import signal, time
 
     children, failure = [], None
@@ -518,20 +652,31 @@ FORK_BOMB_PROBE = probe('''
     verdict({"children": len(children), "under_limit": 0 < len(children) < limit,
              "fork_error": type(failure).__name__ if failure else None,
              "errno": errno.errorcode[failure.errno] if failure else None})
-''')
+""")
 
 
 @pytest.mark.docker
 def test_fork_bomb_is_stopped_by_the_default_pids_limit(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: bomb
           scripts: fork_bomb.py
           env:
             PIDS_LIMIT: "{DEFAULT_PIDS}"
             EXPECT: {expect(under_limit=True, fork_error="BlockingIOError", errno="EAGAIN")}
-    """), {"fork_bomb.py": FORK_BOMB_PROBE})
+    """,
+        ),
+        {"fork_bomb.py": FORK_BOMB_PROBE},
+    )
 
     facts = batch.assert_succeeded("bomb-fork_bomb")
     assert 0 < facts["children"] < DEFAULT_PIDS
@@ -540,25 +685,36 @@ def test_fork_bomb_is_stopped_by_the_default_pids_limit(
     assert batch_containers(engine, batch.manifest["batch_id"]) == []
 
 
-OOM_PROBE = '''\
+OOM_PROBE = """\
 MIB = 1024 * 1024
 blocks = []
 for i in range(1, 65):  # 64 x 16 MiB = 1 GiB, far past the limit
     blocks.append(b"x" * (16 * MIB))  # written, so every page is really used
     print(f"holding {16 * i} MiB", flush=True)
 print("survived: no memory limit held")
-'''
+"""
 
 
 @pytest.mark.docker
 def test_allocating_past_the_memory_limit_is_an_oom_kill(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, """
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            """
         - name: hog
           scripts: hog.py
           resources: {memory: 64m}
-    """), {"hog.py": OOM_PROBE})
+    """,
+        ),
+        {"hog.py": OOM_PROBE},
+    )
 
     record = batch.run("hog-hog")
     assert (record["status"], record["error"]) == ("failed", "oom_killed"), batch.log("hog-hog")
@@ -589,9 +745,17 @@ LIMITS_PROBE = probe('''
 
 @pytest.mark.docker
 def test_resource_limits_are_applied_by_default_and_per_job(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: default
           scripts: limits.py
           env: {{EXPECT: {expect(memory=DEFAULT_MEMORY, pids=DEFAULT_PIDS, cpus=2.0)}}}
@@ -599,13 +763,16 @@ def test_resource_limits_are_applied_by_default_and_per_job(
           scripts: limits.py
           resources: {{memory: 96m, cpus: 0.5, pids: 64}}
           env: {{EXPECT: {expect(memory=96 * 1024 * 1024, pids=64, cpus=0.5)}}}
-    """), {"limits.py": LIMITS_PROBE})
+    """,
+        ),
+        {"limits.py": LIMITS_PROBE},
+    )
 
     assert batch.assert_succeeded("default-limits")["pids"] == DEFAULT_PIDS
     assert batch.assert_succeeded("small-limits")["memory"] == 96 * 1024 * 1024
 
 
-ROOTFS_PROBE = probe('''
+ROOTFS_PROBE = probe("""
     home = os.environ["HOME"]
 
     def tmp_round_trip():
@@ -617,16 +784,24 @@ ROOTFS_PROBE = probe('''
     verdict({"root": outcome(write_file, "/planted"), "etc": outcome(write_file, "/etc/planted"),
              "home": outcome(write_file, os.path.join(home, "planted")),
              "tmp": outcome(tmp_round_trip), "logs": outcome(write_file, "/safeagents/logs/x")})
-''')
+""")
 
 
 @pytest.mark.docker
 def test_read_only_rootfs_refuses_writes_but_tmp_and_logs_work(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The default container is the control: its home is writable, so EROFS there is the
     setting's doing, not a permission."""
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: readonly
           scripts: rootfs.py
           read_only_rootfs: true
@@ -634,13 +809,16 @@ def test_read_only_rootfs_refuses_writes_but_tmp_and_logs_work(
         - name: default
           scripts: rootfs.py
           env: {{EXPECT: {expect(root="EACCES", etc="EACCES", home="ok", tmp="ok", logs="ok")}}}
-    """), {"rootfs.py": ROOTFS_PROBE})
+    """,
+        ),
+        {"rootfs.py": ROOTFS_PROBE},
+    )
 
     assert batch.assert_succeeded("readonly-rootfs")["root"] == "EROFS"
     assert batch.assert_succeeded("default-rootfs")["home"] == "ok"
 
 
-LOG_DIR_PROBE = probe('''
+LOG_DIR_PROBE = probe("""
     import shutil, stat
 
     logs = "/safeagents/logs"
@@ -651,45 +829,62 @@ LOG_DIR_PROBE = probe('''
     os.mknod(logs + "/mem", 0o666 | stat.S_IFCHR, os.makedev(1, 1))
     verdict({"setuid_made": bool(os.stat(shell).st_mode & stat.S_ISUID),
              "nodes_made": stat.S_ISBLK(os.stat(logs + "/deep/disk").st_mode)})
-''')
+""")
 
 
 @pytest.mark.docker
 def test_script_cannot_leave_setuid_files_or_device_nodes_on_the_host(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The log dir is the script's one writable host path. Root in a relaxed container can make
     a setuid-root shell or a world-writable disk node there; neither may outlive the run."""
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: relaxed
           scripts: plant.py
           hardening: {{non_root: false, drop_capabilities: false}}
           env: {{EXPECT: {expect(setuid_made=True, nodes_made=True)}}}
-    """), {"plant.py": LOG_DIR_PROBE})
+    """,
+        ),
+        {"plant.py": LOG_DIR_PROBE},
+    )
 
     batch.assert_succeeded("relaxed-plant")
     log_dir = Path(batch.run("relaxed-plant")["log_dir"])
     entries = {p.relative_to(log_dir).as_posix(): p.lstat().st_mode for p in log_dir.rglob("*")}
     assert "rootshell" in entries  # the script's own files stay, defused
-    assert {name: oct(mode) for name, mode in entries.items()
-            if mode & (stat.S_ISUID | stat.S_ISGID) or stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
-            } == {}
+    assert {
+        name: oct(mode)
+        for name, mode in entries.items()
+        if mode & (stat.S_ISUID | stat.S_ISGID) or stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+    } == {}
 
 
 AZURE_CONFIG = "[cloud]\nname = test\n"
-AZURE_PROBE = probe('''
+AZURE_PROBE = probe("""
     azure = os.path.join(os.environ["HOME"], ".azure")
     with open(os.path.join(azure, "config")) as handle:
         content = handle.read()
     verdict({"read": content, "append": outcome(append_file, os.path.join(azure, "config")),
              "new_file": outcome(write_file, os.path.join(azure, "planted"))})
-''')
+""")
 
 
 @pytest.mark.docker
 def test_azure_folder_is_mounted_read_only(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     home = tmp_path / "home"
     (home / ".azure").mkdir(parents=True)
     (home / ".azure" / "config").write_text(AZURE_CONFIG, encoding="utf-8")
@@ -698,12 +893,20 @@ def test_azure_folder_is_mounted_read_only(
     (home / ".azure" / "config").chmod(0o666)
     monkeypatch.setenv("HOME", str(home))
     wanted = expect(read=AZURE_CONFIG, append="EROFS", new_file="EROFS")
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: azure
           scripts: azure.py
           bind_azure_folder: true
           env: {{EXPECT: {wanted}}}
-    """), {"azure.py": AZURE_PROBE})
+    """,
+        ),
+        {"azure.py": AZURE_PROBE},
+    )
 
     batch.assert_succeeded("azure-azure")
     assert sorted(p.name for p in (home / ".azure").iterdir()) == ["config"]
@@ -711,6 +914,7 @@ def test_azure_folder_is_mounted_read_only(
 
 
 # -- 3. network -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Server:
@@ -721,8 +925,11 @@ class Server:
 
 def wait_until_serving(container: Any) -> None:
     """Asks the server from inside its own container: no traffic leaves the test's containers."""
-    check = ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/', "
-                              "timeout=2)"]
+    check = [
+        "python3",
+        "-c",
+        "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/', timeout=2)",
+    ]
     deadline = time.monotonic() + WAIT_LIMIT_SECONDS
     while time.monotonic() < deadline:
         if container.exec_run(check).exit_code == 0:
@@ -732,17 +939,21 @@ def wait_until_serving(container: Any) -> None:
 
 
 @pytest.fixture
-def server(docker_client: docker.DockerClient) -> Iterator[Server]:  # noqa: F811
+def server(docker_client: docker.DockerClient) -> Iterator[Server]:
     """An HTTP server on a network of its own; both are removed afterwards, whatever happened."""
     suffix = secrets.token_hex(4)
     labels = {"safeagents-batch-security-test": suffix}
-    network = docker_client.networks.create(f"sab-sec-net-{suffix}", driver="bridge",
-                                            labels=labels)
+    network = docker_client.networks.create(f"sab-sec-net-{suffix}", driver="bridge", labels=labels)
     container = None
     try:
         container = docker_client.containers.run(
-            "python:3.11-slim", ["python3", "-m", "http.server", "8000"],
-            name=f"sab-sec-srv-{suffix}", network=network.name, labels=labels, detach=True)
+            "python:3.11-slim",
+            ["python3", "-m", "http.server", "8000"],
+            name=f"sab-sec-srv-{suffix}",
+            network=network.name,
+            labels=labels,
+            detach=True,
+        )
         wait_until_serving(container)
         container.reload()
         ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
@@ -753,7 +964,7 @@ def server(docker_client: docker.DockerClient) -> Iterator[Server]:  # noqa: F81
         network.remove()
 
 
-NETWORK_PROBE = probe('''
+NETWORK_PROBE = probe("""
     import urllib.request
 
     def reached(host):
@@ -767,17 +978,26 @@ NETWORK_PROBE = probe('''
     verdict({"by_name": reached(os.environ["SERVER_NAME"]),
              "by_ip": reached(os.environ["SERVER_IP"]),
              "interfaces": sorted(os.listdir("/sys/class/net"))})
-''')
+""")
 
 
 @pytest.mark.docker
 def test_network_choice_decides_what_the_script_can_reach(
-        engine: docker.DockerClient, server: Server, image_name: str,  # noqa: F811
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    server: Server,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The server answers before the batch starts, so `none` failing to reach it is the
     network's doing; `none` leaves only the loopback interface."""
     env = f"SERVER_NAME: {server.name}, SERVER_IP: '{server.ip}'"
-    batch = run_batch(tmp_path, capsys, jobs_yaml(image_name, f"""
+    batch = run_batch(
+        tmp_path,
+        capsys,
+        jobs_yaml(
+            image_name,
+            f"""
         - name: joined
           scripts: reach.py
           network: {server.network}
@@ -786,7 +1006,10 @@ def test_network_choice_decides_what_the_script_can_reach(
           scripts: reach.py
           network: none
           env: {{{env}, EXPECT: {expect(by_name=False, by_ip=False, interfaces=["lo"])}}}
-    """), {"reach.py": NETWORK_PROBE})
+    """,
+        ),
+        {"reach.py": NETWORK_PROBE},
+    )
 
     assert batch.assert_succeeded("joined-reach")["by_name"] is True
     facts = batch.assert_succeeded("isolated-reach")
@@ -804,19 +1027,25 @@ def validate(jobs: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-@pytest.mark.parametrize(("top", "job_name", "key"), [
-    ("", "../../x", r"jobs\[0\]\.name"),
-    ("", "a/b", r"jobs\[0\]\.name"),
-    ("", "..", r"jobs\[0\]\.name"),
-    ("name: ../../x\n", "ok", r"name"),
-    ("name: a/b\n", "ok", r"name"),
-])
+@pytest.mark.parametrize(
+    ("top", "job_name", "key"),
+    [
+        ("", "../../x", r"jobs\[0\]\.name"),
+        ("", "a/b", r"jobs\[0\]\.name"),
+        ("", "..", r"jobs\[0\]\.name"),
+        ("name: ../../x\n", "ok", r"name"),
+        ("name: a/b\n", "ok", r"name"),
+    ],
+)
 def test_names_that_could_leave_the_batch_dir_are_rejected(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], top: str, job_name: str,
-        key: str) -> None:
-    jobs = write_project(tmp_path, f"version: 1\n{top}jobs:\n  - name: '{job_name}'\n"
-                                   "    framework: langgraph\n    scripts: ok.py\n",
-                         {"ok.py": "print('ok')\n"})
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], top: str, job_name: str, key: str
+) -> None:
+    jobs = write_project(
+        tmp_path,
+        f"version: 1\n{top}jobs:\n  - name: '{job_name}'\n"
+        "    framework: langgraph\n    scripts: ok.py\n",
+        {"ok.py": "print('ok')\n"},
+    )
 
     code, output = validate(jobs, capsys)
 
@@ -824,13 +1053,16 @@ def test_names_that_could_leave_the_batch_dir_are_rejected(
     assert re.search(LOCATED.format(file=re.escape(str(jobs)), key=key), output, re.M), output
 
 
-
 def test_matrix_values_cannot_put_a_slash_into_a_run_id(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    jobs = write_project(tmp_path, "version: 1\njobs:\n  - name: m\n    framework: langgraph\n"
-                                   "    scripts: ok.py\n"
-                                   "    matrix: {TARGET: ['../../etc', 'a/b', '..']}\n",
-                         {"ok.py": "print('ok')\n"})
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_project(
+        tmp_path,
+        "version: 1\njobs:\n  - name: m\n    framework: langgraph\n"
+        "    scripts: ok.py\n"
+        "    matrix: {TARGET: ['../../etc', 'a/b', '..']}\n",
+        {"ok.py": "print('ok')\n"},
+    )
 
     assert cli.main(["plan", str(jobs), "--json"]) == EXIT_OK
 
@@ -845,8 +1077,9 @@ def outside_layout(tmp_path: Path) -> Path:
     """proj/ with ok.py, link.py -> ../outside/evil.py and linked/ -> ../outside; returns proj."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "evil.py").write_text("print('ran the script outside the jobs dir')\n",
-                                     encoding="utf-8")
+    (outside / "evil.py").write_text(
+        "print('ran the script outside the jobs dir')\n", encoding="utf-8"
+    )
     project = tmp_path / "proj"
     project.mkdir()
     (project / "ok.py").write_text("print('ok')\n", encoding="utf-8")
@@ -855,37 +1088,60 @@ def outside_layout(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.mark.parametrize("pattern", [
-    "../outside/*.py", "../*/evil.py", "{tmp}/outside/*.py", "*.py", "link*", "**/*.py",
-    "linked/*.py", "linked/*",
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "../outside/*.py",
+        "../*/evil.py",
+        "{tmp}/outside/*.py",
+        "*.py",
+        "link*",
+        "**/*.py",
+        "linked/*.py",
+        "linked/*",
+    ],
+)
 def test_globs_reaching_outside_the_jobs_dir_are_rejected(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], pattern: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pattern: str
+) -> None:
     """Also through a symlink inside the jobs dir: a glob is never followed out of it."""
     project = outside_layout(tmp_path)
     jobs = project / "jobs.yaml"
-    jobs.write_text(f"version: 1\njobs:\n  - name: g\n    framework: langgraph\n    scripts: "
-                    f"'{pattern.format(tmp=tmp_path)}'\n", encoding="utf-8")
+    jobs.write_text(
+        f"version: 1\njobs:\n  - name: g\n    framework: langgraph\n    scripts: "
+        f"'{pattern.format(tmp=tmp_path)}'\n",
+        encoding="utf-8",
+    )
 
     code, output = validate(jobs, capsys)
 
     assert code == EXIT_BAD_INPUT, output
-    assert re.search(LOCATED.format(file=re.escape(str(jobs)), key=r"jobs\[0\]\.scripts"),
-                     output, re.M), output
+    assert re.search(
+        LOCATED.format(file=re.escape(str(jobs)), key=r"jobs\[0\]\.scripts"), output, re.M
+    ), output
     assert "outside the jobs file's directory" in output
 
 
 @pytest.mark.docker
 def test_explicit_paths_outside_or_through_a_symlink_are_allowed_and_run(
-        engine: docker.DockerClient, image_name: str, tmp_path: Path,  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     project = outside_layout(tmp_path)
     jobs = project / "jobs.yaml"
-    jobs.write_text(jobs_yaml(image_name, """
+    jobs.write_text(
+        jobs_yaml(
+            image_name,
+            """
         - {name: up, scripts: ../outside/evil.py}
         - {name: link, scripts: link.py}
         - {name: linkeddir, scripts: linked/evil.py}
-    """), encoding="utf-8")
+    """,
+        ),
+        encoding="utf-8",
+    )
 
     code, output = validate(jobs, capsys)
     assert (code, output) == (EXIT_OK, "OK: 3 runs, 1 images\n")
@@ -897,5 +1153,8 @@ def test_explicit_paths_outside_or_through_a_symlink_are_allowed_and_run(
     batch = Batch(code, captured.out, captured.err, only_batch_dir(out_dir), manifest)
     for run_id in ("up-evil", "link-link", "linkeddir-evil"):
         assert batch.run(run_id)["status"] == "succeeded", (
-            run_id, batch.run(run_id)["error"], batch.log(run_id, "stderr.log"))
+            run_id,
+            batch.run(run_id)["error"],
+            batch.log(run_id, "stderr.log"),
+        )
         assert batch.log(run_id) == "ran the script outside the jobs dir\n"

@@ -33,15 +33,15 @@ def test_a_signal_delivered_to_a_worker_thread_still_cancels_the_pool() -> None:
         return record(run_id, "cancelled" if cancelled else "succeeded")
 
     with interrupt_handling(cancel, lambda: first_said.append("stopping")):
-        records = run_pool(["a"], task, workers=1, progress=LineProgress(1, io.StringIO()),
-                           cancel=cancel)
+        records = run_pool(
+            ["a"], task, workers=1, progress=LineProgress(1, io.StringIO()), cancel=cancel
+        )
 
     assert [r.status for r in records] == ["cancelled"]
     assert first_said == ["stopping"]
 
 
-def test_a_second_signal_only_says_cleanup_is_under_way(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_signal_only_says_cleanup_is_under_way(capsys: pytest.CaptureFixture[str]) -> None:
     cancel = threading.Event()
     first_said: list[str] = []
     with interrupt_handling(cancel, lambda: first_said.append("stopping")):

@@ -28,9 +28,13 @@ def config(tmp_path: Path) -> ImageConfig:
     lib = tmp_path / "lib"
     (lib / "pkg").mkdir(parents=True)
     (lib / "pkg" / "__init__.py").write_text("VALUE = 1\n")
-    return ImageConfig(framework="langgraph", packages=("langgraph", "openai"),
-                       additional_packages=("numpy",),
-                       requirements=tmp_path / "requirements.txt", source_dirs=(lib,))
+    return ImageConfig(
+        framework="langgraph",
+        packages=("langgraph", "openai"),
+        additional_packages=("numpy",),
+        requirements=tmp_path / "requirements.txt",
+        source_dirs=(lib,),
+    )
 
 
 def tag(config: ImageConfig) -> str:
@@ -56,20 +60,24 @@ def test_same_content_elsewhere_gives_the_same_tag(config: ImageConfig, tmp_path
     copy.mkdir()
     shutil.copy(config.requirements, copy / "requirements.txt")
     shutil.copytree(config.source_dirs[0], copy / "lib")
-    moved = dataclasses.replace(config, requirements=copy / "requirements.txt",
-                                source_dirs=(copy / "lib",))
+    moved = dataclasses.replace(
+        config, requirements=copy / "requirements.txt", source_dirs=(copy / "lib",)
+    )
     assert tag(moved) == tag(config)
 
 
-@pytest.mark.parametrize("change", [
-    {"additional_packages": ("numpy", "pandas")},
-    {"additional_packages": ()},
-    {"packages": ("langgraph",)},
-    {"base_image": "python:3.11-bookworm"},
-    {"python_version": "3.12"},
-    {"requirements": None},
-    {"source_dirs": ()},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"additional_packages": ("numpy", "pandas")},
+        {"additional_packages": ()},
+        {"packages": ("langgraph",)},
+        {"base_image": "python:3.11-bookworm"},
+        {"python_version": "3.12"},
+        {"requirements": None},
+        {"source_dirs": ()},
+    ],
+)
 def test_tag_changes_with_the_config(config: ImageConfig, change: dict[str, object]) -> None:
     assert tag(dataclasses.replace(config, **change)) != tag(config)  # type: ignore[arg-type]
 
@@ -130,4 +138,6 @@ def test_build_context_holds_what_the_digest_covers(config: ImageConfig, tmp_pat
     assert (context / "requirements.txt").read_text() == "requests==2.31.0\n"
     assert (context / "src/lib/pkg/__init__.py").read_text() == "VALUE = 1\n"
     assert [rel for rel, _ in context_files(config)] == [
-        "requirements.txt", "src/lib/pkg/__init__.py"]
+        "requirements.txt",
+        "src/lib/pkg/__init__.py",
+    ]

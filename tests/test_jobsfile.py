@@ -60,18 +60,24 @@ def test_valid_file_gives_typed_records(project: Project) -> None:
     assert job.scripts == (project.root / "scripts/b.py", project.root / "scripts/a.py")
     assert job.matrix == (("MODEL", ("gpt-4o", "mini")), ("STRICT", ("true", "2")))
     assert job.repeat == 2 and job.timeout == DEFAULT_TIMEOUT
-    assert (job.resources.memory, job.resources.cpus, job.resources.pids) == (2 * 1024**3, 1.5,
-                                                                              None)
+    assert (job.resources.memory, job.resources.cpus, job.resources.pids) == (
+        2 * 1024**3,
+        1.5,
+        None,
+    )
     assert str(job.location) == f"{LABEL}:5:5"
     assert set(jobs_file.frameworks) == {"langgraph"}
     assert jobs_file.warnings == ()
 
 
 def test_name_defaults_to_file_stem(project: Project) -> None:
-    path = project.jobs("""
+    path = project.jobs(
+        """
         version: 1
         jobs: [{name: a, framework: crewai, scripts: scripts/a.py}]
-    """, name="my batch.yaml")
+    """,
+        name="my batch.yaml",
+    )
     assert load(path).name == "my-batch"
 
 
@@ -100,7 +106,8 @@ def test_unknown_key_with_did_you_mean(project: Project) -> None:
             timout: 5
     """)
     assert one_error(path) == (
-        f"{LABEL}:6:5: jobs[0].timout: unknown key 'timout' (did you mean 'timeout'?)")
+        f"{LABEL}:6:5: jobs[0].timout: unknown key 'timout' (did you mean 'timeout'?)"
+    )
 
 
 def test_unknown_keys_everywhere_are_located(project: Project) -> None:
@@ -124,8 +131,7 @@ def test_unknown_keys_everywhere_are_located(project: Project) -> None:
         f"{LABEL}:5:5: frameworks.langgraph.packges: unknown key 'packges' "
         "(did you mean 'packages'?)",
         f"{LABEL}:7:3: defaults.framwork: unknown key 'framwork' (did you mean 'framework'?)",
-        f"{LABEL}:12:17: jobs[0].resources.memroy: unknown key 'memroy' "
-        "(did you mean 'memory'?)",
+        f"{LABEL}:12:17: jobs[0].resources.memroy: unknown key 'memroy' (did you mean 'memory'?)",
         f"{LABEL}:13:5: jobs[0].zzz: unknown key 'zzz'",
     ]
 
@@ -181,8 +187,9 @@ def test_bad_framework_name_points_at_the_name(project: Project) -> None:
         jobs:
           - {name: a, framework: langgraph, scripts: scripts/a.py}
     """)
-    assert one_error(path).startswith(f"{LABEL}:4:3: frameworks.My_FW: 'My_FW' is not allowed "
-                                      "here: must match ")
+    assert one_error(path).startswith(
+        f"{LABEL}:4:3: frameworks.My_FW: 'My_FW' is not allowed here: must match "
+    )
 
 
 def test_env_number_value_says_quote_it(project: Project) -> None:
@@ -195,8 +202,10 @@ def test_env_number_value_says_quote_it(project: Project) -> None:
             env:
               RETRIES: 3
     """)
-    assert one_error(path) == (f"{LABEL}:7:16: jobs[0].env.RETRIES: 3 is not of type 'string'; "
-                               "quote it to make it a string")
+    assert one_error(path) == (
+        f"{LABEL}:7:16: jobs[0].env.RETRIES: 3 is not of type 'string'; "
+        "quote it to make it a string"
+    )
 
 
 def test_bad_env_name_points_at_the_name(project: Project) -> None:
@@ -258,8 +267,10 @@ def test_name_with_path_parts_is_rejected(project: Project, where: str) -> None:
 @pytest.mark.parametrize("value", ['"a\\n"', "|\n    a"])
 def test_name_ending_in_newline_is_rejected(project: Project, value: str) -> None:
     # Python's `$` matches before a final newline; JSON Schema's does not.
-    path = project.jobs(f"version: 1\nname: {value}\n"
-                        "jobs: [{name: a, framework: langgraph, scripts: scripts/a.py}]\n")
+    path = project.jobs(
+        f"version: 1\nname: {value}\n"
+        "jobs: [{name: a, framework: langgraph, scripts: scripts/a.py}]\n"
+    )
     assert one_error(path).startswith(f"{LABEL}:2:7: name: 'a\\n' is not allowed here")
 
 
@@ -272,8 +283,9 @@ def test_memory_with_trailing_newline_is_an_error_not_a_crash(project: Project) 
             scripts: scripts/a.py
             resources: {memory: "2g\\n"}
     """)
-    assert one_error(path).startswith(f"{LABEL}:6:25: jobs[0].resources.memory: '2g\\n' is not "
-                                      "allowed here")
+    assert one_error(path).startswith(
+        f"{LABEL}:6:25: jobs[0].resources.memory: '2g\\n' is not allowed here"
+    )
 
 
 def test_memory_string_below_minimum(project: Project) -> None:
@@ -286,7 +298,8 @@ def test_memory_string_below_minimum(project: Project) -> None:
           - {name: b, framework: langgraph, scripts: scripts/a.py}
     """)
     assert one_error(path) == (
-        f"{LABEL}:3:23: defaults.resources.memory: memory '1k' is below the minimum of 4m")
+        f"{LABEL}:3:23: defaults.resources.memory: memory '1k' is below the minimum of 4m"
+    )
 
 
 def test_parse_memory_units() -> None:
@@ -296,8 +309,10 @@ def test_parse_memory_units() -> None:
 
 
 def test_wrong_secret_patterns_is_a_schema_error_not_a_crash(project: Project) -> None:
-    for patterns, expected in [("5", "5 is not of type 'array'"),
-                               ("[1]", "1 is not of type 'string'")]:
+    for patterns, expected in [
+        ("5", "5 is not of type 'array'"),
+        ("[1]", "1 is not of type 'string'"),
+    ]:
         path = project.jobs(f"""
             version: 1
             secret_patterns: {patterns}
@@ -322,7 +337,8 @@ def test_duplicate_job_names(project: Project) -> None:
           - name: a
     """)
     assert one_error(path) == (
-        f"{LABEL}:8:11: jobs[2].name: duplicate job name 'a' (first at jobs[0])")
+        f"{LABEL}:8:11: jobs[2].name: duplicate job name 'a' (first at jobs[0])"
+    )
 
 
 def test_duplicate_yaml_keys(project: Project) -> None:
@@ -365,7 +381,9 @@ def test_merge_keys_chained_and_reused(project: Project) -> None:
     """)
     a, b, c = load(path).jobs
     assert [(j.name, j.framework, j.timeout) for j in (a, b)] == [
-        ("a", "langgraph", 6), ("b", "langgraph", 6)]
+        ("a", "langgraph", 6),
+        ("b", "langgraph", 6),
+    ]
     assert (c.name, c.repeat, c.scripts) == ("c", 2, a.scripts)
 
 
@@ -399,8 +417,10 @@ def test_non_string_keys(project: Project) -> None:
 
 
 def test_odd_keys_stay_on_one_line(project: Project) -> None:
-    path = project.jobs('version: 1\n"a\\nb": 1\n" x": 2\n'
-                        "jobs: [{name: a, framework: langgraph, scripts: scripts/a.py}]\n")
+    path = project.jobs(
+        'version: 1\n"a\\nb": 1\n" x": 2\n'
+        "jobs: [{name: a, framework: langgraph, scripts: scripts/a.py}]\n"
+    )
     assert errors(path) == [
         f"{LABEL}:2:1: ['a\\nb']: unknown key 'a\\nb'",
         f"{LABEL}:3:1: [' x']: unknown key ' x'",
@@ -415,8 +435,10 @@ def test_glob_matching_nothing(project: Project) -> None:
             framework: langgraph
             scripts: [scripts/a.py, "missing/*.py"]
     """)
-    assert one_error(path) == (f"{LABEL}:5:29: jobs[0].scripts[1]: glob 'missing/*.py' matches "
-                               f"no file under {project.root}")
+    assert one_error(path) == (
+        f"{LABEL}:5:29: jobs[0].scripts[1]: glob 'missing/*.py' matches "
+        f"no file under {project.root}"
+    )
 
 
 def test_glob_reaching_outside_is_rejected(project: Project) -> None:
@@ -430,7 +452,8 @@ def test_glob_reaching_outside_is_rejected(project: Project) -> None:
     """)
     assert one_error(path) == (
         f"{LABEL}:5:14: jobs[0].scripts: glob '../*.py' reaches outside the jobs file's "
-        "directory; name such scripts explicitly, one path each")
+        "directory; name such scripts explicitly, one path each"
+    )
 
 
 def test_absolute_glob_is_rejected(project: Project) -> None:
@@ -466,8 +489,9 @@ def test_invalid_glob_is_an_error_not_a_crash(project: Project) -> None:
             framework: langgraph
             scripts: scripts/**.py
     """)
-    assert one_error(path).startswith(f"{LABEL}:5:14: jobs[0].scripts: invalid glob "
-                                      "'scripts/**.py'")
+    assert one_error(path).startswith(
+        f"{LABEL}:5:14: jobs[0].scripts: invalid glob 'scripts/**.py'"
+    )
 
 
 def test_missing_script(project: Project) -> None:
@@ -478,8 +502,9 @@ def test_missing_script(project: Project) -> None:
             framework: langgraph
             scripts: scripts/missing.py
     """)
-    assert one_error(path) == (f"{LABEL}:5:14: jobs[0].scripts: script not found: "
-                               f"{project.root / 'scripts/missing.py'}")
+    assert one_error(path) == (
+        f"{LABEL}:5:14: jobs[0].scripts: script not found: {project.root / 'scripts/missing.py'}"
+    )
 
 
 def test_overlong_script_name_is_not_found_not_a_crash(project: Project) -> None:
@@ -502,8 +527,9 @@ def test_missing_env_file(project: Project) -> None:
             scripts: scripts/a.py
             env_file: .env
     """)
-    assert one_error(path) == (f"{LABEL}:6:15: jobs[0].env_file: env file not found: "
-                               f"{project.root / '.env'}")
+    assert one_error(path) == (
+        f"{LABEL}:6:15: jobs[0].env_file: env file not found: {project.root / '.env'}"
+    )
 
 
 def test_missing_requirements_and_source_dir(project: Project) -> None:
@@ -535,9 +561,11 @@ def test_source_dirs_sharing_a_name_are_rejected(project: Project) -> None:
         jobs:
           - {name: a, framework: langgraph, scripts: scripts/a.py}
     """)
-    assert one_error(path) == (f"{LABEL}:4:28: frameworks.langgraph.source_dirs[1]: source "
-                               "directory name 'lib' is used twice "
-                               "(first at frameworks.langgraph.source_dirs[0])")
+    assert one_error(path) == (
+        f"{LABEL}:4:28: frameworks.langgraph.source_dirs[1]: source "
+        "directory name 'lib' is used twice "
+        "(first at frameworks.langgraph.source_dirs[0])"
+    )
 
 
 def test_source_dir_dot_dot_is_named_after_the_real_directory(project: Project) -> None:
@@ -564,7 +592,8 @@ def test_unknown_framework_with_hint(project: Project) -> None:
     assert one_error(path) == (
         f"{LABEL}:4:16: jobs[0].framework: unknown framework 'langgrph' (did you mean "
         "'langgraph'?); known: autogen, crewai, langgraph, magentic, openai-agents; "
-        "define others under `frameworks:`")
+        "define others under `frameworks:`"
+    )
 
 
 def test_custom_framework_without_packages(project: Project) -> None:
@@ -577,8 +606,8 @@ def test_custom_framework_without_packages(project: Project) -> None:
           - {name: a, framework: myfw, scripts: scripts/a.py}
     """)
     assert one_error(path) == (
-        f"{LABEL}:3:3: frameworks.myfw: 'myfw' is not a built-in framework: list its pip "
-        "`packages`")
+        f"{LABEL}:3:3: frameworks.myfw: 'myfw' is not a built-in framework: list its pip `packages`"
+    )
 
 
 def test_custom_framework_with_packages(project: Project) -> None:
@@ -643,22 +672,29 @@ def test_yaml_syntax_error_with_line_and_column(project: Project) -> None:
 
 def test_tab_indentation_is_a_located_syntax_error(project: Project) -> None:
     path = project.write("jobs.yaml", "version: 1\njobs:\n- name: a\n\tframework: x\n")
-    assert one_error(path) == (f"{LABEL}:4:1: (syntax): while scanning for the next token, "
-                               "found character '\\t' that cannot start any token")
+    assert one_error(path) == (
+        f"{LABEL}:4:1: (syntax): while scanning for the next token, "
+        "found character '\\t' that cannot start any token"
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("version: 1\n---\nversion: 1\n", "expected a single document in the stream"),
-    ("version: !!python/object/apply:os.system [echo hi]\n", "could not determine a constructor"),
-    ("version: 1\njobs: !!python/object:os.system\n  - name: a\n", "could not determine"),
-    ("a: *nowhere\n", "found undefined alias 'nowhere'"),
-    ("a: &x [*x]\n", "recursive alias"),
-    ("version: !!int one\n", "cannot read 'one' as !!int: invalid literal"),
-    ("version: !!timestamp soon\n", "cannot read 'soon' as !!timestamp"),
-    ("? !!float ''\n: 1\n", "cannot read '' as !!float"),
-])
-def test_unsafe_or_broken_yaml_is_a_syntax_error(project: Project, text: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("version: 1\n---\nversion: 1\n", "expected a single document in the stream"),
+        (
+            "version: !!python/object/apply:os.system [echo hi]\n",
+            "could not determine a constructor",
+        ),
+        ("version: 1\njobs: !!python/object:os.system\n  - name: a\n", "could not determine"),
+        ("a: *nowhere\n", "found undefined alias 'nowhere'"),
+        ("a: &x [*x]\n", "recursive alias"),
+        ("version: !!int one\n", "cannot read 'one' as !!int: invalid literal"),
+        ("version: !!timestamp soon\n", "cannot read 'soon' as !!timestamp"),
+        ("? !!float ''\n: 1\n", "cannot read '' as !!float"),
+    ],
+)
+def test_unsafe_or_broken_yaml_is_a_syntax_error(project: Project, text: str, message: str) -> None:
     error = one_error(project.write("jobs.yaml", text))
     assert error.startswith(f"{LABEL}:") and ": (syntax): " in error and message in error
 
@@ -677,22 +713,26 @@ def test_deep_nesting_is_a_syntax_error_not_a_crash(project: Project) -> None:
 
 def test_control_character_is_located(project: Project) -> None:
     error = one_error(project.write("jobs.yaml", "version: 1\njobs: x\x00y\n"))
-    assert error == (f"{LABEL}:2:8: (syntax): unacceptable character #x0000: special characters "
-                     "are not allowed")
+    assert error == (
+        f"{LABEL}:2:8: (syntax): unacceptable character #x0000: special characters are not allowed"
+    )
 
 
-@pytest.mark.parametrize("text, where", [
-    ("", "1:1"), ("\n\n", "1:1"), ("# only a comment\n", "1:1"), ("---\n", "2:1")])
+@pytest.mark.parametrize(
+    "text, where", [("", "1:1"), ("\n\n", "1:1"), ("# only a comment\n", "1:1"), ("---\n", "2:1")]
+)
 def test_empty_file(project: Project, text: str, where: str) -> None:
     assert one_error(project.write("jobs.yaml", text)) == (
-        f"{LABEL}:{where}: (top): the file is empty; it needs at least `version: 1` and `jobs:`")
+        f"{LABEL}:{where}: (top): the file is empty; it needs at least `version: 1` and `jobs:`"
+    )
 
 
 def test_non_utf8_file_points_at_the_first_bad_byte(project: Project) -> None:
     path = project.root / "jobs.yaml"
     path.write_bytes("version: 1\njobs: é".encode() + b"\xff\xfe\n")
-    assert one_error(path) == (f"{LABEL}:2:8: (file): cannot read: not UTF-8 text "
-                               "(invalid start byte: byte 0xff)")
+    assert one_error(path) == (
+        f"{LABEL}:2:8: (file): cannot read: not UTF-8 text (invalid start byte: byte 0xff)"
+    )
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
@@ -735,11 +775,17 @@ def test_defaults_merge_job_value_wins_env_maps_merge(project: Project) -> None:
     """)
     inherit, override = load(path).jobs
     assert (inherit.framework, inherit.timeout, inherit.env_passthrough) == (
-        "langgraph", 100, ("HOME",))
+        "langgraph",
+        100,
+        ("HOME",),
+    )
     assert inherit.scripts == (project.root / "scripts/a.py",)
     assert inherit.env == {"A": "1", "B": "1"}
     assert (override.framework, override.timeout, override.env_passthrough) == (
-        "crewai", 5, ("USER",))
+        "crewai",
+        5,
+        ("USER",),
+    )
     assert override.scripts == (project.root / "scripts/b.py",)
     assert override.env == {"A": "1", "B": "2", "C": "3"}
 

@@ -115,8 +115,9 @@ def test_overlong_ids_are_capped_and_stay_distinct() -> None:
     values=st.lists(st.text(max_size=40), max_size=4).map(tuple),
     repeat=st.one_of(st.none(), st.integers(1, 1000)),
 )
-def test_run_ids_are_safe_directory_names(job: str, stem: str, values: tuple[str, ...],
-                                          repeat: int | None) -> None:
+def test_run_ids_are_safe_directory_names(
+    job: str, stem: str, values: tuple[str, ...], repeat: int | None
+) -> None:
     made = run_id(job, stem, values, repeat)
     assert SAFE_ID.fullmatch(made), made
     assert len(made) <= MAX_RUN_ID_LENGTH

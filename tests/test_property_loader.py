@@ -31,41 +31,162 @@ VALID: dict[str, Any] = {
     "workers": 2,
     "secret_patterns": ["*KEY*", "*TOKEN*"],
     "frameworks": {
-        "custom": {"packages": ["somepkg==1.0"], "requirements": "requirements.txt",
-                   "source_dirs": ["lib"], "python_version": "3.12"},
+        "custom": {
+            "packages": ["somepkg==1.0"],
+            "requirements": "requirements.txt",
+            "source_dirs": ["lib"],
+            "python_version": "3.12",
+        },
         "langgraph": {"additional_packages": ["numpy"]},
     },
-    "defaults": {"framework": "langgraph", "timeout": 60, "env": {"A": "1"},
-                 "resources": {"memory": "2g", "cpus": 1.5, "pids": 64}},
+    "defaults": {
+        "framework": "langgraph",
+        "timeout": 60,
+        "env": {"A": "1"},
+        "resources": {"memory": "2g", "cpus": 1.5, "pids": 64},
+    },
     "jobs": [
-        {"name": "one", "scripts": "scripts/*.py", "matrix": {"M": ["x", 2, True]},
-         "repeat": 2, "env": {"B": "2"}, "env_passthrough": ["HOME"],
-         "retry_on": ["failed", "error"], "retries": 1},
-        {"name": "two", "framework": "custom", "scripts": ["scripts/a.py", "../outside.py"],
-         "env_file": "vars.env", "hardening": {"non_root": False}, "network": "none",
-         "bind_azure_folder": True, "azure_mount": "ro", "read_only_rootfs": True},
+        {
+            "name": "one",
+            "scripts": "scripts/*.py",
+            "matrix": {"M": ["x", 2, True]},
+            "repeat": 2,
+            "env": {"B": "2"},
+            "env_passthrough": ["HOME"],
+            "retry_on": ["failed", "error"],
+            "retries": 1,
+        },
+        {
+            "name": "two",
+            "framework": "custom",
+            "scripts": ["scripts/a.py", "../outside.py"],
+            "env_file": "vars.env",
+            "hardening": {"non_root": False},
+            "network": "none",
+            "bind_azure_folder": True,
+            "azure_mount": "ro",
+            "read_only_rootfs": True,
+        },
     ],
 }
 
-KNOWN_KEYS = ["version", "name", "jobs", "defaults", "frameworks", "scripts", "framework",
-              "env", "matrix", "repeat", "timeout", "packages", "memory", "timout", "on", "<<"]
+KNOWN_KEYS = [
+    "version",
+    "name",
+    "jobs",
+    "defaults",
+    "frameworks",
+    "scripts",
+    "framework",
+    "env",
+    "matrix",
+    "repeat",
+    "timeout",
+    "packages",
+    "memory",
+    "timout",
+    "on",
+    "<<",
+]
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(), st.text(max_size=12),
-    st.sampled_from(["", "*", "**.py", "../*.py", "/etc/*", "scripts/*.py", "scripts/a.py",
-                     "langgraph", "custom", "1.5g", "1k", "2g\n", "on", "~", "..", "a" * 300]))
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "",
+            "*",
+            "**.py",
+            "../*.py",
+            "/etc/*",
+            "scripts/*.py",
+            "scripts/a.py",
+            "langgraph",
+            "custom",
+            "1.5g",
+            "1k",
+            "2g\n",
+            "on",
+            "~",
+            "..",
+            "a" * 300,
+        ]
+    ),
+)
 KEYS = st.one_of(st.text(max_size=10), st.sampled_from(KNOWN_KEYS), st.integers(), st.booleans())
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(KEYS, inner, max_size=3), max_leaves=6)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=6,
+)
 SNIPPETS = st.one_of(
     st.text(max_size=6),
-    st.sampled_from([":", ": ", "- ", "[", "]", "{", "}", ",", "&a ", "*a", "*nowhere", "!", "|",
-                     ">", "\t", "#", "'", '"', "%", "@", "`", "\x00", "\ufeff", "\n", "\n  ",
-                     "---\n", "...\n", "? ", "<<: *a\n", "!!python/object:os.system ",
-                     "!!python/object/apply:os.system ", "!!binary ", "!!set ", "!!omap ",
-                     "!!timestamp ", "!custom ", "!!str ", "!!int ", "&a ", "\\", "\r"]))
-TAGS = st.sampled_from(["!!python/object:os.system", "!!python/object/apply:os.system",
-                        "!!python/name:os.system", "!!binary", "!!set", "!!omap", "!!str",
-                        "!!int", "!!float", "!!null", "!!map", "!!seq", "!custom", "!!timestamp"])
+    st.sampled_from(
+        [
+            ":",
+            ": ",
+            "- ",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            "&a ",
+            "*a",
+            "*nowhere",
+            "!",
+            "|",
+            ">",
+            "\t",
+            "#",
+            "'",
+            '"',
+            "%",
+            "@",
+            "`",
+            "\x00",
+            "\ufeff",
+            "\n",
+            "\n  ",
+            "---\n",
+            "...\n",
+            "? ",
+            "<<: *a\n",
+            "!!python/object:os.system ",
+            "!!python/object/apply:os.system ",
+            "!!binary ",
+            "!!set ",
+            "!!omap ",
+            "!!timestamp ",
+            "!custom ",
+            "!!str ",
+            "!!int ",
+            "&a ",
+            "\\",
+            "\r",
+        ]
+    ),
+)
+TAGS = st.sampled_from(
+    [
+        "!!python/object:os.system",
+        "!!python/object/apply:os.system",
+        "!!python/name:os.system",
+        "!!binary",
+        "!!set",
+        "!!omap",
+        "!!str",
+        "!!int",
+        "!!float",
+        "!!null",
+        "!!map",
+        "!!seq",
+        "!custom",
+        "!!timestamp",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +207,7 @@ def containers(node: Any, path: tuple[Any, ...] = ()) -> Iterator[Any]:
     """Every dict and list in a document, the document itself first."""
     if isinstance(node, (dict, list)):
         yield node
-        for child in (node.values() if isinstance(node, dict) else node):
+        for child in node.values() if isinstance(node, dict) else node:
             yield from containers(child, path)
 
 
@@ -121,8 +242,11 @@ def mutate_text(data: st.DataObject, text: str) -> str:
     for _ in range(data.draw(st.integers(1, 3), label="text mutations")):
         lines = text.split("\n")
         line = data.draw(st.integers(0, max(len(lines) - 1, 0)))
-        operation = data.draw(st.sampled_from(
-            ["truncate", "insert", "indent", "dedent", "tag", "anchor", "duplicate", "delete"]))
+        operation = data.draw(
+            st.sampled_from(
+                ["truncate", "insert", "indent", "dedent", "tag", "anchor", "duplicate", "delete"]
+            )
+        )
         if operation == "truncate":
             text = text[: data.draw(st.integers(0, len(text)))]
             continue
@@ -133,7 +257,7 @@ def mutate_text(data: st.DataObject, text: str) -> str:
         if operation == "indent":
             lines[line] = " " * data.draw(st.integers(1, 4)) + lines[line]
         elif operation == "dedent":
-            lines[line] = lines[line][data.draw(st.integers(1, 4)):]
+            lines[line] = lines[line][data.draw(st.integers(1, 4)) :]
         elif operation == "tag":
             lines[line] = lines[line].replace(": ", f": {data.draw(TAGS)} ", 1)
         elif operation == "anchor":
@@ -149,8 +273,9 @@ def mutate_text(data: st.DataObject, text: str) -> str:
 
 
 def broken_file(data: st.DataObject) -> str | bytes:
-    kind = data.draw(st.sampled_from(["data", "text", "both", "random text", "random bytes"]),
-                     label="kind")
+    kind = data.draw(
+        st.sampled_from(["data", "text", "both", "random text", "random bytes"]), label="kind"
+    )
     if kind == "random text":
         return data.draw(st.text(max_size=200))
     if kind == "random bytes":
@@ -186,8 +311,11 @@ def test_the_valid_document_is_valid(workdir: Path) -> None:
     assert validate(path) == (0, "OK: 14 runs, 2 images\n", "")
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data())
 def test_validate_never_crashes(workdir: Path, data: st.DataObject) -> None:
     path = workdir / "jobs.yaml"
@@ -202,8 +330,10 @@ def test_validate_never_crashes(workdir: Path, data: st.DataObject) -> None:
     code, out, err = validate(path)
     if code == 0:
         assert out.startswith("OK: ")
-        assert all(line.startswith("warning: ") and LOCATED.match(line.removeprefix("warning: "))
-                   for line in err.splitlines()), err
+        assert all(
+            line.startswith("warning: ") and LOCATED.match(line.removeprefix("warning: "))
+            for line in err.splitlines()
+        ), err
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             assert main(["plan", "--json", str(path)]) == 0
     else:

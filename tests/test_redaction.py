@@ -44,8 +44,8 @@ def test_yaml_text_keeps_layout_and_comments_and_hides_only_secret_values() -> N
     """)
     redacted = redact_yaml_text(text)
     assert redacted == text.replace("sk-live-1", f'"{REDACTED}"').replace(
-        '"p w"', f'"{REDACTED}"').replace("|\n        line one\n        line two\n",
-                                          f'"{REDACTED}"\n')
+        '"p w"', f'"{REDACTED}"'
+    ).replace("|\n        line one\n        line two\n", f'"{REDACTED}"\n')
     assert "sk-live-1" not in redacted and "line one" not in redacted
 
 
@@ -76,12 +76,17 @@ env_names = st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True)
 env_values = st.text(string.printable + "é€", min_size=1, max_size=30)
 
 
-@given(st.dictionaries(env_names, env_values, min_size=1, max_size=6),
-       st.sampled_from([None, True, False]))
+@given(
+    st.dictionaries(env_names, env_values, min_size=1, max_size=6),
+    st.sampled_from([None, True, False]),
+)
 def test_any_dumped_env_loads_back_with_exactly_the_secret_values_replaced(
-        env: dict[str, str], flow: bool | None) -> None:
-    text = yaml.safe_dump({"jobs": [{"name": "j", "env": env}]}, default_flow_style=flow,
-                          allow_unicode=True, width=40)
+    env: dict[str, str], flow: bool | None
+) -> None:
+    text = yaml.safe_dump(
+        {"jobs": [{"name": "j", "env": env}]}, default_flow_style=flow, allow_unicode=True, width=40
+    )
     loaded = yaml.safe_load(redact_yaml_text(text))
     assert loaded["jobs"][0]["env"] == {
-        k: REDACTED if is_secret_name(k) else v for k, v in env.items()}
+        k: REDACTED if is_secret_name(k) else v for k, v in env.items()
+    }

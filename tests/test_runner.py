@@ -21,7 +21,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from engine_fixtures import docker_client, engine  # noqa: F401
 
 import safeagents_batch.runner as runner_module
 from safeagents_batch import DockerRunner
@@ -77,8 +76,10 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _logs(log_dir: str) -> dict[str, str]:
-    return {name: (Path(log_dir) / name).read_text(encoding="utf-8")
-            for name in ("console.log", "stdout.log", "stderr.log")}
+    return {
+        name: (Path(log_dir) / name).read_text(encoding="utf-8")
+        for name in ("console.log", "stdout.log", "stderr.log")
+    }
 
 
 # -- the document's code blocks ---------------------------------------------------------------
@@ -86,8 +87,7 @@ def _logs(log_dir: str) -> dict[str, str]:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_quick_start(work: Path,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_start(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write(work / "my_agent_script.py", AGENT_SCRIPT)
 
     from pathlib import Path
@@ -95,10 +95,7 @@ def test_quick_start(work: Path,
     from safeagents_batch import DockerRunner
 
     # 1. Create a runner
-    runner = DockerRunner(
-        framework="langgraph",
-        log_output_dir=Path("./logs")
-    )
+    runner = DockerRunner(framework="langgraph", log_output_dir=Path("./logs"))
 
     # 2. Prepare and build
     runner.prepare_environment()
@@ -106,8 +103,7 @@ def test_quick_start(work: Path,
 
     # 3. Run your script
     result = runner.run_script(
-        script_path=Path("my_agent_script.py"),
-        environment_vars={"LOG_LEVEL": "DEBUG"}
+        script_path=Path("my_agent_script.py"), environment_vars={"LOG_LEVEL": "DEBUG"}
     )
 
     # 4. Check results
@@ -134,10 +130,7 @@ def test_custom_log_location(work: Path) -> None:
     script = _write(work / "script.py", AGENT_SCRIPT)
     existed = Path("/tmp/my_logs").exists()
 
-    runner = DockerRunner(
-        framework="langgraph",
-        log_output_dir=Path("/tmp/my_logs")
-    )
+    runner = DockerRunner(framework="langgraph", log_output_dir=Path("/tmp/my_logs"))
 
     result = runner.run_script(script_path=script)
     try:
@@ -152,12 +145,13 @@ def test_custom_log_location(work: Path) -> None:
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
 def test_additional_packages(work: Path) -> None:
-    _write(work / "script.py", "import numpy, pandas, requests\n"
-                               "print('sum', pandas.Series(numpy.arange(4)).sum())\n")
+    _write(
+        work / "script.py",
+        "import numpy, pandas, requests\nprint('sum', pandas.Series(numpy.arange(4)).sum())\n",
+    )
 
     runner = DockerRunner(
-        framework="langgraph",
-        additional_packages=["pandas", "numpy", "requests"]
+        framework="langgraph", additional_packages=["pandas", "numpy", "requests"]
     )
 
     assert runner.prepare_environment() and runner.build_image()
@@ -174,10 +168,7 @@ def test_without_azure_folder(work: Path) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = runner.run_script(
-            script_path=Path("script.py"),
-            bind_azure_folder=False
-        )
+        result = runner.run_script(script_path=Path("script.py"), bind_azure_folder=False)
 
     assert not [w for w in caught if issubclass(w.category, UserWarning)]
     assert result["success"] is True
@@ -192,7 +183,7 @@ def test_with_timeout(work: Path) -> None:
 
     result = runner.run_script(
         script_path=Path("script.py"),
-        timeout=60  # Kill after 60 seconds
+        timeout=60,  # Kill after 60 seconds
     )
 
     # This script ends well within the limit; test_timeout_kills_the_container covers the kill.
@@ -201,8 +192,7 @@ def test_with_timeout(work: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_multiple_runs(work: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_multiple_runs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write(work / "task1.py", "print('one')\n")
     _write(work / "task2.py", "print('two')\n")
     _write(work / "task3.py", "raise SystemExit('task3 fails on purpose')\n")
@@ -225,18 +215,17 @@ def test_multiple_runs(work: Path,
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
 def test_environment_variables(work: Path) -> None:
-    _write(work / "script.py", "import os\n"
-                               "print(os.environ['LOG_LEVEL'], os.environ['CUSTOM_VAR'])\n"
-                               "print('api key length', len(os.environ['API_KEY']))\n")
+    _write(
+        work / "script.py",
+        "import os\n"
+        "print(os.environ['LOG_LEVEL'], os.environ['CUSTOM_VAR'])\n"
+        "print('api key length', len(os.environ['API_KEY']))\n",
+    )
     runner = DockerRunner(framework="langgraph")
 
     result = runner.run_script(
         script_path=Path("script.py"),
-        environment_vars={
-            "LOG_LEVEL": "DEBUG",
-            "API_KEY": "secret",
-            "CUSTOM_VAR": "value"
-        }
+        environment_vars={"LOG_LEVEL": "DEBUG", "API_KEY": "secret", "CUSTOM_VAR": "value"},
     )
 
     assert result["success"] is True
@@ -248,8 +237,7 @@ def test_environment_variables(work: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_azure_folder_is_mounted_read_only_in_the_container_home(
-        work: Path) -> None:
+def test_azure_folder_is_mounted_read_only_in_the_container_home(work: Path) -> None:
     _write(work / "script.py", AZURE_PROBE)
     result = DockerRunner(framework="langgraph").run_script(script_path=Path("script.py"))
     assert result["success"] is True, result["stderr"]
@@ -261,7 +249,8 @@ def test_azure_folder_is_mounted_read_only_in_the_container_home(
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
 def test_missing_azure_folder_warns_and_runs_without_it(
-        work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(_home(tmp_path / "bare-home", with_azure=False)))
     _write(work / "script.py", AZURE_PROBE)
     with pytest.warns(UserWarning, match=r"\.azure does not exist"):
@@ -272,10 +261,12 @@ def test_missing_azure_folder_warns_and_runs_without_it(
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_failing_script_reports_its_exit_code_and_stderr(
-        work: Path) -> None:
-    _write(work / "fail.py", "import sys\nprint('before failing')\n"
-                             "print('something broke', file=sys.stderr)\nsys.exit(3)\n")
+def test_failing_script_reports_its_exit_code_and_stderr(work: Path) -> None:
+    _write(
+        work / "fail.py",
+        "import sys\nprint('before failing')\n"
+        "print('something broke', file=sys.stderr)\nsys.exit(3)\n",
+    )
     result = DockerRunner(framework="langgraph").run_script(script_path=Path("fail.py"))
     assert result["success"] is False
     assert result["exit_code"] == 3 and result["status"] == "failed"
@@ -290,8 +281,7 @@ def test_failing_script_reports_its_exit_code_and_stderr(
 @pytest.mark.usefixtures("engine")
 def test_timeout_kills_the_container(work: Path) -> None:
     _write(work / "slow.py", "import time\nprint('started', flush=True)\ntime.sleep(600)\n")
-    result = DockerRunner(framework="langgraph").run_script(script_path=Path("slow.py"),
-                                                            timeout=3)
+    result = DockerRunner(framework="langgraph").run_script(script_path=Path("slow.py"), timeout=3)
     assert result["success"] is False
     assert result["status"] == "timed_out" and result["exit_code"] is None
     assert "started" in result["stdout"]
@@ -300,13 +290,13 @@ def test_timeout_kills_the_container(work: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_ctrl_c_removes_the_container_and_propagates(
-        work: Path) -> None:
+def test_ctrl_c_removes_the_container_and_propagates(work: Path) -> None:
     _write(work / "slow.py", "import time\nprint('started', flush=True)\ntime.sleep(600)\n")
     runner = DockerRunner(framework="langgraph")
     assert runner.build_image()
-    interrupter = threading.Thread(target=_interrupt_once_started, args=(work / "logs",),
-                                   daemon=True)
+    interrupter = threading.Thread(
+        target=_interrupt_once_started, args=(work / "logs",), daemon=True
+    )
     interrupter.start()
     with pytest.raises(KeyboardInterrupt):
         runner.run_script(script_path=Path("slow.py"), timeout=120)
@@ -334,8 +324,7 @@ def _runner_containers() -> list[str]:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_missing_script_is_a_result_not_an_exception(
-        work: Path) -> None:
+def test_missing_script_is_a_result_not_an_exception(work: Path) -> None:
     result = DockerRunner(framework="langgraph").run_script(script_path=Path("nope.py"))
     assert set(result) == RESULT_KEYS
     assert result["success"] is False and result["exit_code"] is None
@@ -345,11 +334,11 @@ def test_missing_script_is_a_result_not_an_exception(
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_failed_build_returns_false_and_keeps_its_log(
-        work: Path) -> None:
+def test_failed_build_returns_false_and_keeps_its_log(work: Path) -> None:
     _write(work / "script.py", "print('never runs')\n")
-    runner = DockerRunner(framework="langgraph",
-                          additional_packages=["safeagents-batch-no-such-package-7f3a9c"])
+    runner = DockerRunner(
+        framework="langgraph", additional_packages=["safeagents-batch-no-such-package-7f3a9c"]
+    )
     assert runner.prepare_environment() is True
     assert runner.build_image() is False
     assert runner.build_log is not None and runner.build_log.is_file()
@@ -364,15 +353,18 @@ def test_failed_build_returns_false_and_keeps_its_log(
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
 def test_host_safeagents_source_is_importable_in_the_container(
-        work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "host-site" / "safeagents"
     (package / "__pycache__").mkdir(parents=True)
     (package / "__init__.py").write_text("MARKER = 'from the host'\n")
     (package / "tools.py").write_text("def name() -> str:\n    return 'tools'\n")
     (package / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"\0")
     monkeypatch.syspath_prepend(str(tmp_path / "host-site"))
-    _write(work / "script.py", "import safeagents, safeagents.tools\n"
-                               "print(safeagents.MARKER, safeagents.tools.name())\n")
+    _write(
+        work / "script.py",
+        "import safeagents, safeagents.tools\nprint(safeagents.MARKER, safeagents.tools.name())\n",
+    )
 
     runner = DockerRunner(framework="langgraph")
     assert runner.prepare_environment()
@@ -387,8 +379,13 @@ def test_host_safeagents_source_is_importable_in_the_container(
 @pytest.mark.usefixtures("engine")
 def test_examples_run_as_they_stand(work: Path) -> None:
     for example in ("quick_start.py", "multiple_runs.py"):
-        done = subprocess.run([sys.executable, str(REPO / "examples" / example)],
-                              capture_output=True, text=True, timeout=900, check=False)
+        done = subprocess.run(
+            [sys.executable, str(REPO / "examples" / example)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     assert len(list((work / "logs").glob("run_*"))) == 4
     assert list((work / "logs").glob("run_task2_*/report.json"))
@@ -406,7 +403,8 @@ def test_unknown_framework_names_the_supported_ones() -> None:
 
 
 def test_defaults_are_relative_to_the_cwd_at_construction(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     runner = DockerRunner(framework="crewai")
     monkeypatch.chdir("/")
@@ -415,10 +413,10 @@ def test_defaults_are_relative_to_the_cwd_at_construction(
 
 
 def test_prepare_environment_writes_the_build_context(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    runner = DockerRunner(framework="autogen", python_version="3.12",
-                          additional_packages=["rich"])
+    runner = DockerRunner(framework="autogen", python_version="3.12", additional_packages=["rich"])
     assert runner.prepare_environment() is True
     dockerfile = (tmp_path / "build_folder" / "Dockerfile").read_text()
     assert "FROM python:3.12-slim" in dockerfile
@@ -427,7 +425,8 @@ def test_prepare_environment_writes_the_build_context(
 
 
 def test_prepare_environment_failure_is_false_with_a_logged_reason(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     runner = DockerRunner(framework="langgraph", build_folder=blocker, log_output_dir=tmp_path)
@@ -436,7 +435,8 @@ def test_prepare_environment_failure_is_false_with_a_logged_reason(
 
 
 def test_no_engine_is_false_and_an_error_result(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     script = _write(tmp_path / "script.py", "print('hi')\n")
@@ -454,7 +454,8 @@ def test_run_ids_are_safe_directory_and_container_names() -> None:
 
 
 def test_unreadable_script_warns_when_running_as_root(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     private.chmod(0o700)

@@ -50,8 +50,9 @@ def evaluate(prompt: str) -> dict[str, Any]:
     graph.add_node("answer", lambda s: {"response": "Water evaporates, rains, and flows back."})
     graph.add_node("judge", judge)
     graph.add_edge(START, "screen")
-    graph.add_conditional_edges("screen", lambda s: "refuse" if s["flags"] else "answer",
-                                ["refuse", "answer"])
+    graph.add_conditional_edges(
+        "screen", lambda s: "refuse" if s["flags"] else "answer", ["refuse", "answer"]
+    )
     for node in ("refuse", "answer"):
         graph.add_edge(node, "judge")
     graph.add_edge("judge", END)
@@ -77,9 +78,17 @@ def main() -> int:
     print(f"[{variant}] prompt: {prompt}", flush=True)
     final = evaluate(prompt)
     print(f"[{variant}] response: {final['response']}")
-    out = write_result({"framework": "langgraph", "variant": variant, "prompt": prompt,
-                        "response": final["response"], "verdict": final["verdict"],
-                        "expected": expected, "passed": final["verdict"] == expected})
+    out = write_result(
+        {
+            "framework": "langgraph",
+            "variant": variant,
+            "prompt": prompt,
+            "response": final["response"],
+            "verdict": final["verdict"],
+            "expected": expected,
+            "passed": final["verdict"] == expected,
+        }
+    )
     print(f"[{variant}] verdict: {final['verdict']} (expected {expected}); wrote {out}")
     return 0
 

@@ -72,7 +72,8 @@ class DockerBackend:
             network_mode=request.network,
             init=request.hardening.init,
             cap_drop=["ALL"] if request.hardening.drop_capabilities else None,
-            security_opt=["no-new-privileges:true"] if request.hardening.no_new_privileges
+            security_opt=["no-new-privileges:true"]
+            if request.hardening.no_new_privileges
             else None,
             pids_limit=resources.pids,
             mem_limit=resources.memory,
@@ -85,11 +86,13 @@ class DockerBackend:
         )
         return container
 
-    def _supervise(self, container: Container, request: RunRequest, cancel: threading.Event,
-                   started: str) -> RunResult:
+    def _supervise(
+        self, container: Container, request: RunRequest, cancel: threading.Event, started: str
+    ) -> RunResult:
         try:
-            stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True,
-                                            logs=True, demux=True)
+            stream = self.client.api.attach(
+                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            )
             pump = LogPump(stream, request.log_dir)
             pump.start()
             container.start()
@@ -103,8 +106,9 @@ class DockerBackend:
             return RunResult("error", None, started, now_iso(), _reason("engine", exc))
         return _result(state, stopped_by, pump.error, started)
 
-    def _watch(self, container: Container, pump: LogPump, timeout: int | None,
-               cancel: threading.Event) -> str | None:
+    def _watch(
+        self, container: Container, pump: LogPump, timeout: int | None, cancel: threading.Event
+    ) -> str | None:
         """Waits while output flows; kills the container on timeout or cancellation."""
         deadline = time.monotonic() + timeout if timeout else None
         while pump.is_alive():
@@ -132,16 +136,18 @@ class DockerBackend:
         return None if state.get("Status") in ("removing", "dead") else state
 
 
-def _result(state: dict[str, Any] | None, stopped_by: str | None, pump_error: str | None,
-            started: str) -> RunResult:
+def _result(
+    state: dict[str, Any] | None, stopped_by: str | None, pump_error: str | None, started: str
+) -> RunResult:
     ended = now_iso()
     if stopped_by == "timed_out":
         return RunResult("timed_out", None, started, ended, "killed after the timeout")
     if stopped_by == "cancelled":
         return RunResult("cancelled", None, started, ended, "cancelled by the user")
     if state is None:
-        return RunResult("error", None, started, ended,
-                         "the container was removed by someone else while it ran")
+        return RunResult(
+            "error", None, started, ended, "the container was removed by someone else while it ran"
+        )
     exit_code = int(state.get("ExitCode", -1))
     if state.get("OOMKilled"):
         return RunResult("failed", exit_code, started, ended, "oom_killed")
@@ -180,17 +186,20 @@ class LogPump(threading.Thread):
 
 @contextmanager
 def _log_files(log_dir: Path) -> Iterator[tuple[Any, Any, Any]]:
-    with _open_no_link(log_dir / "stdout.log") as out, \
-            _open_no_link(log_dir / "stderr.log") as err, \
-            _open_no_link(log_dir / "console.log") as console:
+    with (
+        _open_no_link(log_dir / "stdout.log") as out,
+        _open_no_link(log_dir / "stderr.log") as err,
+        _open_no_link(log_dir / "console.log") as console,
+    ):
         yield out, err, console
 
 
 def _open_no_link(path: Path) -> BinaryIO:
     """For writing, never through a symlink: the script (and others, while the dir is open to
     the container) can plant one in the log dir, aimed at a host file we would then overwrite."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
-                     "wb")
+    return os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
+    )
 
 
 def container_user(request: RunRequest) -> str:
@@ -213,8 +222,10 @@ def unreadable_by_container(request: RunRequest) -> str | None:
     permission bits for "others" only: say so plainly instead of a Python traceback."""
     script = real_script(request)
     if _runs_as_other_uid(request) and not readable_by_others(script):
-        return (f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
-                f"chmod o+r it and o+rx its directory, or set hardening.non_root: false")
+        return (
+            f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
+            f"chmod o+r it and o+rx its directory, or set hardening.non_root: false"
+        )
     return None
 
 
@@ -275,8 +286,14 @@ def _mounts(request: RunRequest) -> list[Mount]:
         Mount(LOGS_DIR, str(request.log_dir.resolve()), type="bind", read_only=False),
     ]
     if request.azure_dir is not None:
-        mounts.append(Mount(f"{CONTAINER_HOME}/.azure", str(request.azure_dir.resolve()),
-                            type="bind", read_only=request.azure_mode != "rw"))
+        mounts.append(
+            Mount(
+                f"{CONTAINER_HOME}/.azure",
+                str(request.azure_dir.resolve()),
+                type="bind",
+                read_only=request.azure_mode != "rw",
+            )
+        )
     return mounts
 
 
