@@ -17,6 +17,9 @@ DEFAULT_RETRY_ON = ("error",)
 DEFAULT_MEMORY = 4 * 1024**3
 DEFAULT_CPUS = 2.0
 DEFAULT_PIDS = 512
+# What one script directory may ship to a container, and what one attempt may leave behind.
+DEFAULT_CODE_LIMIT = 100 * 1024**2
+DEFAULT_ARTIFACT_LIMIT = 1024**3
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class Job:
     network: str = "bridge"
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
+    max_code_size: int = DEFAULT_CODE_LIMIT
+    max_artifacts_size: int = DEFAULT_ARTIFACT_LIMIT
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ def _job(job: Job) -> dict[str, Any]:
         "network": job.network,
         "read_only_rootfs": job.read_only_rootfs,
         "hardening": asdict(job.hardening),
+        "max_code_size": job.max_code_size,
+        "max_artifacts_size": job.max_artifacts_size,
     }
     if job.matrix:
         data["matrix"] = {name: list(values) for name, values in job.matrix}

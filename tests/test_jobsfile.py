@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Project
 
 from safeagents_batch.errors import JobsFileError
+from safeagents_batch.frameworkkeys import FRAMEWORK_KEYS
+from safeagents_batch.jobkeys import JOB_KEYS
 from safeagents_batch.jobsfile import load_jobs_file, parse_memory
-from safeagents_batch.model import DEFAULT_TIMEOUT, JobsFile
+from safeagents_batch.model import (
+    DEFAULT_ARTIFACT_LIMIT,
+    DEFAULT_CODE_LIMIT,
+    DEFAULT_TIMEOUT,
+    ImageConfig,
+    Job,
+    JobsFile,
+)
+from safeagents_batch.schema import load_schema
 
 LABEL = "jobs.yaml"
 
@@ -856,3 +868,146 @@ def test_five_mistakes_five_located_errors(project: Project) -> None:
     assert "unknown key 'timout'" in found[2]
     assert "duplicate job name 'a'" in found[3]
     assert "matches no file" in found[4]
+
+
+# -- size limits -------------------------------------------------------------------------------
+
+
+def test_size_limits_default_inherit_and_override(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        defaults:
+          framework: langgraph
+          scripts: scripts/a.py
+          max_code_size: 50m
+        jobs:
+          - name: inherit
+          - name: own
+            max_code_size: 2048
+            max_artifacts_size: 1.5G
+    """)
+    inherit, own = load(path).jobs
+    assert (inherit.max_code_size, inherit.max_artifacts_size) == (
+        50 * 1024**2,
+        DEFAULT_ARTIFACT_LIMIT,
+    )
+    assert (own.max_code_size, own.max_artifacts_size) == (2048, int(1.5 * 1024**3))
+    (plain,) = load(project.jobs(JOB_A)).jobs
+    assert (plain.max_code_size, plain.max_artifacts_size) == (
+        DEFAULT_CODE_LIMIT,
+        DEFAULT_ARTIFACT_LIMIT,
+    )
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('"10x"', "'10x' is not allowed here: A size: bytes, or a number with a unit"),
+        ('"1g\\n"', "'1g\\n' is not allowed here: A size:"),
+        ("1000", "1000 is less than the minimum of 1024"),
+        ("0", "0 is less than the minimum of 1024"),
+        ("1b", "max_code_size '1b' is below the minimum of 1k"),
+        ("0.5k", "max_code_size '0.5k' is below the minimum of 1k"),
+        ("null", "None is not of type 'string', 'integer'"),
+        ("2048.0", "2048.0 is not of type 'string', 'integer'"),
+        ("true", "True is not of type 'string', 'integer'"),
+    ],
+)
+def test_bad_size_limit_is_located(project: Project, value: str, message: str) -> None:
+    path = project.jobs(f"""
+        version: 1
+        jobs:
+          - name: a
+            framework: langgraph
+            scripts: scripts/a.py
+            max_code_size: {value}
+    """)
+    error = one_error(path)
+    assert error.startswith(f"{LABEL}:6:20: jobs[0].max_code_size: {message}"), error
+
+
+def test_size_limit_below_minimum_in_defaults_is_reported_once(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        defaults:
+          max_artifacts_size: 512b
+        jobs:
+          - {name: a, framework: langgraph, scripts: scripts/a.py}
+          - {name: b, framework: langgraph, scripts: scripts/a.py}
+    """)
+    assert one_error(path) == (
+        f"{LABEL}:3:23: defaults.max_artifacts_size: max_artifacts_size '512b' is below "
+        "the minimum of 1k"
+    )
+
+
+def test_size_limit_exactly_the_minimum_is_accepted(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        jobs:
+          - name: a
+            framework: langgraph
+            scripts: scripts/a.py
+            max_code_size: 1k
+            max_artifacts_size: 1024
+    """)
+    (job,) = load(path).jobs
+    assert job.max_code_size == job.max_artifacts_size == 1024
+
+
+def test_long_run_of_digits_is_a_size_not_a_crash(project: Project) -> None:
+    digits = "9" * 400  # as a float it would be infinity
+    assert parse_memory(digits + "k") == int(digits) * 1024
+    path = project.jobs(f"""
+        version: 1
+        jobs:
+          - name: a
+            framework: langgraph
+            scripts: scripts/a.py
+            resources: {{memory: "{digits}"}}
+            max_code_size: "{digits}m"
+    """)
+    (job,) = load(path).jobs
+    assert job.resources.memory == int(digits)
+    assert job.max_code_size == int(digits) * 1024**2
+
+
+def test_name_from_a_stem_starting_with_underscore_is_a_valid_name(project: Project) -> None:
+    path = project.jobs(JOB_A, name="_nightly.yaml")
+    assert load(path).name == "nightly"
+
+
+JOB_A = """
+    version: 1
+    jobs: [{name: a, framework: langgraph, scripts: scripts/a.py}]
+"""
+
+
+# -- the key tables ----------------------------------------------------------------------------
+
+
+def test_every_job_key_of_the_schema_has_a_rule_and_the_fields_default() -> None:
+    settings = load_schema("jobs")["$defs"]["jobSettings"]["properties"]
+    assert [key.name for key in JOB_KEYS] == list(settings)
+    job_fields = {f.name: f for f in fields(Job)}
+    assert set(job_fields) == {*settings, "name", "location", "index"}
+    for key in JOB_KEYS:
+        field = job_fields[key.name]
+        if key.missing:
+            assert field.default is MISSING, key.name
+        else:
+            assert key.default == field_default(field), key.name
+
+
+def test_every_framework_key_of_the_schema_has_a_rule_and_the_fields_default() -> None:
+    settings = load_schema("jobs")["$defs"]["imageSettings"]["properties"]
+    assert ["packages", *(key.name for key in FRAMEWORK_KEYS)] == list(settings)
+    image_fields = {f.name: f for f in fields(ImageConfig)}
+    for key in FRAMEWORK_KEYS:
+        assert key.default == field_default(image_fields[key.name]), key.name
+
+
+def field_default(field: Field[Any]) -> Any:
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return field.default
