@@ -1,44 +1,51 @@
-"""Library entry points: run a batch (and, in rerun.py, run one again) on a Docker engine."""
+"""Library entry point for running a batch on a backend; `rerun.py` runs one again. Both go
+through one preparation path (select, env, code, images, records) and one BatchRunner."""
 
 from __future__ import annotations
 
 import fnmatch
 import os
 import secrets
-import sys
+import shutil
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import docker
-
-from safeagents_batch.backends import RunRequest
-from safeagents_batch.backends.docker import DockerBackend
-from safeagents_batch.batchdir import BatchLock, remove_batch_containers
-from safeagents_batch.dotenv import read_dotenv
-from safeagents_batch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED, UsageError
-from safeagents_batch.executor import interrupt_handling, make_progress, run_pool
-from safeagents_batch.image_store import ImageStore
-from safeagents_batch.images import ImageSpec, file_sha256, image_spec
-from safeagents_batch.manifest import (
-    MANIFEST_NAME,
-    Attempt,
-    ImageRecord,
-    Manifest,
-    ManifestStore,
-    RunRecord,
-    now_iso,
-    seconds_between,
+from safeagents_batch.backends.base import (
+    AttemptOutcome,
+    AttemptRequest,
+    Backend,
+    ImageOutcome,
+    StagedCode,
 )
+from safeagents_batch.batchlock import BatchLock
+from safeagents_batch.clock import now_iso, seconds_between
+from safeagents_batch.code import stage_code
+from safeagents_batch.dotenv import read_dotenv
+from safeagents_batch.errors import (
+    EXIT_ENGINE_UNAVAILABLE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUNS_FAILED,
+    UsageError,
+    one_line,
+)
+from safeagents_batch.executor import DEFAULT_ENGINE_WAIT, EngineGate, interrupt_handling, run_pool
+from safeagents_batch.images import ImageSpec, file_sha256, image_spec
+from safeagents_batch.manifest import MANIFEST_NAME, Manifest, ManifestStore
 from safeagents_batch.model import ImageConfig, JobsFile
 from safeagents_batch.plan import RunSpec, needed_images
+from safeagents_batch.records import Attempt, ImageRecord, RunRecord
 from safeagents_batch.redaction import redact_env, redact_yaml_text
+from safeagents_batch.reporting import Reporter
+from safeagents_batch.sink import LocalSink
 from safeagents_batch.snapshot import resolved_yaml
 
 SNAPSHOT_NAME = "jobs.yaml"
 SOURCE_COPY_NAME = "jobs.source.yaml"
+CODE_DIR_NAME = "code"
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -48,7 +55,7 @@ class BatchOptions:
     output_dir: Path | None = None
     only: str | None = None
     rebuild: bool = False
-    progress_bar: bool | None = None
+    engine_wait: float = DEFAULT_ENGINE_WAIT
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,18 @@ class BatchOutcome:
     batch_dir: Path
     summary: dict[str, int]
     interrupted: bool
+    engine_gone: bool = False
 
     @property
     def exit_code(self) -> int:
+        if self.engine_gone:
+            return EXIT_ENGINE_UNAVAILABLE
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_OK if self.summary["succeeded"] == self.summary["total"] else EXIT_RUNS_FAILED
+
+
+# -- preparation (pure apart from reading env files and staging code) ---------------------
 
 
 def select_runs(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
@@ -78,16 +91,36 @@ def select_runs(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
     return chosen
 
 
-def read_env_files(specs: list[RunSpec]) -> dict[Path, dict[str, str]]:
-    """Every env file the runs name, each read once: a job's runs share one file."""
+@dataclass(frozen=True)
+class RunInputs:
+    """What every run's record needs, read once: a job's runs share one env file and one
+    image, and image_spec hashes the requirements file and source dirs."""
+
+    env_files: dict[Path, dict[str, str]] = field(repr=False)
+    images: dict[ImageConfig, ImageSpec]
+
+
+def read_inputs(specs: list[RunSpec]) -> RunInputs:
     paths = dict.fromkeys(s.job.env_file for s in specs if s.job.env_file is not None)
-    return {path: read_dotenv(path) for path in paths}
+    env_files = {path: read_dotenv(path) for path in paths}  # bad env files fail here
+    return RunInputs(env_files, {c: image_spec(c) for c in needed_images(specs)})
 
 
-def image_specs(specs: list[RunSpec]) -> dict[ImageConfig, ImageSpec]:
-    """The spec of every image the runs need, computed once: image_spec hashes the
-    requirements file and source dirs, and a batch asks for each image's tag many times."""
-    return {config: image_spec(config) for config in needed_images(specs)}
+def new_record(spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs) -> RunRecord:
+    """A pending record. Values from env_file and the host are only ever named, as redacted."""
+    # An env_file value that a literal overrides is not in the container: the literal is shown.
+    from_file = set(inputs.env_files[spec.job.env_file]) if spec.job.env_file else set()
+    hidden = (from_file - set(spec.literal_env)) | set(spec.job.env_passthrough)
+    return RunRecord(
+        run_id=spec.run_id,
+        job=spec.job.name,
+        framework=spec.job.framework,
+        script=str(spec.script),
+        script_sha256=file_sha256(spec.script),
+        image=inputs.images[spec.image].tag,
+        env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
+        timeout=spec.job.timeout,
+    )
 
 
 def resolve_env(
@@ -108,43 +141,63 @@ def check_passthrough(specs: list[RunSpec], environ: Mapping[str, str]) -> None:
         )
 
 
+def script_dir(spec: RunSpec) -> Path:
+    """The directory that ships with a run: the script's real one (a link's target dir, as
+    Python itself puts the real dir first on sys.path)."""
+    return spec.script.resolve().parent
+
+
+def stage_runs_code(
+    specs: list[RunSpec], batch_dir: Path, jobs_file: JobsFile, *also_hidden: Path
+) -> dict[Path, StagedCode]:
+    """Each distinct script directory snapshotted once into BATCH_DIR/code/<digest>/. Left out:
+    the batch output dir (which often sits beside the scripts) and the tool's own inputs, the
+    jobs file and its env files: they hold secret values that reach a container only as its
+    environment, and a batch dir keeps none."""
+    dirs: dict[Path, list[RunSpec]] = {}
+    for spec in specs:
+        dirs.setdefault(script_dir(spec), []).append(spec)
+    env_files = {s.job.env_file for s in specs if s.job.env_file is not None}
+    exclude = [batch_dir.parent, jobs_file.output_dir, jobs_file.path, *env_files, *also_hidden]
+    return {
+        directory: stage_code(
+            directory,
+            batch_dir / CODE_DIR_NAME,
+            exclude=[path.resolve() for path in exclude],
+            keep=[s.script.resolve() for s in group],
+            limit=min(s.job.max_code_size for s in group),
+        )
+        for directory, group in dirs.items()
+    }
+
+
+@dataclass(frozen=True)
+class Work:
+    """The selected runs with everything they need to start, prepared before anything runs."""
+
+    specs: list[RunSpec]
+    envs: dict[str, dict[str, str]] = field(repr=False)
+    images: Mapping[ImageConfig, ImageSpec]
+    code: dict[Path, StagedCode]
+
+
+def prepare_work(
+    selected: list[RunSpec],
+    inputs: RunInputs,
+    batch_dir: Path,
+    jobs_file: JobsFile,
+    *also_hidden: Path,
+) -> Work:
+    """The one preparation path of `run` and `rerun`: env checked and resolved, code staged."""
+    check_passthrough(selected, os.environ)
+    envs = {s.run_id: resolve_env(s, inputs.env_files, os.environ) for s in selected}
+    code = stage_runs_code(selected, batch_dir, jobs_file, *also_hidden)
+    return Work(selected, envs, inputs.images, code)
+
+
 def new_batch_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
-
-
-def run_batch(
-    jobs_file: JobsFile,
-    specs: list[RunSpec],
-    client: docker.DockerClient,
-    options: BatchOptions = BatchOptions(),
-) -> BatchOutcome:
-    """Creates the batch dir, then runs every spec; nothing is written if the input is bad."""
-    specs = select_runs(specs, options.only)
-    check_passthrough(specs, os.environ)
-    env_files = read_env_files(specs)  # bad env files fail here
-    envs = {s.run_id: resolve_env(s, env_files, os.environ) for s in specs}
-    images = image_specs(specs)
-    runs = {s.run_id: new_record(s, jobs_file, env_files, images) for s in specs}
-    batch_id = new_batch_id(jobs_file.name)
-    batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
-    batch_dir.mkdir(parents=True)
-    write_jobs_copies(batch_dir, jobs_file)
-    manifest = Manifest(
-        batch_id=batch_id,
-        batch_dir=str(batch_dir),
-        jobs_file=str(jobs_file.path),
-        jobs_file_sha256=jobs_file.sha256,
-        created_at=now_iso(),
-        runs=runs,
-    )
-    with BatchLock(batch_dir):
-        store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
-        store.save()
-        runner = BatchRunner(client, store, batch_dir, specs, envs, images, options)
-        return runner.execute(
-            [s.run_id for s in specs], workers=options.workers or jobs_file.workers
-        )
 
 
 def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
@@ -159,156 +212,198 @@ def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
     )
 
 
-def new_record(
-    spec: RunSpec,
+# -- run ------------------------------------------------------------------------------
+
+
+def run_batch(
     jobs_file: JobsFile,
-    env_files: Mapping[Path, dict[str, str]],
-    images: Mapping[ImageConfig, ImageSpec],
-) -> RunRecord:
-    """A pending record. Values from env_file and the host are only ever named, as redacted."""
-    # An env_file value that a literal overrides is not in the container: the literal is shown.
-    from_file = set(env_files[spec.job.env_file]) if spec.job.env_file else set()
-    hidden = (from_file - set(spec.literal_env)) | set(spec.job.env_passthrough)
-    return RunRecord(
-        run_id=spec.run_id,
-        job=spec.job.name,
-        framework=spec.job.framework,
-        script=str(spec.script),
-        script_sha256=file_sha256(spec.script),
-        image=images[spec.image].tag,
-        env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
-        timeout=spec.job.timeout,
+    specs: list[RunSpec],
+    backend: Backend,
+    reporter: Reporter,
+    options: BatchOptions = BatchOptions(),
+) -> BatchOutcome:
+    """Creates the batch dir, then runs every spec; nothing is left behind if input is bad."""
+    specs = select_runs(specs, options.only)
+    check_passthrough(specs, os.environ)
+    inputs = read_inputs(specs)
+    runs = {s.run_id: new_record(s, jobs_file, inputs) for s in specs}
+    batch_id = new_batch_id(jobs_file.name)
+    batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
+    batch_dir.mkdir(parents=True)
+    try:
+        work = prepare_work(specs, inputs, batch_dir, jobs_file)
+    except BaseException:
+        shutil.rmtree(batch_dir)  # ours alone, just made: bad code input leaves no batch
+        raise
+    write_jobs_copies(batch_dir, jobs_file)
+    manifest = Manifest(
+        batch_id=batch_id,
+        batch_dir=str(batch_dir),
+        jobs_file=str(jobs_file.path),
+        jobs_file_sha256=jobs_file.sha256,
+        created_at=now_iso(),
+        runs=runs,
+        backend=backend.where(),
     )
+    with BatchLock(batch_dir):
+        store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
+        store.save()
+        runner = BatchRunner(backend, store, batch_dir, work, reporter, options)
+        return runner.execute(workers=options.workers or jobs_file.workers)
 
 
-@dataclass
+class _OncePerTag:
+    """Concurrent asks for one image share one ensure; its outcome (a failure too) stands for
+    the whole batch."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._outcomes: dict[str, ImageOutcome] = {}
+
+    def get(self, tag: str, ensure: Callable[[], ImageOutcome]) -> ImageOutcome:
+        with self._guard:
+            lock = self._locks.setdefault(tag, threading.Lock())
+        with lock:
+            # Checked again under the tag's lock: the first caller may have built it meanwhile.
+            if tag not in self._outcomes:
+                self._outcomes[tag] = ensure()
+            return self._outcomes[tag]
+
+
 class BatchRunner:
-    """Runs a set of run ids of one batch dir; shared by `run` and `rerun`."""
+    """Runs the prepared work of one batch dir on a backend; shared by `run` and `rerun`."""
 
-    client: docker.DockerClient
-    store: ManifestStore
-    batch_dir: Path
-    specs: list[RunSpec]
-    envs: dict[str, dict[str, str]] = field(repr=False)
-    image_specs: Mapping[ImageConfig, ImageSpec]
-    options: BatchOptions = BatchOptions()
-
-    def __post_init__(self) -> None:
-        self.by_id = {s.run_id: s for s in self.specs}
-        self.images = ImageStore(
-            self.client, self.batch_dir / "images", rebuild=self.options.rebuild
-        )
-        self.backend = DockerBackend(self.client)
+    def __init__(
+        self,
+        backend: Backend,
+        store: ManifestStore,
+        batch_dir: Path,
+        work: Work,
+        reporter: Reporter,
+        options: BatchOptions = BatchOptions(),
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.batch_dir = batch_dir
+        self.work = work
+        self.reporter = reporter
+        self.options = options
+        self.by_id = {s.run_id: s for s in work.specs}
         self.cancel = threading.Event()
+        self.gate = EngineGate(backend.available, reporter, self.cancel, options.engine_wait)
+        self.images = _OncePerTag()
         self.azure_dir = Path.home() / ".azure"
         self._azure_warned = False
 
-    def execute(self, run_ids: list[str], *, workers: int) -> BatchOutcome:
-        for config in needed_images(self.specs):
-            tag = self.image_specs[config].tag
-            if tag not in self.store.manifest.images:
-                self.store.set_image(ImageRecord(tag, config.framework, "pending"))
-        progress = make_progress(len(run_ids), bar=self.options.progress_bar)
+    def execute(self, *, workers: int) -> BatchOutcome:
+        self.store.add_images(
+            [
+                ImageRecord(spec.tag, config.framework, "pending")
+                for config, spec in self.work.images.items()
+                if config in {s.image for s in self.work.specs}
+            ]
+        )
+        run_ids = [s.run_id for s in self.work.specs]
         # The handlers stay until the manifest is final: a second Ctrl-C during cleanup must
         # not turn into a KeyboardInterrupt that leaves the batch `running` with no hint.
-        with interrupt_handling(self.cancel, self._say_interrupted):
+        with interrupt_handling(self.cancel, self.reporter):
             try:
                 run_pool(
-                    run_ids, self.run_one, workers=workers, progress=progress, cancel=self.cancel
+                    run_ids,
+                    self.run_one,
+                    workers=workers,
+                    progress=self.reporter.progress(len(run_ids)),
+                    cancel=self.cancel,
                 )
             finally:
-                # Whatever happened, no container of this batch outlives us.
-                remove_batch_containers(self.client, self.store.manifest.batch_id)
-            interrupted = self.cancel.is_set()
-            self.store.finish("interrupted" if interrupted else "finished")
-            if interrupted:
-                print(
-                    f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "
-                    f"{self.batch_dir}",
-                    file=sys.stderr,
-                )
-        return BatchOutcome(self.batch_dir, self.store.manifest.summary(), interrupted)
+                self._sweep()  # whatever happened, no container of this batch outlives us
+            stopped = self.cancel.is_set() or self.gate.gone
+            self.store.finish("interrupted" if stopped else "finished")
+        summary = self.store.manifest.summary()
+        return BatchOutcome(self.batch_dir, summary, self.cancel.is_set(), self.gate.gone)
 
-    def _say_interrupted(self) -> None:
-        print(
-            "\nsafeagents-batch: stopping: killing running containers...",
-            file=sys.stderr,
-            flush=True,
-        )
+    def _sweep(self) -> None:
+        try:
+            self.backend.sweep(self.store.manifest.batch_id)
+        except Exception as exc:  # the engine is gone: a later rerun or `clean` sweeps
+            self.reporter.warning(
+                f"could not remove this batch's containers now ({one_line(exc)}); "
+                "`safeagents-batch rerun` or `clean` removes them once the engine answers"
+            )
 
     def run_one(self, run_id: str, cancel: threading.Event) -> RunRecord:
         """One run to its final state; an unexpected failure is the run's `error`, not a crash."""
         try:
-            return self._run_one(self.by_id[run_id], cancel)
+            self._run_one(self.by_id[run_id], cancel)
         except Exception as exc:
             self._record_internal_error(run_id, f"internal error: {type(exc).__name__}: {exc}")
-            return self.store.run(run_id)
+        return self.store.run(run_id)
 
     def _record_internal_error(self, run_id: str, reason: str) -> None:
-        """Closes the attempt left `running` (or adds one), so no attempt stays running."""
-        record = self.store.run(run_id)
-        last = record.attempts[-1] if record.attempts else None
+        """Closes the attempt left `running` (or marks the run), so no attempt stays running."""
+        last = self.store.run(run_id).latest
+        if last is None or last.status != "running":
+            self.store.mark_not_started(run_id, "error", reason)
+            return
         ended = now_iso()
-        if last is not None and last.status == "running":
-            attempt = replace(
-                last,
-                status="error",
-                ended_at=ended,
-                error=reason,
-                duration_seconds=seconds_between(last.started_at, ended),
-            )
-        else:
-            attempt = Attempt(
-                len(record.attempts) + 1,
+        self.store.record_attempt(
+            run_id,
+            Attempt(
+                last.number,
                 "error",
-                record.log_dir or "",
+                last.log_dir,
+                last.started_at,
                 ended,
-                ended,
-                0.0,
+                seconds_between(last.started_at, ended),
                 None,
                 reason,
-            )
-        self.store.record_attempt(run_id, attempt)
+                last.code_digest,
+            ),
+        )
 
-    def _run_one(self, spec: RunSpec, cancel: threading.Event) -> RunRecord:
-        if cancel.is_set():
-            return self._mark_not_started(spec.run_id, "cancelled", "cancelled before it started")
+    def _run_one(self, spec: RunSpec, cancel: threading.Event) -> None:
+        if not self._may_start(spec, cancel):
+            return
         image = self._ensure_image(spec)
         if image.error is not None:
-            return self._mark_not_started(spec.run_id, "error", image.error)
-        if cancel.is_set():  # interrupted while the image was being built
-            return self._mark_not_started(spec.run_id, "cancelled", "cancelled before it started")
+            self.store.mark_not_started(spec.run_id, "error", image.error)
+            return
         for retry in range(spec.job.retries + 1):
             if retry and cancel.wait(min(MAX_BACKOFF_SECONDS, 2.0**retry)):
                 break  # interrupted while backing off
-            status = self._attempt(spec, cancel)
-            if status not in spec.job.retry_on or cancel.is_set():
+            if not self._may_start(spec, cancel):
                 break
-        return self.store.run(spec.run_id)
+            outcome = self._attempt(spec, cancel)
+            if outcome.engine_lost:
+                self.gate.lost()
+            if outcome.status not in spec.job.retry_on or cancel.is_set():
+                break
 
-    def _attempt(self, spec: RunSpec, cancel: threading.Event) -> str:
+    def _may_start(self, spec: RunSpec, cancel: threading.Event) -> bool:
+        """Waits while the engine is lost. A run that cannot start because of Ctrl-C says so;
+        one the engine never came back for is left as it was (pending, or its last attempt)."""
+        if self.gate.wait_open():
+            return True
+        if cancel.is_set() and not self.store.run(spec.run_id).attempts:
+            self.store.mark_not_started(spec.run_id, "cancelled", "cancelled before it started")
+        return False
+
+    def _attempt(self, spec: RunSpec, cancel: threading.Event) -> AttemptOutcome:
         """One container run, recorded as `running` before it starts and final after."""
         number = len(self.store.run(spec.run_id).attempts) + 1
         log_dir = self.batch_dir / "runs" / spec.run_id / f"attempt-{number}"
-        self.store.record_attempt(spec.run_id, Attempt(number, "running", str(log_dir), now_iso()))
-        result = self.backend.run(self._request(spec, number, log_dir), cancel)
-        self.store.record_attempt(
-            spec.run_id,
-            Attempt(
-                number,
-                result.status,
-                str(log_dir),
-                result.started_at,
-                result.ended_at,
-                seconds_between(result.started_at, result.ended_at),
-                result.exit_code,
-                result.error,
-            ),
-        )
-        return result.status
+        code = self.work.code[script_dir(spec)]
+        started = Attempt(number, "running", str(log_dir), now_iso(), code_digest=code.digest)
+        self.store.record_attempt(spec.run_id, started)
+        with LocalSink(log_dir, spec.job.max_artifacts_size) as sink:
+            outcome = self.backend.run(self._request(spec, number, code), sink, cancel)
+        self.store.record_attempt(spec.run_id, _finished(started, outcome, sink.dropped))
+        return outcome
 
     def _ensure_image(self, spec: RunSpec) -> ImageRecord:
-        outcome = self.images.ensure(self.image_specs[spec.image])
+        image = self.work.images[spec.image]
+        outcome = self.images.get(image.tag, lambda: self._ensure_now(image))
         record = ImageRecord(
             outcome.tag,
             outcome.framework,
@@ -317,24 +412,24 @@ class BatchRunner:
             str(outcome.build_log) if outcome.build_log else None,
             outcome.error,
         )
-        if self.store.manifest.images.get(outcome.tag) != record:
-            self.store.set_image(record)
+        self.store.set_image(record)
         return record
 
-    def _mark_not_started(self, run_id: str, status: str, reason: str) -> RunRecord:
-        record = self.store.run(run_id)
-        self.store.set_run(replace(record, status=status, error=reason, exit_code=None))
-        return self.store.run(run_id)
+    def _ensure_now(self, image: ImageSpec) -> ImageOutcome:
+        outcomes = self.backend.ensure_images(
+            [image], self.batch_dir / "images", rebuild=self.options.rebuild
+        )
+        return outcomes[image.tag]
 
-    def _request(self, spec: RunSpec, number: int, log_dir: Path) -> RunRequest:
-        return RunRequest(
+    def _request(self, spec: RunSpec, number: int, code: StagedCode) -> AttemptRequest:
+        return AttemptRequest(
             run_id=spec.run_id,
             batch_id=self.store.manifest.batch_id,
             attempt=number,
-            image=self.image_specs[spec.image].tag,
-            script=spec.script,
-            log_dir=log_dir,
-            env=self.envs[spec.run_id],
+            image=self.work.images[spec.image].tag,
+            code=code,
+            script=spec.script.resolve().name,
+            env=self.work.envs[spec.run_id],
             timeout=spec.job.timeout,
             azure_dir=self._azure_dir() if spec.job.bind_azure_folder else None,
             azure_mode=spec.job.azure_mount,
@@ -342,6 +437,7 @@ class BatchRunner:
             network=spec.job.network,
             read_only_rootfs=spec.job.read_only_rootfs,
             hardening=spec.job.hardening,
+            artifact_limit=spec.job.max_artifacts_size,
         )
 
     def _azure_dir(self) -> Path | None:
@@ -349,9 +445,22 @@ class BatchRunner:
             return self.azure_dir
         if not self._azure_warned:
             self._azure_warned = True
-            print(
-                f"safeagents-batch: warning: bind_azure_folder is set but {self.azure_dir} "
-                "does not exist; running without it",
-                file=sys.stderr,
+            self.reporter.warning(
+                f"bind_azure_folder is set but {self.azure_dir} does not exist; running without it"
             )
         return None
+
+
+def _finished(started: Attempt, outcome: AttemptOutcome, dropped: list[str]) -> Attempt:
+    return Attempt(
+        started.number,
+        outcome.status,
+        started.log_dir,
+        outcome.started_at,
+        outcome.ended_at,
+        seconds_between(outcome.started_at, outcome.ended_at),
+        outcome.exit_code,
+        outcome.error,
+        started.code_digest,
+        tuple(dropped),
+    )

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeAlias
-
-import docker
-import docker.errors
-import requests
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch, select_runs
-from safeagents_batch.clean import (
-    Leftover,
-    human_size,
-    leftover_containers,
-    remove_leftover,
-    tool_images,
-)
+from safeagents_batch.clean import clean
+from safeagents_batch.cli_output import ConsoleReporter
 from safeagents_batch.errors import (
     EXIT_OK,
     EXIT_RUNS_FAILED,
@@ -29,42 +21,36 @@ from safeagents_batch.errors import (
     UsageError,
     one_line,
 )
-from safeagents_batch.image_store import ImageStore
+from safeagents_batch.executor import DEFAULT_ENGINE_WAIT
 from safeagents_batch.images import image_spec
 from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.manifest import FINISHED, MANIFEST_NAME, Manifest, load_manifest
+from safeagents_batch.manifest import MANIFEST_NAME, Manifest, load_manifest
 from safeagents_batch.plan import needed_images
+from safeagents_batch.records import FINISHED
 from safeagents_batch.rerun import RerunChoice, parse_statuses, rerun_batch
+
+if TYPE_CHECKING:
+    from safeagents_batch.backends.docker import DockerBackend
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[argparse.Namespace], int]
 
 
-def connect_engine() -> docker.DockerClient:
-    """A client that has answered a ping, or EngineUnavailable naming where we looked."""
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+@contextmanager
+def docker_backend() -> Iterator[DockerBackend]:
+    """The one place the CLI makes a backend: connected (a ping answered) or EngineUnavailable.
+    Engine errors after the ping (a sweep, a `clean`, an image lookup) are one line and exit 3
+    as well, never a traceback."""
+    # Imported here: `validate`, `plan` and `schema` must not load the Docker SDK.
+    from safeagents_batch.backends.docker import ENGINE_ERRORS, DockerBackend
+
+    backend = DockerBackend.from_env()
     try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        raise EngineUnavailable(
-            f"cannot reach the Docker engine at {where}: {one_line(exc)} "
-            "(start dockerd, or run scripts/provision-docker)"
-        ) from None
-    return client
-
-
-def _engine_errors(command: Command) -> Command:
-    """The engine can fail or go away after `connect_engine`'s ping (a sweep of containers, a
-    `clean`, an image lookup): that is one line and exit 3 as well, never a traceback."""
-
-    def guarded(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineUnavailable(f"Docker engine error: {one_line(exc)}") from None
-
-    return guarded
+        yield backend
+    except ENGINE_ERRORS as exc:
+        raise EngineUnavailable(f"Docker engine error: {one_line(exc)}") from None
+    finally:
+        backend.close()
 
 
 def add_commands(sub: SubParsers) -> None:
@@ -99,7 +85,7 @@ def _add_run(sub: SubParsers) -> None:
     )
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     p.add_argument("--no-cache", action="store_true", help="rebuild images even if tagged")
-    _add_progress_flag(p)
+    _add_execution_flags(p)
 
     def command(args: argparse.Namespace) -> int:
         jobs_file, specs = load_and_expand(args.file)
@@ -108,29 +94,49 @@ def _add_run(sub: SubParsers) -> None:
             output_dir=args.output_dir,
             only=args.only,
             rebuild=args.no_cache,
-            progress_bar=_bar_choice(args),
+            engine_wait=args.engine_wait,
         )
-        return report(run_batch(jobs_file, specs, connect_engine(), options))
+        with docker_backend() as backend:
+            return report(run_batch(jobs_file, specs, backend, _reporter(args), options))
 
-    p.set_defaults(command=_engine_errors(command))
+    p.set_defaults(command=command)
 
 
-def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+def _add_execution_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress",
         action="store_true",
         help="plain one-line-per-run output even on a terminal",
     )
+    p.add_argument(
+        "--engine-wait",
+        type=_seconds,
+        default=DEFAULT_ENGINE_WAIT,
+        metavar="SECONDS",
+        help="when the engine stops answering, how long to wait for it before giving up "
+        f"(default {DEFAULT_ENGINE_WAIT:g})",
+    )
 
 
-def _bar_choice(args: argparse.Namespace) -> bool | None:
-    return False if args.no_progress else None
+def _reporter(args: argparse.Namespace) -> ConsoleReporter:
+    return ConsoleReporter(bar=False if args.no_progress else None)
 
 
 def report(outcome: BatchOutcome) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in outcome.summary.items() if s != "total" and n)
     print(f"batch {outcome.batch_dir}: {counts or 'no runs'} ({outcome.summary['total']} runs)")
     print(f"manifest: {outcome.batch_dir / MANIFEST_NAME}")
+    if outcome.engine_gone:
+        raise EngineUnavailable(
+            "the Docker engine stopped answering and did not come back; runs not started are "
+            f"pending; resume with: safeagents-batch rerun {outcome.batch_dir}"
+        )
+    if outcome.interrupted:
+        print(
+            f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "
+            f"{outcome.batch_dir}",
+            file=sys.stderr,
+        )
     return outcome.exit_code
 
 
@@ -142,20 +148,20 @@ def _add_build(sub: SubParsers) -> None:
 
     def command(args: argparse.Namespace) -> int:
         jobs_file, specs = load_and_expand(args.file)
-        client = connect_engine()
-        store = ImageStore(client, jobs_file.output_dir / "builds", rebuild=args.rebuild)
+        images = [image_spec(c) for c in needed_images(select_runs(specs, args.only))]
         failed = 0
-        for config in needed_images(select_runs(specs, args.only)):
-            outcome = store.ensure(image_spec(config))
-            seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
-            print(
-                f"{outcome.status:<7} {outcome.tag}{seconds}"
-                + (f"  ({outcome.error})" if outcome.error else "")
-            )
-            failed += not outcome.ok
+        with docker_backend() as backend:
+            for image in images:
+                [outcome] = backend.ensure_images(
+                    [image], jobs_file.output_dir / "builds", rebuild=args.rebuild
+                ).values()
+                seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
+                error = f"  ({outcome.error})" if outcome.error else ""
+                print(f"{outcome.status:<7} {outcome.tag}{seconds}{error}", flush=True)
+                failed += not outcome.ok
         return EXIT_RUNS_FAILED if failed else EXIT_OK
 
-    p.set_defaults(command=_engine_errors(command))
+    p.set_defaults(command=command)
 
 
 def _add_status(sub: SubParsers) -> None:
@@ -238,16 +244,17 @@ def _add_rerun(sub: SubParsers) -> None:
     )
     p.add_argument("-j", "--workers", type=_positive_int, metavar="N")
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
-    _add_progress_flag(p)
+    _add_execution_flags(p)
 
     def command(args: argparse.Namespace) -> int:
         choice = RerunChoice(everything=args.all, jobs_file=args.jobs)
         if args.status:
             choice = replace(choice, statuses=args.status)
-        options = BatchOptions(workers=args.workers, only=args.only, progress_bar=_bar_choice(args))
-        return report(rerun_batch(args.batch_dir, connect_engine(), choice, options))
+        options = BatchOptions(workers=args.workers, only=args.only, engine_wait=args.engine_wait)
+        with docker_backend() as backend:
+            return report(rerun_batch(args.batch_dir, backend, _reporter(args), choice, options))
 
-    p.set_defaults(command=_engine_errors(command))
+    p.set_defaults(command=command)
 
 
 def _add_clean(sub: SubParsers) -> None:
@@ -283,28 +290,16 @@ def _add_clean(sub: SubParsers) -> None:
             }
         )
         repositories = set(args.image_names) if args.image_names else None
-        client = connect_engine()
-        images = tool_images(client, keep, repositories) if args.images else []
-        items = leftover_containers(client) + images
-        return _clean(client, items, dry_run=args.dry_run)
+        from safeagents_batch.backends.docker_clean import DockerCleaner
 
-    p.set_defaults(command=_engine_errors(command))
+        with docker_backend() as backend:
+            cleaner = DockerCleaner(backend.client)
+            images = cleaner.tool_images(keep, repositories) if args.images else []
+            result = clean(cleaner, cleaner.leftover_containers() + images, dry_run=args.dry_run)
+        print("\n".join(result.lines))
+        return EXIT_OK
 
-
-def _clean(client: docker.DockerClient, items: list[Leftover], *, dry_run: bool) -> int:
-    verb = "would remove" if dry_run else "removed"
-    freed = removed = 0
-    for item in items:
-        size = f" ({human_size(item.size_bytes)})" if item.size_bytes else ""
-        failure = item.kept_because or (None if dry_run else remove_leftover(client, item))
-        if failure:
-            print(f"kept {item.kind} {item.name}: {failure}")
-            continue
-        print(f"{verb} {item.kind} {item.name}{size}")
-        removed += 1
-        freed += item.size_bytes
-    print(f"{verb} {removed} item(s), {human_size(freed)} of images")
-    return EXIT_OK
+    p.set_defaults(command=command)
 
 
 def _positive_int(text: str) -> int:
@@ -314,4 +309,14 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value

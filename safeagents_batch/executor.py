@@ -1,4 +1,5 @@
-"""A worker pool over run tasks, with progress output and Ctrl-C / SIGTERM handling.
+"""A worker pool over run tasks, Ctrl-C / SIGTERM handling, and the gate that holds new work
+while the engine is lost.
 
 One code path for any number of workers; cancellation is cooperative through one Event that
 tasks (and the backend watching each container) check.
@@ -7,90 +8,29 @@ tasks (and the backend watching each container) check.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
-from collections import Counter
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from types import FrameType
-from typing import Protocol, TextIO
 
-from tqdm import tqdm
-
-from safeagents_batch.manifest import RunRecord
+from safeagents_batch.records import RunRecord
+from safeagents_batch.reporting import Progress, Reporter
 
 Task = Callable[[str, threading.Event], RunRecord]
 WAKE_SECONDS = 0.25
-
-
-class Progress(Protocol):
-    def finished(self, record: RunRecord) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class LineProgress:
-    """One line per finished run: for logs, CI and pipes."""
-
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total = total
-        self.done = 0
-        # Looked up now, not at import: sys.stdout may have been replaced since (redirects).
-        self.stream = stream if stream is not None else sys.stdout
-
-    def finished(self, record: RunRecord) -> None:
-        self.done += 1
-        width = len(str(self.total))
-        seconds = f" {record.duration_seconds:.1f}s" if record.duration_seconds is not None else ""
-        reason = f"  ({record.error})" if record.error and record.status != "succeeded" else ""
-        print(
-            f"[{self.done:>{width}}/{self.total}] {record.status:<9} {record.run_id}{seconds}"
-            f"{reason}",
-            file=self.stream,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        pass
-
-
-class BarProgress:
-    """A tqdm bar with running counts, for an interactive terminal."""
-
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.bar = tqdm(
-            total=total,
-            unit="run",
-            file=stream if stream is not None else sys.stderr,
-            dynamic_ncols=True,
-        )
-        self.counts: Counter[str] = Counter()
-
-    def finished(self, record: RunRecord) -> None:
-        self.counts[record.status] += 1
-        if record.status != "succeeded":
-            self.bar.write(f"{record.status}: {record.run_id}  ({record.error})")
-        # Counts and position change together: one refresh, by update(), shows both.
-        self.bar.set_postfix(
-            ok=self.counts["succeeded"],
-            failed=sum(self.counts.values()) - self.counts["succeeded"],
-            refresh=False,
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def make_progress(total: int, *, bar: bool | None) -> Progress:
-    """A bar on a TTY unless told otherwise; plain lines elsewhere."""
-    use_bar = sys.stderr.isatty() and sys.stdout.isatty() if bar is None else bar
-    return BarProgress(total) if use_bar else LineProgress(total)
+PROBE_SECONDS = 1.0
+DEFAULT_ENGINE_WAIT = 60.0
 
 
 def run_pool(
-    run_ids: Sequence[str], task: Task, *, workers: int, progress: Progress, cancel: threading.Event
+    run_ids: Sequence[str],
+    task: Task,
+    *,
+    workers: int,
+    progress: Progress,
+    cancel: threading.Event,
 ) -> list[RunRecord]:
     """Runs `task` for every id on `workers` threads; records come back in completion order."""
     records: list[RunRecord] = []
@@ -114,8 +54,69 @@ def run_pool(
     return records
 
 
+class EngineGate:
+    """Open while the engine answers. An attempt that lost the engine closes it: workers then
+    start nothing and wait, while one prober asks the engine every second for up to
+    `wait_seconds`. If it answers, the gate opens again; if not, the engine is `gone` and the
+    waiting workers give up, leaving their runs as they were."""
+
+    def __init__(
+        self,
+        available: Callable[[], bool],
+        reporter: Reporter,
+        cancel: threading.Event,
+        wait_seconds: float = DEFAULT_ENGINE_WAIT,
+        probe_seconds: float = PROBE_SECONDS,
+    ) -> None:
+        self._available = available
+        self._reporter = reporter
+        self._cancel = cancel
+        self.wait_seconds = wait_seconds
+        self.probe_seconds = probe_seconds
+        self.gone = False
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+
+    def lost(self) -> None:
+        """Called by each worker whose attempt lost the engine; the first one starts probing."""
+        with self._lock:
+            if not self._open.is_set() or self.gone:
+                return
+            self._open.clear()
+        self._reporter.warning(
+            f"the engine stopped answering; no new run starts while waiting up to "
+            f"{self.wait_seconds:g} s for it"
+        )
+        threading.Thread(target=self._probe, name="engine-probe", daemon=True).start()
+
+    def wait_open(self) -> bool:
+        """Blocks while the gate is closed; False when there is nothing to start any more (the
+        engine is gone, or the batch is cancelled)."""
+        while not self._open.wait(WAKE_SECONDS):
+            if self._cancel.is_set():
+                return False
+        return not self.gone and not self._cancel.is_set()
+
+    def _probe(self) -> None:
+        deadline = time.monotonic() + self.wait_seconds
+        while not self._cancel.is_set():
+            if self._available():
+                self._reporter.notice("the engine answers again; going on")
+                break
+            if time.monotonic() >= deadline:
+                self.gone = True
+                self._reporter.warning(
+                    f"the engine did not come back within {self.wait_seconds:g} s; "
+                    "runs not started stay pending"
+                )
+                break
+            self._cancel.wait(self.probe_seconds)
+        self._open.set()
+
+
 @contextmanager
-def interrupt_handling(cancel: threading.Event, on_first: Callable[[], None]) -> Iterator[None]:
+def interrupt_handling(cancel: threading.Event, reporter: Reporter) -> Iterator[None]:
     """First SIGINT/SIGTERM sets `cancel` (the batch winds down and cleans up); a second one
     only says that cleanup is under way, so it cannot cut cleanup short and leak containers."""
     if threading.current_thread() is not threading.main_thread():
@@ -124,12 +125,10 @@ def interrupt_handling(cancel: threading.Event, on_first: Callable[[], None]) ->
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if cancel.is_set():
-            print(
-                "safeagents-batch: still cleaning up, please wait...", file=sys.stderr, flush=True
-            )
+            reporter.warning("still cleaning up, please wait...")
             return
         cancel.set()
-        on_first()
+        reporter.warning("stopping: killing running containers...")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from safeagents_batch.model import ImageConfig
+from safeagents_batch.names import safe_name
 
 CONTAINER_UID = 10001
 CONTAINER_HOME = "/home/safeagents"
@@ -36,7 +36,8 @@ class ImageSpec:
 
     @property
     def tag(self) -> str:
-        return f"{self.config.image_name}:{_tag_safe(self.config.framework)}-{self.digest[:12]}"
+        framework = safe_name(self.config.framework, 100)
+        return f"{self.config.image_name}:{framework}-{self.digest[:12]}"
 
 
 def image_spec(config: ImageConfig) -> ImageSpec:
@@ -67,7 +68,10 @@ def dockerfile_text(config: ImageConfig) -> str:
         f"RUN grep -q '^safeagents:' /etc/passwd || "
         f"(echo 'safeagents:x:{CONTAINER_UID}:{CONTAINER_UID}::{CONTAINER_HOME}:/bin/sh' "
         f">> /etc/passwd && echo 'safeagents:x:{CONTAINER_UID}:' >> /etc/group) && "
-        f"mkdir -p {CONTAINER_HOME} {CODE_DIR} {LOGS_DIR} && chmod 1777 {CONTAINER_HOME}",
+        f"mkdir -p {CONTAINER_HOME} {CODE_DIR} {LOGS_DIR} && "
+        # The logs dir is a fresh volume per container, which starts as a copy of this dir:
+        # open to whatever uid the run gets, sticky so no one deletes another's files.
+        f"chmod 1777 {CONTAINER_HOME} {LOGS_DIR}",
         f"ENV HOME={CONTAINER_HOME}",
         f"WORKDIR {CODE_DIR}",
         f"USER {CONTAINER_UID}:{CONTAINER_UID}",
@@ -127,7 +131,3 @@ def write_build_context(spec: ImageSpec, directory: Path) -> None:
         target = directory / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-
-
-def _tag_safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100]

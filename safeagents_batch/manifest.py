@@ -7,89 +7,19 @@ import os
 import secrets
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from safeagents_batch import __version__
+from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import UsageError
+from safeagents_batch.records import STATUSES, Attempt, ImageRecord, RunRecord, Status
 from safeagents_batch.schema import validate_against
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-STATUSES = ("pending", "running", "succeeded", "failed", "timed_out", "error", "cancelled")
-FINISHED = frozenset({"succeeded", "failed", "timed_out", "error", "cancelled"})
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    delta = datetime.fromisoformat(end) - datetime.fromisoformat(start)
-    return round(delta.total_seconds(), 3)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    number: int
-    status: str
-    log_dir: str
-    started_at: str | None = None
-    ended_at: str | None = None
-    duration_seconds: float | None = None
-    exit_code: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run of the batch; its status, times and exit code are those of the latest attempt."""
-
-    run_id: str
-    job: str
-    framework: str
-    script: str
-    script_sha256: str
-    image: str
-    env: dict[str, str]
-    timeout: int
-    status: str = "pending"
-    exit_code: int | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    duration_seconds: float | None = None
-    log_dir: str | None = None
-    error: str | None = None
-    attempts: tuple[Attempt, ...] = ()
-
-    def with_latest(self, attempt: Attempt) -> RunRecord:
-        """This record with `attempt` added (or replacing the one of the same number)."""
-        others = tuple(a for a in self.attempts if a.number != attempt.number)
-        return replace(
-            self,
-            attempts=(*others, attempt),
-            status=attempt.status,
-            exit_code=attempt.exit_code,
-            started_at=attempt.started_at,
-            ended_at=attempt.ended_at,
-            duration_seconds=attempt.duration_seconds,
-            log_dir=attempt.log_dir,
-            error=attempt.error,
-        )
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    tag: str
-    framework: str
-    status: str  # pending | built | cached | failed
-    build_seconds: float | None = None
-    build_log: str | None = None
-    error: str | None = None
+BatchState = Literal["running", "finished", "interrupted"]
 
 
 @dataclass
@@ -105,15 +35,16 @@ class Manifest:
     images: dict[str, ImageRecord] = field(default_factory=dict)
     updated_at: str = ""
     finished_at: str | None = None
-    state: str = "running"  # running | finished | interrupted
+    state: BatchState = "running"
     tool_version: str = __version__
+    backend: dict[str, str] | None = None
 
     def summary(self) -> dict[str, int]:
         counts = Counter(r.status for r in self.runs.values())
         return {"total": len(self.runs), **{s: counts.get(s, 0) for s in STATUSES}}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "tool": {"name": "safeagents-batch", "version": self.tool_version},
             "batch_id": self.batch_id,
@@ -125,22 +56,55 @@ class Manifest:
             "finished_at": self.finished_at,
             "summary": self.summary(),
             "images": [asdict(i) for i in self.images.values()],
-            "runs": [_run_json(r) for r in self.runs.values()],
+            "runs": [run_json(r) for r in self.runs.values()],
         }
+        if self.backend is not None:
+            data["backend"] = self.backend
+        return data
 
 
-def _run_json(record: RunRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["attempts"] = [asdict(a) for a in record.attempts]
+def run_json(record: RunRecord) -> dict[str, Any]:
+    """A run as the manifest shows it: its own fields, its latest state flat, its attempts."""
+    data = {f.name: getattr(record, f.name) for f in fields(record)}
+    del data["unstarted"]
+    data.update(
+        status=record.status,
+        exit_code=record.exit_code,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+        duration_seconds=record.duration_seconds,
+        log_dir=record.log_dir,
+        error=record.error,
+        attempts=[_attempt_json(a) for a in record.attempts],
+    )
     return data
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    data = asdict(attempt)
+    data["dropped_artifacts"] = list(attempt.dropped_artifacts)
+    return data
+
+
+def _attempt_from_json(data: dict[str, Any]) -> Attempt:
+    return Attempt(**{**data, "dropped_artifacts": tuple(data.get("dropped_artifacts", ()))})
+
+
+_RUN_FIELDS = ("run_id", "job", "framework", "script", "script_sha256", "image", "env", "timeout")
+
+
+def run_from_json(data: dict[str, Any]) -> RunRecord:
+    attempts = tuple(_attempt_from_json(a) for a in data["attempts"])
+    record = RunRecord(**{k: data[k] for k in _RUN_FIELDS}, attempts=attempts)
+    if record.status != data["status"] or record.error != data["error"]:
+        # Its latest turn started no attempt (cancelled before it started, no image).
+        record = record.not_started(data["status"], data["error"] or "")
+    return record
 
 
 def manifest_from_json(data: dict[str, Any]) -> Manifest:
     """Inverse of Manifest.to_json for a document that passed the schema."""
-    runs = {
-        r["run_id"]: RunRecord(**{**r, "attempts": tuple(Attempt(**a) for a in r["attempts"])})
-        for r in data["runs"]
-    }
+    runs = {r["run_id"]: run_from_json(r) for r in data["runs"]}
     return Manifest(
         batch_id=data["batch_id"],
         batch_dir=data["batch_dir"],
@@ -153,6 +117,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
         finished_at=data["finished_at"],
         state=data["state"],
         tool_version=data["tool"]["version"],
+        backend=data.get("backend"),
     )
 
 
@@ -190,7 +155,8 @@ def write_json_atomically(path: Path, data: Any) -> None:
 
 
 class ManifestStore:
-    """Thread-safe owner of the manifest: every transition is written to disk before returning."""
+    """Thread-safe owner of the manifest: every change goes through a method here and is
+    written to disk before it returns."""
 
     def __init__(self, manifest: Manifest, path: Path) -> None:
         self.manifest = manifest
@@ -207,20 +173,55 @@ class ManifestStore:
 
     def set_image(self, record: ImageRecord) -> None:
         with self._lock:
-            self.manifest.images[record.tag] = record
+            if self.manifest.images.get(record.tag) != record:
+                self.manifest.images[record.tag] = record
+                self._write()
+
+    def add_images(self, records: list[ImageRecord]) -> None:
+        """Records images not known yet (as `pending`), in one write."""
+        with self._lock:
+            for record in records:
+                self.manifest.images.setdefault(record.tag, record)
             self._write()
 
     def record_attempt(self, run_id: str, attempt: Attempt) -> None:
         with self._lock:
-            self.manifest.runs[run_id] = self.manifest.runs[run_id].with_latest(attempt)
+            self.manifest.runs[run_id] = self.manifest.runs[run_id].with_attempt(attempt)
             self._write()
 
-    def set_run(self, record: RunRecord) -> None:
+    def mark_not_started(self, run_id: str, status: Status, reason: str) -> None:
         with self._lock:
-            self.manifest.runs[record.run_id] = record
+            self.manifest.runs[run_id] = self.manifest.runs[run_id].not_started(status, reason)
             self._write()
 
-    def finish(self, state: str) -> None:
+    def merge_runs(self, fresh: list[RunRecord]) -> tuple[list[str], list[str]]:
+        """Matches a (maybe edited) jobs file's runs by id: known runs keep their attempts and
+        take the new definition, new ids join as pending, vanished ids are kept. Returns the
+        added and the vanished ids; written with the next change."""
+        with self._lock:
+            runs = self.manifest.runs
+            added = [r.run_id for r in fresh if r.run_id not in runs]
+            for record in fresh:
+                old = runs.get(record.run_id)
+                runs[record.run_id] = (
+                    record
+                    if old is None
+                    else replace(record, attempts=old.attempts, unstarted=old.unstarted)
+                )
+            wanted = {r.run_id for r in fresh}
+            return added, [run_id for run_id in runs if run_id not in wanted]
+
+    def adopt_jobs_file(self, path: str, sha256: str) -> None:
+        with self._lock:
+            self.manifest.jobs_file, self.manifest.jobs_file_sha256 = path, sha256
+
+    def reopen(self) -> None:
+        """A rerun starts: the batch is running again."""
+        with self._lock:
+            self.manifest.state, self.manifest.finished_at = "running", None
+            self._write()
+
+    def finish(self, state: BatchState) -> None:
         with self._lock:
             self.manifest.state = state
             self.manifest.finished_at = now_iso()
@@ -229,3 +230,7 @@ class ManifestStore:
     def run(self, run_id: str) -> RunRecord:
         with self._lock:
             return self.manifest.runs[run_id]
+
+    def runs(self) -> list[RunRecord]:
+        with self._lock:
+            return list(self.manifest.runs.values())

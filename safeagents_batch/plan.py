@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from safeagents_batch.errors import JobsFileError, Problem
 from safeagents_batch.model import ImageConfig, Job, JobsFile
+from safeagents_batch.names import safe_name
 
 MAX_RUN_ID_LENGTH = 100
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_DOTS = re.compile(r"\.{2,}")
 
 
 @dataclass(frozen=True)
@@ -71,16 +69,11 @@ def run_id(job: str, script_stem: str, matrix_values: tuple[str, ...], repeat: i
     every machine. Over-long ids keep a readable prefix plus a digest of the full id.
     """
     parts = [job, script_stem, *matrix_values, *([f"r{repeat}"] if repeat is not None else [])]
-    full = "-".join(_safe_part(p) for p in parts)
+    full = "-".join(safe_name(p) for p in parts)
     if len(full) <= MAX_RUN_ID_LENGTH:
         return full
     digest = hashlib.sha256(full.encode()).hexdigest()[:10]
     return f"{full[: MAX_RUN_ID_LENGTH - 11]}-{digest}"
-
-
-def _safe_part(text: str) -> str:
-    """Unsafe characters become `_`; dot runs collapse, so no id contains `..`."""
-    return _DOTS.sub(".", _UNSAFE.sub("_", text)).strip("._") or "_"
 
 
 def _check_unique(specs: list[RunSpec]) -> None:

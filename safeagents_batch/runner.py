@@ -1,16 +1,15 @@
 """`DockerRunner`: the single-run Python API of the original SafeAgents Docker helper.
 
-It is a thin shell over the batch runner's pieces (ImageConfig -> image_spec -> ImageStore for
-the image, DockerBackend for the run), so one script run here behaves exactly like one run of
-a batch: same image tag, same mounts, same hardening, same streamed log files.
+It is a thin shell over the batch runner's pieces (ImageConfig -> image_spec -> the backend's
+images; the script's directory staged like a batch's code; DockerBackend with a LocalSink for
+the run), so one script run here behaves exactly like one run of a batch: same image tag, same
+mounts, same hardening, same streamed log files.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import re
 import secrets
 import shutil
 import threading
@@ -19,19 +18,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-import docker
-import docker.errors
-import requests
-
-from safeagents_batch.backends import RunRequest, RunResult
-from safeagents_batch.backends.docker import DockerBackend, readable_by_others
-from safeagents_batch.errors import one_line
+from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, StagedCode
+from safeagents_batch.code import stage_code
+from safeagents_batch.errors import BatchError, EngineUnavailable, one_line
 from safeagents_batch.frameworks import builtin_frameworks, framework_packages
-from safeagents_batch.image_store import ImageStore
 from safeagents_batch.images import SKIPPED_NAMES, ImageSpec, image_spec, write_build_context
 from safeagents_batch.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
+from safeagents_batch.names import safe_name
+from safeagents_batch.sink import LocalSink
+
+if TYPE_CHECKING:
+    from safeagents_batch.backends.docker import DockerBackend
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ logger = logging.getLogger(__name__)
 RUNNER_BATCH_ID = "docker-runner"
 SOURCE_PACKAGE = "safeagents"
 BUILD_LOGS = "build-logs"
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
+CODE_DIR_NAME = "code"
 
 
 class ScriptResult(TypedDict):
@@ -121,13 +120,16 @@ class DockerRunner:
         if self._spec is None and not self.prepare_environment():
             return "preparing the build folder failed (see the log)"
         assert self._spec is not None  # set by a successful prepare_environment
+        spec = self._spec
         try:
-            with _engine() as client:
-                # A fresh store each time: it remembers failures, and a retry must retry.
-                store = ImageStore(client, self.build_folder / BUILD_LOGS, rebuild=no_cache)
-                outcome = store.ensure(self._spec)
-        except _ENGINE_ERRORS as exc:
+            with _engine() as backend:
+                # Asked anew each time: a failure is not remembered, so a retry retries.
+                outcomes = backend.ensure_images(
+                    [spec], self.build_folder / BUILD_LOGS, rebuild=no_cache
+                )
+        except (BatchError, OSError) as exc:
             return _log_failure(_engine_failure(exc))
+        outcome = outcomes[spec.tag]
         if outcome.build_log is not None:  # a cached image has none: keep the last build's
             self.build_log = outcome.build_log
         self.image_tag = outcome.tag if outcome.ok else None
@@ -158,33 +160,48 @@ class DockerRunner:
         reason = self._ensure_image()
         if reason is not None:
             return _not_run(run_id, log_dir, reason)
-        _warn_if_unreadable_in_container(script)
+        try:
+            code = self._stage(script)
+        except (BatchError, OSError) as exc:
+            return _not_run(run_id, log_dir, f"cannot stage the script: {one_line(exc)}")
         request = self._request(
-            run_id, script, dict(environment_vars or {}), timeout, bind_azure_folder
+            run_id, code, script.name, dict(environment_vars or {}), timeout, bind_azure_folder
         )
         try:
-            with _engine() as client:
-                result = _run_interruptibly(DockerBackend(client), request)
-        except _ENGINE_ERRORS as exc:
+            with _engine() as backend, LocalSink(log_dir) as sink:
+                outcome = _run_interruptibly(backend, request, sink)
+        except (BatchError, OSError) as exc:
             return _not_run(run_id, log_dir, _engine_failure(exc))
-        return _script_result(run_id, log_dir, result)
+        return _script_result(run_id, log_dir, outcome)
+
+    def _stage(self, script: Path) -> StagedCode:
+        """The script's directory, snapshotted into build_folder/code/<digest>/ as a batch
+        stages its code (the seed: "copies your script to the build folder"), without the
+        runner's own folders when they sit beside the script."""
+        return stage_code(
+            script.parent,
+            self.build_folder / CODE_DIR_NAME,
+            exclude=[self.build_folder, self.log_output_dir],
+            keep=[script],
+        )
 
     def _request(
         self,
         run_id: str,
-        script: Path,
+        code: StagedCode,
+        script: str,
         env: dict[str, str],
         timeout: int | None,
         bind_azure_folder: bool,
-    ) -> RunRequest:
+    ) -> AttemptRequest:
         assert self.image_tag is not None  # run_script ensured the image first
-        return RunRequest(
+        return AttemptRequest(
             run_id=run_id,
             batch_id=RUNNER_BATCH_ID,
             attempt=1,
             image=self.image_tag,
+            code=code,
             script=script,
-            log_dir=self.log_output_dir / run_id,
             env=env,
             timeout=timeout,
             azure_dir=_azure_dir() if bind_azure_folder else None,
@@ -192,21 +209,25 @@ class DockerRunner:
 
 
 @contextmanager
-def _engine() -> Iterator[docker.DockerClient]:
-    """A client per operation: a runner holds no connection between calls (and constructing
+def _engine() -> Iterator[DockerBackend]:
+    """A backend per operation: a runner holds no connection between calls (and constructing
     one works without an engine), so there is nothing for the user to close."""
-    client = docker.from_env(timeout=120)
+    # The API edge builds the backend; imported here so that importing the package is cheap.
+    from safeagents_batch.backends.docker import ENGINE_ERRORS, DockerBackend
+
+    backend = DockerBackend.from_env()
     try:
-        yield client
+        yield backend
+    except ENGINE_ERRORS as exc:
+        raise EngineUnavailable(f"Docker engine unavailable: {one_line(exc)}") from None
     finally:
-        client.close()
+        backend.close()
 
 
 def new_run_id(script: Path) -> str:
     """`run_<stem>_<8 hex>`; the stem is reduced to characters valid in directory and
     container names."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", script.stem)[:60] or "script"
-    return f"run_{stem}_{secrets.token_hex(4)}"
+    return f"run_{safe_name(script.stem, 60, 'script')}_{secrets.token_hex(4)}"
 
 
 def _copy_safeagents_source(target: Path) -> Path | None:
@@ -246,23 +267,14 @@ def _azure_dir() -> Path | None:
     return None
 
 
-def _warn_if_unreadable_in_container(script: Path) -> None:
-    """As root we run the container as an unprivileged uid (see backends.docker), which can only
-    read the script if its directory and file are open to others."""
-    if os.getuid() == 0 and not readable_by_others(script):
-        warnings.warn(
-            f"{script} or its directory is not readable by others; the container's "
-            "non-root user will not be able to open it",
-            stacklevel=3,
-        )
-
-
-def _run_interruptibly(backend: DockerBackend, request: RunRequest) -> RunResult:
+def _run_interruptibly(
+    backend: DockerBackend, request: AttemptRequest, sink: LocalSink
+) -> AttemptOutcome:
     """Runs in a worker thread so that Ctrl-C here becomes the backend's cancellation: the
     container is killed and removed before the KeyboardInterrupt goes on."""
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-runner") as pool:
-        future = pool.submit(backend.run, request, cancel)
+        future = pool.submit(backend.run, request, sink, cancel)
         try:
             return future.result()
         except KeyboardInterrupt:
@@ -271,17 +283,17 @@ def _run_interruptibly(backend: DockerBackend, request: RunRequest) -> RunResult
             raise
 
 
-def _script_result(run_id: str, log_dir: Path, result: RunResult) -> ScriptResult:
+def _script_result(run_id: str, log_dir: Path, outcome: AttemptOutcome) -> ScriptResult:
     # The files were streamed during the run; the dict reads them back, as the API promises.
     return ScriptResult(
-        success=result.status == "succeeded",
-        exit_code=result.exit_code,
+        success=outcome.status == "succeeded",
+        exit_code=outcome.exit_code,
         stdout=_read_log(log_dir / "stdout.log"),
         stderr=_read_log(log_dir / "stderr.log"),
         log_dir=str(log_dir),
         run_id=run_id,
-        status=result.status,
-        error=result.error,
+        status=outcome.status,
+        error=outcome.error,
     )
 
 
@@ -312,7 +324,7 @@ def _log_failure(reason: str) -> str:
     return reason
 
 
-def _engine_failure(exc: BaseException) -> str:
-    if isinstance(exc, (docker.errors.DockerException, requests.RequestException)):
-        return f"Docker engine unavailable: {one_line(exc)}"
-    return f"cannot prepare the run: {one_line(exc)}"  # a local file system problem
+def _engine_failure(exc: BatchError | OSError) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot prepare the run: {one_line(exc)}"  # a local file system problem
+    return str(exc)  # EngineUnavailable: it names the engine and what to do

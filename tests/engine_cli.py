@@ -27,8 +27,7 @@ import docker.errors
 import jsonschema
 import pytest
 
-from safeagents_batch.backends.docker import remove_container
-from safeagents_batch.batchdir import batch_containers
+from safeagents_batch.backends.docker import batch_container_ids, remove_container
 
 CLI = [sys.executable, "-m", "safeagents_batch"]
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
@@ -36,8 +35,9 @@ EXIT_TIMEOUT = 120  # generous: an upper bound for a hung process, not a timing 
 WAIT_TIMEOUT = 90
 HOLD = "hold"  # while this file exists in a project, held scripts keep running
 
-# A script that stays `running` while the project's HOLD file exists (the code dir is a bind
-# mount, so the test releases it by deleting the file on the host), then succeeds.
+# A script that stays `running` while the HOLD file exists in its code snapshot (a read-only
+# bind mount of BATCH_DIR/code/<digest>/, so the test releases it by deleting the file there
+# on the host, and in the project, so that later snapshots have none), then succeeds.
 HELD_SCRIPT = (
     "import os, time\n"
     "print('holding', flush=True)\n"
@@ -133,7 +133,7 @@ class Orchestrators:
             proc.communicate(timeout=EXIT_TIMEOUT)
         for root in self.roots:
             for manifest in root.rglob("manifest.json"):
-                for container_id in batch_containers(self.client, manifest.parent.name):
+                for container_id in batch_container_ids(self.client, manifest.parent.name):
                     remove_container(self.client, container_id)
 
 
@@ -251,3 +251,5 @@ def containers_of(client: docker.DockerClient, batch_dir: Path) -> list[dict[str
 
 def release(project_root: Path) -> None:
     (project_root / HOLD).unlink(missing_ok=True)
+    for held in project_root.rglob(f"code/*/{HOLD}"):
+        held.unlink()

@@ -16,9 +16,8 @@ import docker.errors
 import pytest
 import requests
 
-from safeagents_batch.backends.docker import remove_container
-from safeagents_batch.batchdir import batch_containers
-from safeagents_batch.image_store import LABEL_PREFIX
+from safeagents_batch.backends.docker import batch_container_ids, remove_container
+from safeagents_batch.labels import LABEL_PREFIX
 
 # A framework with no packages: its image builds in about a second from the base image.
 PLAIN_FRAMEWORK_YAML = "frameworks:\n  plain: {packages: []}\n"
@@ -56,7 +55,7 @@ def _own_containers(client: docker.DockerClient, tmp_path: Path) -> list[str]:
     mine = [f"{LABEL_PREFIX}.pid={os.getpid()}", f"{LABEL_PREFIX}.host={socket.gethostname()}"]
     found = [c["Id"] for c in client.api.containers(all=True, filters={"label": mine})]
     for manifest in tmp_path.rglob("manifest.json"):  # a batch dir is named by its batch id
-        found += batch_containers(client, manifest.parent.name)
+        found += batch_container_ids(client, manifest.parent.name)
     return found
 
 

@@ -1,81 +1,91 @@
-"""backends.docker, the parts that need no engine: the log dir after a run, the script path."""
+"""backends.docker, the parts that need no engine: output routing, mounts, the container user."""
 
 from __future__ import annotations
 
 import os
-import stat
+from collections.abc import Iterable
 from pathlib import Path
 
-from safeagents_batch.backends import RunRequest
-from safeagents_batch.backends.docker import LogPump, defuse, real_script
+from safeagents_batch.backends.base import AttemptRequest, StagedCode
+from safeagents_batch.backends.docker import (
+    OutputPump,
+    _mounts,
+    container_labels,
+    container_user,
+)
+from safeagents_batch.images import CODE_DIR, CONTAINER_UID, LOGS_DIR
+from safeagents_batch.model import Hardening
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
+class ListSink:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+
+    def stdout(self, chunk: bytes) -> None:
+        self.seen.append(("out", chunk))
+
+    def stderr(self, chunk: bytes) -> None:
+        self.seen.append(("err", chunk))
+
+    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
+        raise AssertionError("not expected here")
+
+    def close(self) -> None:
+        pass
 
 
-def test_defuse_clears_set_id_bits_and_keeps_the_files(tmp_path: Path) -> None:
-    (tmp_path / "deep").mkdir()
-    shell = tmp_path / "deep" / "shell"
-    shell.write_bytes(b"#!/bin/sh\n")
-    shell.chmod(0o6755)
-    plain = tmp_path / "result.json"
-    plain.write_text("{}")
-    plain.chmod(0o640)
-
-    defuse(tmp_path)
-
-    assert (mode(shell), mode(plain)) == (0o755, 0o640)
+class BrokenSink(ListSink):
+    def stdout(self, chunk: bytes) -> None:
+        raise OSError(28, "No space left on device")
 
 
-def test_defuse_does_not_follow_a_link_out_of_the_log_dir(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.write_bytes(b"")
-    outside.chmod(0o4755)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "link").symlink_to(outside)
-
-    defuse(logs)
-
-    assert mode(outside) == 0o4755
-    assert os.readlink(logs / "link") == str(outside)
+def request(tmp_path: Path, **changes: object) -> AttemptRequest:
+    code = StagedCode("d" * 64, tmp_path / "code")
+    return AttemptRequest("run-1", "batch-1", 2, "img:tag", code, "agent.py", **changes)  # type: ignore[arg-type]
 
 
-def test_real_script_resolves_a_link_so_its_target_dir_is_mounted(tmp_path: Path) -> None:
-    (tmp_path / "elsewhere").mkdir()
-    target = tmp_path / "elsewhere" / "agent.py"
-    target.write_text("print()\n")
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "link.py").symlink_to(target)
-    request = RunRequest("r", "b", 1, "img", tmp_path / "jobs" / "link.py", tmp_path / "logs")
-
-    assert real_script(request) == target.resolve()
-
-
-def test_log_pump_never_writes_through_a_planted_link(tmp_path: Path) -> None:
-    victim = tmp_path / "host-file"
-    victim.write_text("precious\n")
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "stdout.log").symlink_to(victim)
-
-    pump = LogPump(iter([(b"overwritten\n", None)]), logs)
-    pump.start()
-    pump.join(10)
-
-    assert victim.read_text() == "precious\n"
-    assert pump.error is not None and "symbolic links" in pump.error  # ELOOP: a run error
-
-
-def test_log_pump_writes_each_stream_and_the_console(tmp_path: Path) -> None:
-    pump = LogPump(iter([(b"out\n", None), (None, b"err\n")]), tmp_path)
+def test_the_pump_hands_each_stream_to_the_sink_in_arrival_order() -> None:
+    sink = ListSink()
+    pump = OutputPump(iter([(b"a", None), (None, b"b"), (b"c", b"d")]), sink, "t")
     pump.start()
     pump.join(10)
 
     assert pump.error is None
-    assert [(tmp_path / n).read_bytes() for n in ("stdout.log", "stderr.log", "console.log")] == [
-        b"out\n",
-        b"err\n",
-        b"out\nerr\n",
-    ]
+    assert sink.seen == [("out", b"a"), ("err", b"b"), ("out", b"c"), ("err", b"d")]
+
+
+def test_a_sink_that_cannot_write_is_the_pumps_error_not_a_dead_thread() -> None:
+    pump = OutputPump(iter([(b"a", None)]), BrokenSink(), "t")
+    pump.start()
+    pump.join(10)
+
+    assert pump.error is not None and "No space left" in pump.error
+
+
+def test_code_is_the_staged_snapshot_read_only_and_logs_a_fresh_volume(tmp_path: Path) -> None:
+    mounts = {m["Target"]: m for m in _mounts(request(tmp_path))}
+
+    assert mounts[CODE_DIR]["Type"] == "bind"
+    assert mounts[CODE_DIR]["Source"] == str((tmp_path / "code").resolve())
+    assert mounts[CODE_DIR]["ReadOnly"] is True
+    # No host path behind the logs: the script's files reach the host only through the sink.
+    assert mounts[LOGS_DIR]["Type"] == "volume" and not mounts[LOGS_DIR].get("Source")
+    assert len(mounts) == 2
+
+
+def test_the_container_user_is_never_root_unless_the_job_says_so(tmp_path: Path) -> None:
+    expected = (
+        f"{CONTAINER_UID}:{CONTAINER_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    )
+    assert container_user(request(tmp_path)) == expected
+    relaxed = request(tmp_path, hardening=Hardening(non_root=False))
+    assert container_user(relaxed) == "0:0"
+
+
+def test_labels_name_batch_run_and_attempt(tmp_path: Path) -> None:
+    found = container_labels(request(tmp_path))
+
+    assert found["safeagents-batch.batch"] == "batch-1"
+    assert found["safeagents-batch.run"] == "run-1"
+    assert found["safeagents-batch.attempt"] == "2"
+    assert found["safeagents-batch.pid"] == str(os.getpid())

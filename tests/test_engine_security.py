@@ -31,7 +31,7 @@ import pytest
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 
 from safeagents_batch import cli
-from safeagents_batch.batchdir import batch_containers
+from safeagents_batch.backends.docker import batch_container_ids
 from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
 from safeagents_batch.images import CONTAINER_UID
 from safeagents_batch.model import DEFAULT_MEMORY, DEFAULT_PIDS
@@ -192,11 +192,11 @@ SECRET_PROBE = probe("""
     expected = json.loads(os.environ["DIGESTS"])
     facts = {name: digest(name) == value for name, value in expected.items()}
     facts["unlisted_host_variable_absent"] = "SAB_UNLISTED_TOKEN" not in os.environ
-    # Hold the container up until the test has looked at the host's process list.
-    logs = pathlib.Path("/safeagents/logs")
-    (logs / "started").touch()
+    # Hold the container up until the test has looked at the host's process list: the test
+    # says go by deleting `hold` from this run's code snapshot on the host.
+    print("probe-started", flush=True)
     for _ in range(1200 if os.environ.get("HOLD") else 0):
-        if (logs / "release").exists():
+        if not pathlib.Path("/safeagents/code/hold").exists():
             break
         time.sleep(0.1)
     verdict(facts)  # names and booleans only: no value is ever printed
@@ -274,9 +274,13 @@ def wait_for_start(
     deadline = time.monotonic() + WAIT_LIMIT_SECONDS
     while time.monotonic() < deadline:
         seen_in_ps += processes_showing(needles)
-        started = list(out_dir.glob("*/runs/*/attempt-1/started"))
+        started = [
+            log.parent
+            for log in out_dir.glob("*/runs/*/attempt-1/stdout.log")
+            if "probe-started" in log.read_text()
+        ]
         if started:
-            return started[0].parent
+            return started[0]
         if proc.poll() is not None:
             raise AssertionError(f"the tool ended before the probe started: {proc.communicate()}")
         time.sleep(POLL_SECONDS)
@@ -303,6 +307,7 @@ def test_secrets_reach_the_script_and_appear_nowhere_else(
         secret_jobs_yaml(image_name, literal, digests),
         {
             "probe.py": SECRET_PROBE,
+            "hold": "",
             "secrets.env": f"# a comment\nexport FROM_ENV_FILE='{from_file}'\n",
         },
     )
@@ -332,10 +337,11 @@ def test_secrets_reach_the_script_and_appear_nowhere_else(
         stderr=subprocess.PIPE,
         text=True,
     ) as proc:
-        log_dir = wait_for_start(proc, out_dir, seen_in_ps, needles)
+        wait_for_start(proc, out_dir, seen_in_ps, needles)
         seen_in_ps += processes_showing(needles)  # the container and the tool are both up now
         ps_while_running = ps_output()
-        (log_dir / "release").touch()
+        for held in out_dir.glob("*/code/*/hold"):
+            held.unlink()
         out, err = proc.communicate(timeout=WAIT_LIMIT_SECONDS)
 
     assert proc.returncode == EXIT_OK, (out, err)
@@ -356,7 +362,7 @@ def test_secrets_reach_the_script_and_appear_nowhere_else(
     shown = manifest["runs"][0]["env"]
     assert {name: shown[name] for name in digests} == dict.fromkeys(digests, "<redacted>")
     assert shown["DIGESTS"] == json.dumps(digests)  # a value that is not secret stays readable
-    assert batch_containers(docker_client, manifest["batch_id"]) == []
+    assert batch_container_ids(docker_client, manifest["batch_id"]) == []
 
 
 LITERAL_ONLY_EXPECT = expect(LITERAL_API_KEY=True, unlisted_host_variable_absent=True)
@@ -604,6 +610,9 @@ def test_code_mount_is_read_only_even_for_root_with_capabilities(
         mkdir="EROFS",
         chmod="EROFS",
     )
+    # The snapshot's files are the invoker's, 0644: a container uid other than the invoker's
+    # (root invokes, uid 10001 runs) is refused by the file's mode before the mount is asked.
+    unprivileged = {"own_script": "EACCES"} if os.getuid() == 0 else {}
     batch = run_batch(
         tmp_path,
         capsys,
@@ -612,7 +621,7 @@ def test_code_mount_is_read_only_even_for_root_with_capabilities(
             f"""
         - name: default
           scripts: code_mount.py
-          env: {{EXPECT: {expect(**read_only, uid=EXPECTED_UID)}}}
+          env: {{EXPECT: {expect(**{**read_only, **unprivileged}, uid=EXPECTED_UID)}}}
         - name: root
           scripts: code_mount.py
           hardening: {{non_root: false, drop_capabilities: false}}
@@ -682,7 +691,7 @@ def test_fork_bomb_is_stopped_by_the_default_pids_limit(
     assert 0 < facts["children"] < DEFAULT_PIDS
     # The host is unharmed: this process can still fork, and the container is gone.
     assert subprocess.run(["true"], check=False).returncode == 0
-    assert batch_containers(engine, batch.manifest["batch_id"]) == []
+    assert batch_container_ids(engine, batch.manifest["batch_id"]) == []
 
 
 OOM_PROBE = """\

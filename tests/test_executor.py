@@ -7,16 +7,17 @@ import signal
 import threading
 import time
 
-import pytest
-
-from safeagents_batch.executor import LineProgress, interrupt_handling, run_pool
-from safeagents_batch.manifest import RunRecord
+from safeagents_batch.cli_output import LineProgress
+from safeagents_batch.executor import interrupt_handling, run_pool
+from safeagents_batch.records import Attempt, RunRecord, Status
+from safeagents_batch.reporting import CollectingReporter
 
 PATIENCE_SECONDS = 30  # how long a task waits for the cancel: a bound, not a timing assertion
 
 
-def record(run_id: str, status: str) -> RunRecord:
-    return RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60, status=status)
+def record(run_id: str, status: Status) -> RunRecord:
+    attempt = Attempt(1, status, "logs")
+    return RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60, (attempt,))
 
 
 def test_a_signal_delivered_to_a_worker_thread_still_cancels_the_pool() -> None:
@@ -24,7 +25,7 @@ def test_a_signal_delivered_to_a_worker_thread_still_cancels_the_pool() -> None:
     then runs only when the main thread next runs bytecode: the pool's wait must wake up by
     itself, or Ctrl-C would wait for a run to end (hours, for a long agent run)."""
     cancel = threading.Event()
-    first_said: list[str] = []
+    reporter = CollectingReporter()
 
     def task(run_id: str, cancel: threading.Event) -> RunRecord:
         time.sleep(0.5)  # let the main thread settle into its wait (else the test proves less)
@@ -32,21 +33,23 @@ def test_a_signal_delivered_to_a_worker_thread_still_cancels_the_pool() -> None:
         cancelled = cancel.wait(PATIENCE_SECONDS)
         return record(run_id, "cancelled" if cancelled else "succeeded")
 
-    with interrupt_handling(cancel, lambda: first_said.append("stopping")):
+    with interrupt_handling(cancel, reporter):
         records = run_pool(
             ["a"], task, workers=1, progress=LineProgress(1, io.StringIO()), cancel=cancel
         )
 
     assert [r.status for r in records] == ["cancelled"]
-    assert first_said == ["stopping"]
+    assert reporter.warnings == ["stopping: killing running containers..."]
 
 
-def test_a_second_signal_only_says_cleanup_is_under_way(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_signal_only_says_cleanup_is_under_way() -> None:
     cancel = threading.Event()
-    first_said: list[str] = []
-    with interrupt_handling(cancel, lambda: first_said.append("stopping")):
+    reporter = CollectingReporter()
+    with interrupt_handling(cancel, reporter):
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGTERM)
     assert cancel.is_set()
-    assert first_said == ["stopping"]
-    assert capsys.readouterr().err == "safeagents-batch: still cleaning up, please wait...\n"
+    assert reporter.warnings == [
+        "stopping: killing running containers...",
+        "still cleaning up, please wait...",
+    ]

@@ -22,7 +22,6 @@ from pathlib import Path
 import docker
 import pytest
 
-import safeagents_batch.runner as runner_module
 from safeagents_batch import DockerRunner
 from safeagents_batch.runner import RUNNER_BATCH_ID, new_run_id
 
@@ -50,11 +49,12 @@ if azure.is_dir():
 
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A world-readable working directory as cwd (the container runs as an unprivileged uid
-    when the tests run as root, and pytest's tmp dirs are 0700) and a HOME with ~/.azure."""
+    """A private working directory as cwd (0700, what `mktemp -d` and pytest make; scripts in
+    it 0600) and a HOME with ~/.azure. The container runs as an unprivileged uid when the tests
+    run as root: the runner's staged copy of the code is what it reads, so no chmod is needed."""
     directory = tmp_path / "work"
-    directory.mkdir(mode=0o755)
-    directory.chmod(0o755)
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o700)
     monkeypatch.chdir(directory)
     monkeypatch.setenv("HOME", str(_home(tmp_path / "home", with_azure=True)))
     return directory
@@ -71,7 +71,7 @@ def _home(path: Path, *, with_azure: bool) -> Path:
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
-    path.chmod(0o644)
+    path.chmod(0o600)  # private, like everything in `work`
     return path
 
 
@@ -94,17 +94,19 @@ def test_quick_start(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     from safeagents_batch import DockerRunner
 
-    # 1. Create a runner
-    runner = DockerRunner(framework="langgraph", log_output_dir=Path("./logs"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # 1. Create a runner
+        runner = DockerRunner(framework="langgraph", log_output_dir=Path("./logs"))
 
-    # 2. Prepare and build
-    runner.prepare_environment()
-    runner.build_image()
+        # 2. Prepare and build
+        runner.prepare_environment()
+        runner.build_image()
 
-    # 3. Run your script
-    result = runner.run_script(
-        script_path=Path("my_agent_script.py"), environment_vars={"LOG_LEVEL": "DEBUG"}
-    )
+        # 3. Run your script
+        result = runner.run_script(
+            script_path=Path("my_agent_script.py"), environment_vars={"LOG_LEVEL": "DEBUG"}
+        )
 
     # 4. Check results
     print(f"Success: {result['success']}")
@@ -122,6 +124,10 @@ def test_quick_start(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "agent warning on stderr" in logs["console.log"]
     assert (work / "build_folder" / "Dockerfile").is_file()
     assert capsys.readouterr().out.startswith("Success: True\nLogs: ")
+    assert [str(w.message) for w in caught] == []  # a private dir needs no chmod, no warning
+    # The script's dir was staged into the build folder, without the runner's own folders.
+    staged = [d for d in (work / "build_folder" / "code").iterdir() if d.name != "safeagents"]
+    assert [sorted(f.name for f in d.iterdir()) for d in staged] == [["my_agent_script.py"]]
 
 
 @pytest.mark.docker
@@ -444,25 +450,13 @@ def test_no_engine_is_false_and_an_error_result(
     assert runner.build_image() is False
     result = runner.run_script(script_path=script, bind_azure_folder=False)
     assert result["success"] is False and result["status"] == "error"
-    assert "Docker engine unavailable" in (result["error"] or "")
+    assert "cannot reach the Docker engine" in (result["error"] or "")
 
 
 def test_run_ids_are_safe_directory_and_container_names() -> None:
     run_id = new_run_id(Path("/x/my agent (v2).py"))
-    assert run_id.startswith("run_my_agent__v2__") and len(run_id.rsplit("_", 1)[1]) == 8
+    assert run_id.startswith("run_my_agent_v2_") and len(run_id.rsplit("_", 1)[1]) == 8
     assert new_run_id(Path("a.py")) != new_run_id(Path("a.py"))
-
-
-def test_unreadable_script_warns_when_running_as_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    private.chmod(0o700)
-    script = _write(private / "s.py", "")
-    monkeypatch.setattr("os.getuid", lambda: 0)
-    with pytest.warns(UserWarning, match="not readable by others"):
-        runner_module._warn_if_unreadable_in_container(script)
 
 
 @pytest.fixture(autouse=True)

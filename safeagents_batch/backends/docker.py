@@ -1,19 +1,19 @@
-"""Run one request in a Docker container through the SDK: create with labels, stream logs to
-files while it runs, enforce the timeout by killing the container, always remove it."""
+"""The Docker backend: one attempt in one container through the SDK. Created with labels, the
+staged code mounted read-only, output streamed to the sink while it runs, the timeout enforced
+by killing the container, what the script left in /safeagents/logs handed to the sink at the
+end, and the container always removed (later, if the engine is away at that moment)."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import socket
-import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import docker
 import docker.errors
@@ -21,49 +21,114 @@ import requests
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 
-from safeagents_batch.backends import RunRequest, RunResult
-from safeagents_batch.errors import one_line
-from safeagents_batch.image_store import LABEL_PREFIX
-from safeagents_batch.images import CODE_DIR, CONTAINER_HOME, CONTAINER_UID, LOGS_DIR
-from safeagents_batch.manifest import now_iso
+from safeagents_batch import labels
+from safeagents_batch.backends.base import (
+    AttemptOutcome,
+    AttemptRequest,
+    ImageOutcome,
+    Sink,
+)
+from safeagents_batch.backends.docker_images import DockerImages
+from safeagents_batch.clock import now_iso
+from safeagents_batch.errors import EngineUnavailable, one_line
+from safeagents_batch.images import CODE_DIR, CONTAINER_HOME, CONTAINER_UID, LOGS_DIR, ImageSpec
+from safeagents_batch.names import safe_name
 
 POLL_SECONDS = 0.2
 DRAIN_SECONDS = 30
-_SET_ID = stat.S_ISUID | stat.S_ISGID
+PING_SECONDS = 5
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+# What the SDK raises when the engine fails or does not answer (RequestException: timeouts,
+# refused connections, a socket that vanished with the daemon).
+ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
+
+
+def engine_url() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
+
+
+def connect(timeout: int = 120) -> docker.DockerClient:
+    """A client that has answered a ping, or EngineUnavailable naming where we looked."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except (*ENGINE_ERRORS, OSError) as exc:
+        raise EngineUnavailable(
+            f"cannot reach the Docker engine at {engine_url()}: {one_line(exc)} "
+            "(start dockerd, or run scripts/provision-docker)"
+        ) from None
+    return client
 
 
 class DockerBackend:
-    """Stateless apart from the client; safe to call from many worker threads at once."""
+    """The Backend of one engine. Safe to call from many worker threads at once."""
+
+    name = "docker"
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
+        self._unremoved: set[str] = set()  # containers whose removal the engine missed
+        self._lock = threading.Lock()
 
-    def run(self, request: RunRequest, cancel: threading.Event) -> RunResult:
+    @classmethod
+    def from_env(cls) -> DockerBackend:
+        return cls(connect())
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- Backend -------------------------------------------------------------------------
+
+    def ensure_images(
+        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+    ) -> dict[str, ImageOutcome]:
+        images = DockerImages(self.client, build_logs, rebuild=rebuild)
+        return {spec.tag: images.ensure(spec) for spec in specs}
+
+    def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         started = now_iso()
-        request.log_dir.mkdir(parents=True, exist_ok=True)
-        unreadable = unreadable_by_container(request)
-        if unreadable is not None:
-            return RunResult("error", None, started, now_iso(), unreadable)
-        with _log_dir_open_to_container(request):
-            try:
-                container = self._create(request)
-            except docker.errors.DockerException as exc:
-                return RunResult("error", None, started, now_iso(), _reason("create", exc))
-            result = self._supervise(container, request, cancel, started)
-            try:
-                remove_container(self.client, container.id)
-            except docker.errors.DockerException as exc:
-                # The run's outcome stands; the leftover is reported and `clean` can remove it.
-                note = f"container {container.short_id} not removed: {_reason('remove', exc)}"
-                result = replace(result, error=f"{result.error}; {note}" if result.error else note)
-            return result
+        self._remove_unremoved()
+        try:
+            container = self._create(request)
+        except ENGINE_ERRORS as exc:
+            return self._engine_failure("create", exc, started)
+        try:
+            outcome = self._supervise(container, request, sink, cancel, started)
+        finally:
+            removal_error = self._remove(container.id)
+        if removal_error is not None and not outcome.engine_lost:
+            # The run's outcome stands; the container is removed once the engine answers.
+            note = f"container {container.short_id} not removed yet: {removal_error}"
+            outcome = replace(outcome, error=f"{outcome.error}; {note}" if outcome.error else note)
+        return outcome
 
-    def _create(self, request: RunRequest) -> Container:
+    def sweep(self, batch_id: str) -> int:
+        removed = batch_container_ids(self.client, batch_id)
+        for container_id in removed:
+            remove_container(self.client, container_id)
+        with self._lock:
+            self._unremoved.difference_update(removed)
+        return len(removed)
+
+    def available(self) -> bool:
+        try:
+            self.client.api.ping()
+        except (*ENGINE_ERRORS, OSError):
+            return False
+        self._remove_unremoved()
+        return True
+
+    def where(self) -> dict[str, str]:
+        return {"backend": self.name, "host": socket.gethostname(), "engine": engine_url()}
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _create(self, request: AttemptRequest) -> Container:
         resources = request.resources
         container: Container = self.client.containers.create(
             image=request.image,
-            command=["python", f"{CODE_DIR}/{real_script(request).name}"],
-            name=f"sab-{request.run_id[:80]}-{secrets.token_hex(3)}",
+            command=["python", f"{CODE_DIR}/{request.script}"],
+            name=f"sab-{safe_name(request.run_id, 80)}-{secrets.token_hex(3)}",
             working_dir=CODE_DIR,
             environment=request.env,
             user=container_user(request),
@@ -81,19 +146,24 @@ class DockerBackend:
             nano_cpus=int(resources.cpus * 1e9) if resources.cpus else None,
             read_only=request.read_only_rootfs,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"} if request.read_only_rootfs else None,
-            # We keep our own log files; the engine's copy is only a bounded safety net.
+            # The sink keeps the real logs; the engine's copy is only a bounded safety net.
             log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "1"}),
         )
         return container
 
     def _supervise(
-        self, container: Container, request: RunRequest, cancel: threading.Event, started: str
-    ) -> RunResult:
+        self,
+        container: Container,
+        request: AttemptRequest,
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+    ) -> AttemptOutcome:
         try:
             stream = self.client.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
             )
-            pump = LogPump(stream, request.log_dir)
+            pump = OutputPump(stream, sink, name=f"out-{request.run_id[:40]}")
             pump.start()
             container.start()
             stopped_by = self._watch(container, pump, request.timeout, cancel)
@@ -101,13 +171,20 @@ class DockerBackend:
             if not pump.is_alive():  # closing under a reading thread would raise in it
                 stream.close()  # free the socket now, not at garbage collection
             state = self._final_state(container)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            # RequestException: the engine did not answer in time (e.g. the wait above).
-            return RunResult("error", None, started, now_iso(), _reason("engine", exc))
-        return _result(state, stopped_by, pump.error, started)
+            if state is not None:
+                self._collect_artifacts(container, sink)
+        except ENGINE_ERRORS as exc:
+            return self._engine_failure("engine", exc, started)
+        if pump.error is not None and not self.available():
+            return self._engine_failure("log stream", pump.error, started)
+        return _outcome(state, stopped_by, pump.error, started)
 
     def _watch(
-        self, container: Container, pump: LogPump, timeout: int | None, cancel: threading.Event
+        self,
+        container: Container,
+        pump: OutputPump,
+        timeout: int | None,
+        cancel: threading.Event,
     ) -> str | None:
         """Waits while output flows; kills the container on timeout or cancellation."""
         deadline = time.monotonic() + timeout if timeout else None
@@ -135,74 +212,93 @@ class DockerBackend:
             return None
         return None if state.get("Status") in ("removing", "dead") else state
 
+    def _collect_artifacts(self, container: Container, sink: Sink) -> None:
+        try:
+            chunks, _ = self.client.api.get_archive(container.id, LOGS_DIR)
+        except docker.errors.NotFound:
+            return  # removed meanwhile by someone else: nothing to collect
+        sink.artifacts(chunks)
 
-def _result(
+    def _engine_failure(self, stage: str, exc: BaseException | str, started: str) -> AttemptOutcome:
+        """An engine error, told apart from a lost engine by whether it still answers."""
+        detail = exc if isinstance(exc, str) else one_line(exc, 500)
+        if self.available():
+            return AttemptOutcome(
+                "error", None, started, now_iso(), f"engine error ({stage}): {detail}"
+            )
+        return AttemptOutcome(
+            "error", None, started, now_iso(), f"engine lost: {detail}", engine_lost=True
+        )
+
+    # -- removal -------------------------------------------------------------------------
+
+    def _remove(self, container_id: str) -> str | None:
+        """Removes now, or remembers it for when the engine answers again; returns why not."""
+        try:
+            remove_container(self.client, container_id)
+        except (*ENGINE_ERRORS, OSError) as exc:
+            with self._lock:
+                self._unremoved.add(container_id)
+            return one_line(exc)
+        return None
+
+    def _remove_unremoved(self) -> None:
+        with self._lock:
+            pending = list(self._unremoved)
+        for container_id in pending:
+            if self._remove(container_id) is None:
+                with self._lock:
+                    self._unremoved.discard(container_id)
+
+
+def _outcome(
     state: dict[str, Any] | None, stopped_by: str | None, pump_error: str | None, started: str
-) -> RunResult:
+) -> AttemptOutcome:
     ended = now_iso()
     if stopped_by == "timed_out":
-        return RunResult("timed_out", None, started, ended, "killed after the timeout")
+        return AttemptOutcome("timed_out", None, started, ended, "killed after the timeout")
     if stopped_by == "cancelled":
-        return RunResult("cancelled", None, started, ended, "cancelled by the user")
+        return AttemptOutcome("cancelled", None, started, ended, "cancelled by the user")
     if state is None:
-        return RunResult(
+        return AttemptOutcome(
             "error", None, started, ended, "the container was removed by someone else while it ran"
         )
     exit_code = int(state.get("ExitCode", -1))
     if state.get("OOMKilled"):
-        return RunResult("failed", exit_code, started, ended, "oom_killed")
+        return AttemptOutcome("failed", exit_code, started, ended, "oom_killed")
     if pump_error is not None:
-        return RunResult("error", exit_code, started, ended, f"log stream broke: {pump_error}")
+        return AttemptOutcome("error", exit_code, started, ended, f"log stream broke: {pump_error}")
     if exit_code == 0:
-        return RunResult("succeeded", 0, started, ended)
-    return RunResult("failed", exit_code, started, ended, f"script exited with code {exit_code}")
+        return AttemptOutcome("succeeded", 0, started, ended)
+    return AttemptOutcome(
+        "failed", exit_code, started, ended, f"script exited with code {exit_code}"
+    )
 
 
-class LogPump(threading.Thread):
-    """Copies the container's demultiplexed output to stdout.log, stderr.log and console.log
-    (both, in arrival order) chunk by chunk: nothing is held whole in memory."""
+class OutputPump(threading.Thread):
+    """Hands the container's demultiplexed output to the sink chunk by chunk, in arrival
+    order: nothing is held whole in memory."""
 
-    def __init__(self, stream: Iterable[tuple[bytes | None, bytes | None]], log_dir: Path) -> None:
-        super().__init__(daemon=True, name=f"logs-{log_dir.name}")
+    def __init__(
+        self, stream: Iterable[tuple[bytes | None, bytes | None]], sink: Sink, name: str
+    ) -> None:
+        super().__init__(daemon=True, name=name)
         self.stream = stream
-        self.log_dir = log_dir
+        self.sink = sink
         self.error: str | None = None
 
     def run(self) -> None:
         try:
-            with _log_files(self.log_dir) as (out, err, console):
-                for stdout_chunk, stderr_chunk in self.stream:
-                    for chunk, target in ((stdout_chunk, out), (stderr_chunk, err)):
-                        if chunk:
-                            target.write(chunk)
-                            console.write(chunk)
-                            # Now, not later: the next chunk may be minutes away, and until
-                            # then the files must show what the script said (tail -f, a crash).
-                            target.flush()
-                            console.flush()
+            for stdout_chunk, stderr_chunk in self.stream:
+                if stdout_chunk:
+                    self.sink.stdout(stdout_chunk)
+                if stderr_chunk:
+                    self.sink.stderr(stderr_chunk)
         except Exception as exc:  # reported as the run's error; the thread must not die silently
             self.error = f"{type(exc).__name__}: {exc}"
 
 
-@contextmanager
-def _log_files(log_dir: Path) -> Iterator[tuple[Any, Any, Any]]:
-    with (
-        _open_no_link(log_dir / "stdout.log") as out,
-        _open_no_link(log_dir / "stderr.log") as err,
-        _open_no_link(log_dir / "console.log") as console,
-    ):
-        yield out, err, console
-
-
-def _open_no_link(path: Path) -> BinaryIO:
-    """For writing, never through a symlink: the script (and others, while the dir is open to
-    the container) can plant one in the log dir, aimed at a host file we would then overwrite."""
-    return os.fdopen(
-        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
-    )
-
-
-def container_user(request: RunRequest) -> str:
+def container_user(request: AttemptRequest) -> str:
     """The invoking user's uid:gid, so files are theirs; a fixed non-root uid when that is root;
     root itself only when the job turns `hardening.non_root` off."""
     if not request.hardening.non_root:
@@ -212,78 +308,12 @@ def container_user(request: RunRequest) -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def _runs_as_other_uid(request: RunRequest) -> bool:
-    """Only root runs the container as a uid other than its own (see container_user)."""
-    return os.getuid() == 0 and container_user(request) != "0:0"
-
-
-def unreadable_by_container(request: RunRequest) -> str | None:
-    """As root we run the container as another uid, which sees the script through its
-    permission bits for "others" only: say so plainly instead of a Python traceback."""
-    script = real_script(request)
-    if _runs_as_other_uid(request) and not readable_by_others(script):
-        return (
-            f"{script} is not readable by the container user (uid {CONTAINER_UID}): "
-            f"chmod o+r it and o+rx its directory, or set hardening.non_root: false"
-        )
-    return None
-
-
-def readable_by_others(script: Path) -> bool:
-    """What a uid other than the owner's needs: o+r on the file, o+rx on its directory."""
-    return bool(script.stat().st_mode & 0o004) and script.parent.stat().st_mode & 0o005 == 0o005
-
-
-@contextmanager
-def _log_dir_open_to_container(request: RunRequest) -> Iterator[None]:
-    """When we run as root the container's uid differs from ours: open the log dir to it with
-    the sticky bit (it can add files but not delete ours), then hand everything back to us."""
-    opened = _runs_as_other_uid(request)
-    if opened:
-        request.log_dir.chmod(0o1777)
-    try:
-        yield
-    finally:
-        defuse(request.log_dir)
-        if opened:
-            request.log_dir.chmod(0o755)
-            give_back_to_invoker(request.log_dir)
-
-
-def defuse(directory: Path) -> None:
-    """The log dir is a host path the script writes: root in a relaxed container can leave a
-    setuid-root executable or a device node there, real on the host. Clear set-id bits and
-    remove device nodes once the container is gone; what cannot be changed is removed."""
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
-                os.unlink(path)
-            elif mode & _SET_ID and not stat.S_ISLNK(mode):
-                try:
-                    os.chmod(path, stat.S_IMODE(mode) & ~_SET_ID)
-                except PermissionError:  # another owner's file (root's, when we are not root)
-                    os.unlink(path)
-
-
-def give_back_to_invoker(directory: Path) -> None:
-    uid, gid = os.getuid(), os.getgid()
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, gid)
-
-
-def real_script(request: RunRequest) -> Path:
-    """The script with symlinks resolved: a link's target is outside the mounted dir of the
-    link. Its dir is mounted, as Python itself puts the real dir first on sys.path."""
-    return request.script.resolve()
-
-
-def _mounts(request: RunRequest) -> list[Mount]:
+def _mounts(request: AttemptRequest) -> list[Mount]:
     mounts = [
-        Mount(CODE_DIR, str(real_script(request).parent), type="bind", read_only=True),
-        Mount(LOGS_DIR, str(request.log_dir.resolve()), type="bind", read_only=False),
+        Mount(CODE_DIR, str(request.code.path.resolve()), type="bind", read_only=True),
+        # An anonymous volume, removed with the container: the script's files reach the host
+        # only through the sink, which keeps regular files and directories alone.
+        Mount(LOGS_DIR, None, type="volume"),
     ]
     if request.azure_dir is not None:
         mounts.append(
@@ -297,16 +327,30 @@ def _mounts(request: RunRequest) -> list[Mount]:
     return mounts
 
 
-def container_labels(request: RunRequest) -> dict[str, str]:
+def container_labels(request: AttemptRequest) -> dict[str, str]:
     return {
-        f"{LABEL_PREFIX}.managed": "true",
-        f"{LABEL_PREFIX}.batch": request.batch_id,
-        f"{LABEL_PREFIX}.run": request.run_id,
-        f"{LABEL_PREFIX}.attempt": str(request.attempt),
+        labels.MANAGED: "true",
+        labels.BATCH: request.batch_id,
+        labels.RUN: request.run_id,
+        labels.ATTEMPT: str(request.attempt),
         # Lets `clean` tell a leftover from a container of a batch that is still running.
-        f"{LABEL_PREFIX}.host": socket.gethostname(),
-        f"{LABEL_PREFIX}.pid": str(os.getpid()),
+        labels.HOST: socket.gethostname(),
+        labels.PID: str(os.getpid()),
     }
+
+
+def batch_container_infos(
+    client: docker.DockerClient, batch_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The engine's listing of containers the tool created (of one batch, when given)."""
+    found: list[dict[str, Any]] = client.api.containers(
+        all=True, filters={"label": labels.batch_filter(batch_id)}
+    )
+    return found
+
+
+def batch_container_ids(client: docker.DockerClient, batch_id: str | None = None) -> list[str]:
+    return [c["Id"] for c in batch_container_infos(client, batch_id)]
 
 
 def kill_container(client: docker.DockerClient, container_id: str) -> None:
@@ -320,7 +364,7 @@ def kill_container(client: docker.DockerClient, container_id: str) -> None:
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
-    """Force-remove; a container that is already gone is fine."""
+    """Force-remove with its anonymous volumes; a container that is already gone is fine."""
     try:
         client.api.remove_container(container_id, force=True, v=True)
     except docker.errors.NotFound:
@@ -328,7 +372,3 @@ def remove_container(client: docker.DockerClient, container_id: str) -> None:
     except docker.errors.APIError as exc:
         if exc.status_code != 409 or "already in progress" not in str(exc):
             raise
-
-
-def _reason(stage: str, exc: Exception) -> str:
-    return f"engine error ({stage}): {one_line(exc, 500)}"

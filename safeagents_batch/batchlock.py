@@ -1,4 +1,4 @@
-"""Side effects around a batch directory: the exclusive lock and the sweep of its containers."""
+"""The exclusive lock on a batch directory: one orchestrator per batch at a time."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-import docker
-import docker.errors
-
-from safeagents_batch.backends.docker import remove_container
 from safeagents_batch.errors import BatchLocked
-from safeagents_batch.image_store import LABEL_PREFIX
 
 LOCK_NAME = ".lock"
 
@@ -55,27 +49,3 @@ class BatchLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing releases the flock
             self.fd = None
-
-
-def batch_container_infos(
-    client: docker.DockerClient, batch_id: str | None = None
-) -> list[dict[str, Any]]:
-    """The engine's listing of containers the tool created (of one batch, when given), running
-    or not."""
-    # By the batch label, which only our backend sets: image labels (`managed`) are copied onto
-    # every container made from our images, also ones a user starts by hand.
-    label = f"{LABEL_PREFIX}.batch={batch_id}" if batch_id else f"{LABEL_PREFIX}.batch"
-    infos: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": label})
-    return infos
-
-
-def batch_containers(client: docker.DockerClient, batch_id: str | None = None) -> list[str]:
-    """Ids of containers the tool created (of one batch, when given), running or not."""
-    return [c["Id"] for c in batch_container_infos(client, batch_id)]
-
-
-def remove_batch_containers(client: docker.DockerClient, batch_id: str) -> list[str]:
-    removed = batch_containers(client, batch_id)
-    for container_id in removed:
-        remove_container(client, container_id)
-    return removed

@@ -1,11 +1,9 @@
-"""The image store: an image exists under its content-hash tag, or it is built exactly once."""
+"""Docker images by content-hash tag: found on the engine, or built with a streamed log."""
 
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,29 +11,14 @@ import docker
 import docker.errors
 import requests
 
-from safeagents_batch import __version__
+from safeagents_batch import __version__, labels
+from safeagents_batch.backends.base import ImageOutcome
 from safeagents_batch.images import ImageSpec, write_build_context
 
-LABEL_PREFIX = "safeagents-batch"
 
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    tag: str
-    framework: str
-    status: str  # built | cached | failed
-    build_seconds: float | None
-    build_log: Path | None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
-
-
-class ImageStore:
-    """Ensures images by tag. Thread-safe: concurrent asks for one tag share one build, and an
-    outcome (also a failure) is remembered for the life of the store."""
+class DockerImages:
+    """Ensures images on one engine: found by tag, or built with a streamed log. Holds no
+    memory of earlier outcomes; the orchestrator makes concurrent asks for one tag share one."""
 
     def __init__(
         self, client: docker.DockerClient, log_dir: Path, *, rebuild: bool = False
@@ -43,20 +26,8 @@ class ImageStore:
         self.client = client
         self.log_dir = log_dir
         self.rebuild = rebuild
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._outcomes: dict[str, ImageOutcome] = {}
 
     def ensure(self, spec: ImageSpec) -> ImageOutcome:
-        with self._guard:
-            lock = self._locks.setdefault(spec.tag, threading.Lock())
-        with lock:
-            # Checked again under the tag's lock: the first caller may have built it meanwhile.
-            if spec.tag not in self._outcomes:
-                self._outcomes[spec.tag] = self._ensure_now(spec)
-            return self._outcomes[spec.tag]
-
-    def _ensure_now(self, spec: ImageSpec) -> ImageOutcome:
         if not self.rebuild and self._exists(spec.tag):
             return ImageOutcome(spec.tag, spec.config.framework, "cached", None, None)
         return self._build(spec)
@@ -129,9 +100,9 @@ def _write_chunk(chunk: dict[str, Any], log: IO[str]) -> str | None:
 
 def image_labels(spec: ImageSpec) -> dict[str, str]:
     return {
-        f"{LABEL_PREFIX}.managed": "true",
-        f"{LABEL_PREFIX}.framework": spec.config.framework,
-        f"{LABEL_PREFIX}.digest": spec.digest,
-        f"{LABEL_PREFIX}.base": spec.config.effective_base_image,
-        f"{LABEL_PREFIX}.version": __version__,
+        labels.MANAGED: "true",
+        labels.FRAMEWORK: spec.config.framework,
+        labels.DIGEST: spec.digest,
+        labels.BASE: spec.config.effective_base_image,
+        labels.VERSION: __version__,
     }

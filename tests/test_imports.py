@@ -1,0 +1,65 @@
+"""The shape the design promises: the orchestrator knows no Docker, and the pure commands load
+no engine client, HTTP stack or progress bar."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "safeagents_batch"
+HEAVY = ("docker", "requests", "tqdm")
+# The edges that may construct a backend (and so import the Docker one, lazily).
+EDGES = {"cli_run.py", "runner.py"}
+
+
+def _imported_names(tree: ast.AST) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def _modules_outside_backends() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if "backends" not in p.relative_to(PACKAGE).parts]
+
+
+def test_docker_is_imported_only_under_backends_and_at_the_two_edges() -> None:
+    offenders = {}
+    for path in _modules_outside_backends():
+        names = _imported_names(ast.parse(path.read_text(encoding="utf-8")))
+        engine = [n for n in names if n.split(".")[0] in ("docker", "requests")]
+        docker_backend = [n for n in names if n.startswith("safeagents_batch.backends.docker")]
+        if engine or (docker_backend and path.name not in EDGES):
+            offenders[path.name] = engine + docker_backend
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["validate", "jobs/example.yaml"], ["plan", "jobs/example.yaml"], ["schema"]],
+    ids=["validate", "plan", "schema"],
+)
+def test_pure_commands_load_no_engine_client_http_stack_or_progress_bar(argv: list[str]) -> None:
+    probe = (
+        "import sys\n"
+        "from safeagents_batch.cli import main\n"
+        f"code = main({argv!r})\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print(code, loaded, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
