@@ -228,12 +228,17 @@ def run_batch(
     inputs = read_inputs(specs)
     runs = {s.run_id: new_record(s, jobs_file, inputs) for s in specs}
     batch_id = new_batch_id(jobs_file.name)
-    batch_dir = (options.output_dir or jobs_file.output_dir).absolute() / batch_id
+    output_dir = (options.output_dir or jobs_file.output_dir).absolute()
+    made_output_dir = not output_dir.exists()
+    batch_dir = output_dir / batch_id
     batch_dir.mkdir(parents=True)
     try:
         work = prepare_work(specs, inputs, batch_dir, jobs_file)
     except BaseException:
-        shutil.rmtree(batch_dir)  # ours alone, just made: bad code input leaves no batch
+        # Ours alone, just made: bad code input leaves no batch, and no empty output dir.
+        shutil.rmtree(batch_dir)
+        if made_output_dir:
+            output_dir.rmdir()
         raise
     write_jobs_copies(batch_dir, jobs_file)
     manifest = Manifest(
@@ -416,9 +421,13 @@ class BatchRunner:
         return record
 
     def _ensure_now(self, image: ImageSpec) -> ImageOutcome:
-        outcomes = self.backend.ensure_images(
-            [image], self.batch_dir / "images", rebuild=self.options.rebuild
-        )
+        try:
+            outcomes = self.backend.ensure_images(
+                [image], self.batch_dir / "images", rebuild=self.options.rebuild
+            )
+        except Exception as exc:  # remembered as the image's failure: its runs do not retry it
+            error = f"image {image.tag} not available: {type(exc).__name__}: {one_line(exc)}"
+            return ImageOutcome(image.tag, image.config.framework, "failed", None, None, error)
         return outcomes[image.tag]
 
     def _request(self, spec: RunSpec, number: int, code: StagedCode) -> AttemptRequest:

@@ -187,9 +187,18 @@ def _env_file(job: JobScope, path: KeyPath, value: str) -> Path:
     return job.checker.existing_file(value, path, "env file")
 
 
+SECRET_MATRIX = (
+    "a secret-looking name cannot be a matrix variable: matrix values become run ids and "
+    "directory names; put secrets in env_file or env_passthrough (or adjust secret_patterns)"
+)
+
+
 def _matrix(
     job: JobScope, path: KeyPath, raw: dict[str, list[Any]]
 ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    for name in raw:
+        if is_secret_name(name, job.file.patterns):
+            job.checker.add(job.path("matrix", name), SECRET_MATRIX, of_key=True)
     return tuple((name, tuple(_env_text(v) for v in values)) for name, values in raw.items())
 
 

@@ -38,6 +38,9 @@ class Manifest:
     state: BatchState = "running"
     tool_version: str = __version__
     backend: dict[str, str] | None = None
+    # Jobs files the batch ran from before `rerun --jobs` adopted the current one: like it,
+    # they may hold literal secrets and sit among the scripts, so staging leaves them out.
+    earlier_jobs_files: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, int]:
         counts = Counter(r.status for r in self.runs.values())
@@ -49,7 +52,7 @@ class Manifest:
             "tool": {"name": "safeagents-batch", "version": self.tool_version},
             "batch_id": self.batch_id,
             "batch_dir": self.batch_dir,
-            "jobs_file": {"path": self.jobs_file, "sha256": self.jobs_file_sha256},
+            "jobs_file": self._jobs_file_json(),
             "state": self.state,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -60,6 +63,12 @@ class Manifest:
         }
         if self.backend is not None:
             data["backend"] = self.backend
+        return data
+
+    def _jobs_file_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.jobs_file, "sha256": self.jobs_file_sha256}
+        if self.earlier_jobs_files:
+            data["earlier"] = list(self.earlier_jobs_files)
         return data
 
 
@@ -118,6 +127,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
         state=data["state"],
         tool_version=data["tool"]["version"],
         backend=data.get("backend"),
+        earlier_jobs_files=tuple(data["jobs_file"].get("earlier", ())),
     )
 
 
@@ -213,7 +223,10 @@ class ManifestStore:
 
     def adopt_jobs_file(self, path: str, sha256: str) -> None:
         with self._lock:
-            self.manifest.jobs_file, self.manifest.jobs_file_sha256 = path, sha256
+            manifest = self.manifest
+            if manifest.jobs_file != path and manifest.jobs_file not in manifest.earlier_jobs_files:
+                manifest.earlier_jobs_files = (*manifest.earlier_jobs_files, manifest.jobs_file)
+            manifest.jobs_file, manifest.jobs_file_sha256 = path, sha256
 
     def reopen(self) -> None:
         """A rerun starts: the batch is running again."""

@@ -18,7 +18,7 @@ from safeagents_batch.batch import (
     write_jobs_copies,
 )
 from safeagents_batch.batchlock import BatchLock
-from safeagents_batch.clock import now_iso
+from safeagents_batch.clock import now_iso, seconds_between
 from safeagents_batch.errors import UsageError
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import MANIFEST_NAME, ManifestStore, load_manifest
@@ -74,9 +74,10 @@ def rerun_batch(
         selected = [s for s in specs if choice.wants(store.run(s.run_id).status)]
         selected = select_runs(selected, options.only) if selected and options.only else selected
         _check_secrets_kept(selected, jobs_path)
-        # The jobs file the batch started from may sit among the scripts too.
-        original = Path(store.manifest.jobs_file)
-        work = prepare_work(selected, inputs, batch_dir, jobs_file, original)
+        # The jobs files the batch ran from may sit among the scripts too.
+        manifest = store.manifest
+        ran_from = [Path(p) for p in (manifest.jobs_file, *manifest.earlier_jobs_files)]
+        work = prepare_work(selected, inputs, batch_dir, jobs_file, *ran_from)
         if choice.jobs_file is not None:
             # FILE becomes the batch's jobs file: a later plain `rerun` must not go back to the
             # old snapshot, which lacks the new runs and has the fixes undone.
@@ -116,11 +117,16 @@ def _recover_after_crash(backend: Backend, store: ManifestStore, reporter: Repor
     for record in store.runs():
         last = record.latest
         if record.status == "running" and last is not None:
+            # When it really ended is unknown: the recovery is the first moment known to be after.
             ended = last.ended_at or now_iso()
-            store.record_attempt(
-                record.run_id,
-                replace(last, status="error", ended_at=ended, error=INTERRUPTED_REASON),
+            closed = replace(
+                last,
+                status="error",
+                ended_at=ended,
+                duration_seconds=seconds_between(last.started_at, ended),
+                error=INTERRUPTED_REASON,
             )
+            store.record_attempt(record.run_id, closed)
 
 
 def _merge(store: ManifestStore, fresh: list[RunRecord], reporter: Reporter) -> None:

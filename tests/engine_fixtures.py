@@ -7,6 +7,7 @@ scripts/provision-docker before running the suite.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,3 +69,13 @@ def write_project(root: Path, jobs_yaml: str, scripts: dict[str, str]) -> Path:
     jobs = root / "jobs.yaml"
     jobs.write_text(jobs_yaml, encoding="utf-8")
     return jobs
+
+
+@pytest.fixture
+def fresh_image_name(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A repository name no image has yet: the test's images are built fresh, then removed."""
+    name = f"sab-engine-test-{secrets.token_hex(4)}"
+    yield name
+    for image in docker_client.images.list(name=name):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)

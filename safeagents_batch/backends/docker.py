@@ -111,10 +111,18 @@ class DockerBackend:
         return len(removed)
 
     def available(self) -> bool:
+        """Asked over a new connection: while dockerd shuts down, its socket is gone for new
+        clients but pooled keep-alive connections still get answers, for seconds."""
         try:
-            self.client.api.ping()
+            probe = docker.from_env(version=self.client.api.api_version, timeout=PING_SECONDS)
         except (*ENGINE_ERRORS, OSError):
             return False
+        try:
+            probe.api.ping()
+        except (*ENGINE_ERRORS, OSError):
+            return False
+        finally:
+            probe.close()
         self._remove_unremoved()
         return True
 
@@ -175,8 +183,8 @@ class DockerBackend:
                 self._collect_artifacts(container, sink)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("engine", exc, started)
-        if pump.error is not None and not self.available():
-            return self._engine_failure("log stream", pump.error, started)
+        if isinstance(pump.failure, ENGINE_ERRORS):  # the stream broke, not our side of it
+            return self._engine_failure("log stream", pump.failure, started)
         return _outcome(state, stopped_by, pump.error, started)
 
     def _watch(
@@ -219,10 +227,12 @@ class DockerBackend:
             return  # removed meanwhile by someone else: nothing to collect
         sink.artifacts(chunks)
 
-    def _engine_failure(self, stage: str, exc: BaseException | str, started: str) -> AttemptOutcome:
-        """An engine error, told apart from a lost engine by whether it still answers."""
-        detail = exc if isinstance(exc, str) else one_line(exc, 500)
-        if self.available():
+    def _engine_failure(self, stage: str, exc: BaseException, started: str) -> AttemptOutcome:
+        """An engine error, told apart from a lost engine: one that did not answer (refused,
+        reset, no socket) or that does not answer a ping now is lost. A restart can be over by
+        the time of the ping, so the first reason alone suffices."""
+        detail = one_line(exc, 500)
+        if not isinstance(exc, requests.ConnectionError) and self.available():
             return AttemptOutcome(
                 "error", None, started, now_iso(), f"engine error ({stage}): {detail}"
             )
@@ -285,7 +295,11 @@ class OutputPump(threading.Thread):
         super().__init__(daemon=True, name=name)
         self.stream = stream
         self.sink = sink
-        self.error: str | None = None
+        self.failure: Exception | None = None
+
+    @property
+    def error(self) -> str | None:
+        return f"{type(self.failure).__name__}: {self.failure}" if self.failure else None
 
     def run(self) -> None:
         try:
@@ -295,7 +309,7 @@ class OutputPump(threading.Thread):
                 if stderr_chunk:
                     self.sink.stderr(stderr_chunk)
         except Exception as exc:  # reported as the run's error; the thread must not die silently
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.failure = exc
 
 
 def container_user(request: AttemptRequest) -> str:

@@ -1,0 +1,196 @@
+"""Staged code and the sink, on a real engine: what a container sees under /safeagents/code,
+which code each attempt ran, and what a hostile script can leave in the batch dir."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from test_engine_batch import load_valid_manifest, only_batch_dir, runs_by_id
+
+from safeagents_batch import cli
+from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+
+pytestmark = pytest.mark.docker
+
+LIST_CODE = (
+    "import os\n"
+    "for root, dirs, files in os.walk('/safeagents/code'):\n"
+    "    dirs.sort()\n"
+    "    for name in sorted(files):\n"
+    "        print('FILE', os.path.relpath(os.path.join(root, name), '/safeagents/code'))\n"
+)
+
+
+def header(image_name: str) -> str:
+    return f"version: 1\nname: seam\nimage_name: {image_name}\n" + PLAIN_FRAMEWORK_YAML
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main([*argv, "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def shipped(run: dict[str, Any]) -> list[str]:
+    text = (Path(run["log_dir"]) / "stdout.log").read_text(encoding="utf-8")
+    return [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("FILE ")]
+
+
+def test_a_private_script_dir_runs_and_ships_only_its_code(
+    engine: docker.DockerClient,
+    fresh_image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Scripts in a 0700 dir (files 0600) beside the jobs file, the batch output dir, a .git
+    dir and a .gitignore'd file: the run succeeds with no chmod, and the container sees the
+    scripts, the helper and the .gitignore only."""
+    jobs_yaml = (
+        header(fresh_image_name) + "jobs:\n  - {name: ls, framework: plain, scripts: list.py}\n"
+    )
+    jobs = write_project(
+        tmp_path / "proj",
+        jobs_yaml,
+        {
+            "list.py": LIST_CODE,
+            "helper.py": "X = 1\n",
+            ".gitignore": "secret-notes.txt\n",
+            "secret-notes.txt": "not for containers\n",
+            ".git/config": "[core]\n",
+        },
+    )
+    project = jobs.parent
+    for path in project.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    project.chmod(0o700)
+    # An earlier batch's output beside the scripts (the default `./logs`).
+    (project / "logs" / "old-batch").mkdir(parents=True)
+    (project / "logs" / "old-batch" / "console.log").write_text("an old run\n")
+
+    code, out = run(["run", str(jobs)], capsys)
+
+    assert code == EXIT_OK, out
+    manifest = load_valid_manifest(only_batch_dir(project / "logs"))
+    assert shipped(runs_by_id(manifest)["ls-list"]) == [".gitignore", "helper.py", "list.py"]
+
+
+def test_each_attempt_records_the_code_it_ran_and_rerun_takes_the_code_as_it_is_now(
+    engine: docker.DockerClient,
+    fresh_image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs_yaml = header(fresh_image_name) + "jobs:\n  - {name: v, framework: plain, scripts: v.py}\n"
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"v.py": "print('version one')\n"})
+    out_dir = tmp_path / "out"
+    assert run(["run", str(jobs), "-o", str(out_dir)], capsys)[0] == EXIT_OK
+    batch_dir = only_batch_dir(out_dir)
+
+    (jobs.parent / "v.py").write_text("print('version two')\n")
+    code, out = run(["rerun", str(batch_dir), "--all"], capsys)
+
+    assert code == EXIT_OK, out
+    attempts = runs_by_id(load_valid_manifest(batch_dir))["v-v"]["attempts"]
+    digests = [a["code_digest"] for a in attempts]
+    assert len(digests) == 2 and digests[0] != digests[1]
+    for attempt, version in zip(attempts, ("one", "two"), strict=True):
+        snapshot = batch_dir / "code" / attempt["code_digest"]
+        assert f"version {version}" in (snapshot / "v.py").read_text()
+        assert f"version {version}" in (Path(attempt["log_dir"]) / "stdout.log").read_text()
+
+
+HOSTILE = """\
+import os
+logs = '/safeagents/logs'
+os.mkfifo(os.path.join(logs, 'result.json'))
+os.symlink('/etc/shadow', os.path.join(logs, 'shadow'))
+os.symlink('/', os.path.join(logs, 'root'))
+os.mkdir(os.path.join(logs, 'nested'))
+with open(os.path.join(logs, 'nested', 'score.txt'), 'w') as f:
+    f.write('0.75')
+with open(os.path.join(logs, 'sparse.bin'), 'wb') as f:
+    f.truncate(5 * 1024 ** 3)
+print('planted')
+"""
+
+
+def test_a_hostile_script_leaves_regular_files_only_and_the_record_says_what_was_dropped(
+    engine: docker.DockerClient,
+    fresh_image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs_yaml = header(fresh_image_name) + "jobs:\n  - {name: h, framework: plain, scripts: h.py}\n"
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"h.py": HOSTILE})
+    out_dir = tmp_path / "out"
+
+    code, out = run(["run", str(jobs), "-o", str(out_dir)], capsys)
+
+    assert code == EXIT_OK, out
+    batch_dir = only_batch_dir(out_dir)
+    attempt = runs_by_id(load_valid_manifest(batch_dir))["h-h"]["attempts"][0]
+    dropped = "\n".join(attempt["dropped_artifacts"])
+    for name in ("result.json: a FIFO", "shadow: a symbolic link", "root: a symbolic link"):
+        assert name in dropped
+    assert "sparse.bin: 5.0 GiB, over the artifact limit of 1.0 GiB" in dropped
+    kinds = {
+        p.relative_to(batch_dir).as_posix(): stat.S_IFMT(p.lstat().st_mode)
+        for p in batch_dir.rglob("*")
+    }
+    assert {k for k, v in kinds.items() if v not in (stat.S_IFREG, stat.S_IFDIR)} == set()
+    log_dir = Path(attempt["log_dir"])
+    assert (log_dir / "nested" / "score.txt").read_text() == "0.75"
+    assert not (log_dir / "sparse.bin").exists()
+    # `zip -r` of the batch dir now follows no link out of it (it has none): a real archiver.
+    archive = tmp_path / "batch.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(batch_dir), "."], check=True)
+    assert archive.stat().st_size < 10 * 1024**2
+
+
+def test_code_over_the_cap_is_one_line_exit_2_and_nothing_runs(
+    engine: docker.DockerClient,
+    fresh_image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs_yaml = (
+        header(fresh_image_name)
+        + "jobs:\n  - {name: big, framework: plain, scripts: s.py, max_code_size: 64k}\n"
+    )
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"s.py": "print()\n"})
+    with open(jobs.parent / "weights.bin", "wb") as handle:
+        handle.truncate(1024**2)
+    out_dir = tmp_path / "out"
+
+    code = cli.main(["run", str(jobs), "-o", str(out_dir), "--no-progress"])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert len(err.strip().splitlines()) == 1 and "weights.bin 1.0 MiB" in err, err
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []  # no batch, so no run
+
+
+def test_a_failing_script_still_hands_back_what_it_wrote(
+    engine: docker.DockerClient,
+    fresh_image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = "open('/safeagents/logs/partial.json', 'w').write('{}')\nraise SystemExit(4)\n"
+    jobs_yaml = header(fresh_image_name) + "jobs:\n  - {name: f, framework: plain, scripts: f.py}\n"
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"f.py": script})
+
+    code, out = run(["run", str(jobs), "-o", str(tmp_path / "out")], capsys)
+
+    assert code == EXIT_RUNS_FAILED, out
+    run_record = runs_by_id(load_valid_manifest(only_batch_dir(tmp_path / "out")))["f-f"]
+    assert run_record["exit_code"] == 4
+    assert (Path(run_record["log_dir"]) / "partial.json").read_text() == "{}"
+    assert os.stat(Path(run_record["log_dir"]) / "partial.json").st_uid == os.getuid()
