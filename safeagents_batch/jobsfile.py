@@ -8,7 +8,6 @@ frameworkkeys.py, each key's rule next to its default.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from safeagents_batch.model import (
     Job,
     JobsFile,
 )
+from safeagents_batch.names import safe_name
 from safeagents_batch.plan import RunSpec, expand
 from safeagents_batch.schema import jobs_schema_problems
 from safeagents_batch.yamlmarks import MarkedDocument, YamlSyntaxError, load_marked
@@ -149,5 +149,4 @@ def _jobs(
 
 def _safe_stem(path: Path) -> str:
     """The file's stem as a batch name the schema accepts (a resolved copy states it)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "batch"
-    return stem[:64]
+    return safe_name(path.stem, 64, fallback="batch", replacement="-")

@@ -8,7 +8,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DOTS = re.compile(r"\.{2,}")
 
 
-def safe_name(text: str, limit: int | None = None, fallback: str = "_") -> str:
-    """Unsafe characters become `_`, dot runs collapse (no `..`), no leading or trailing `.`/`_`;
-    at most `limit` characters."""
-    return _DOTS.sub(".", _UNSAFE.sub("_", text)).strip("._")[:limit] or fallback
+def safe_name(
+    text: str, limit: int | None = None, fallback: str = "_", replacement: str = "_"
+) -> str:
+    """Runs of unsafe characters become `replacement`, dot runs collapse (no `..`), no leading
+    or trailing `.`, `_` or `replacement`; at most `limit` characters."""
+    cleaned = _DOTS.sub(".", _UNSAFE.sub(replacement, text)).strip("._" + replacement)
+    return cleaned[:limit] or fallback
