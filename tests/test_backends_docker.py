@@ -12,6 +12,7 @@ from safeagents_batch.backends.docker import (
     _mounts,
     container_labels,
     container_user,
+    go_time,
 )
 from safeagents_batch.images import CODE_DIR, CONTAINER_UID, LOGS_DIR
 from safeagents_batch.model import Hardening
@@ -89,3 +90,12 @@ def test_labels_name_batch_run_and_attempt(tmp_path: Path) -> None:
     assert found["safeagents-batch.run"] == "run-1"
     assert found["safeagents-batch.attempt"] == "2"
     assert found["safeagents-batch.pid"] == str(os.getpid())
+
+
+def test_engine_timestamps_keep_their_nanoseconds() -> None:
+    started = go_time("2026-12-01T09:50:06.926542775Z")
+    written = go_time("2026-12-01T09:50:06.92889074Z")
+    built = go_time("2026-12-01T09:48:32Z")
+
+    assert built < started < written
+    assert round(written - started, 6) == 0.002348

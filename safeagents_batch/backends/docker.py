@@ -5,6 +5,8 @@ end, and the container always removed (later, if the engine is away at that mome
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import socket
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +182,7 @@ class DockerBackend:
             if not pump.is_alive():  # closing under a reading thread would raise in it
                 stream.close()  # free the socket now, not at garbage collection
             state = self._final_state(container)
-            if state is not None:
+            if state is not None and self._wrote_artifacts(container, state):
                 self._collect_artifacts(container, sink)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("engine", exc, started)
@@ -220,6 +223,22 @@ class DockerBackend:
             return None
         return None if state.get("Status") in ("removing", "dead") else state
 
+    def _wrote_artifacts(self, container: Container, state: dict[str, Any]) -> bool:
+        """Whether the script created anything in /safeagents/logs: the volume starts as a copy
+        of the image's empty dir, whose mtime is the build's, and creating an entry there moves
+        it past the container's start. A stat costs a few ms; the archive of even an empty dir
+        costs tens, which would be a tenth of a trivial run."""
+        try:
+            response = self.client.api.head(
+                self.client.api._url("/containers/{0}/archive", container.id),
+                params={"path": LOGS_DIR},
+            )
+            self.client.api._raise_for_status(response)
+            stat = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+            return bool(go_time(stat["mtime"]) >= go_time(state["StartedAt"]))
+        except (KeyError, ValueError):
+            return True  # an engine that does not say: collect, to be safe
+
     def _collect_artifacts(self, container: Container, sink: Sink) -> None:
         try:
             chunks, _ = self.client.api.get_archive(container.id, LOGS_DIR)
@@ -259,6 +278,15 @@ class DockerBackend:
             if self._remove(container_id) is None:
                 with self._lock:
                     self._unremoved.discard(container_id)
+
+
+def go_time(text: str) -> float:
+    """Seconds since the epoch of an engine timestamp (RFC 3339, up to nanoseconds, which
+    `datetime` does not take on every Python this supports)."""
+    whole, _, rest = text.rstrip("Z").partition(".")
+    fraction = rest.split("+")[0].split("-")[0]
+    moment = datetime.fromisoformat(whole).replace(tzinfo=timezone.utc)
+    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 
 def _outcome(
