@@ -4,6 +4,7 @@ through one preparation path (select, env, code, images, records) and one BatchR
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import secrets
 import shutil
@@ -32,13 +33,20 @@ from safeagents_batch.errors import (
     UsageError,
     one_line,
 )
-from safeagents_batch.executor import DEFAULT_ENGINE_WAIT, EngineGate, interrupt_handling, run_pool
+from safeagents_batch.executor import (
+    DEFAULT_ENGINE_WAIT,
+    EngineGate,
+    Limits,
+    interrupt_handling,
+    run_pool,
+)
 from safeagents_batch.images import ImageSpec, file_sha256, image_spec
 from safeagents_batch.manifest import MANIFEST_NAME, Manifest, ManifestStore
 from safeagents_batch.model import ImageConfig, JobsFile
 from safeagents_batch.plan import RunSpec, needed_images
+from safeagents_batch.provenance import git_state
 from safeagents_batch.records import Attempt, ImageRecord, RunRecord
-from safeagents_batch.redaction import redact_env, redact_yaml_text
+from safeagents_batch.redaction import is_secret_name, redact_env, redact_yaml_text
 from safeagents_batch.reporting import Reporter
 from safeagents_batch.sink import LocalSink
 from safeagents_batch.snapshot import resolved_yaml
@@ -98,12 +106,15 @@ class RunInputs:
 
     env_files: dict[Path, dict[str, str]] = field(repr=False)
     images: dict[ImageConfig, ImageSpec]
+    script_digests: dict[Path, str]  # a script's sha256, read once however many runs it has
 
 
 def read_inputs(specs: list[RunSpec]) -> RunInputs:
     paths = dict.fromkeys(s.job.env_file for s in specs if s.job.env_file is not None)
     env_files = {path: read_dotenv(path) for path in paths}  # bad env files fail here
-    return RunInputs(env_files, {c: image_spec(c) for c in needed_images(specs)})
+    images = {c: image_spec(c) for c in needed_images(specs)}
+    scripts = {path: file_sha256(path) for path in dict.fromkeys(s.script for s in specs)}
+    return RunInputs(env_files, images, scripts)
 
 
 def new_record(spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs) -> RunRecord:
@@ -116,7 +127,7 @@ def new_record(spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs) -> RunReco
         job=spec.job.name,
         framework=spec.job.framework,
         script=str(spec.script),
-        script_sha256=file_sha256(spec.script),
+        script_sha256=inputs.script_digests[spec.script],
         image=inputs.images[spec.image].tag,
         env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
         timeout=spec.job.timeout,
@@ -144,7 +155,14 @@ def check_passthrough(specs: list[RunSpec], environ: Mapping[str, str]) -> None:
 def script_dir(spec: RunSpec) -> Path:
     """The directory that ships with a run: the script's real one (a link's target dir, as
     Python itself puts the real dir first on sys.path)."""
-    return spec.script.resolve().parent
+    return real_path(spec.script).parent
+
+
+@functools.cache
+def real_path(path: Path) -> Path:
+    """A script's resolved path, worked out once per script however many runs it has (a
+    resolve is a syscall per path component: for 10,000 runs, seconds before the first start)."""
+    return path.resolve()
 
 
 def stage_runs_code(
@@ -157,14 +175,15 @@ def stage_runs_code(
     dirs: dict[Path, list[RunSpec]] = {}
     for spec in specs:
         dirs.setdefault(script_dir(spec), []).append(spec)
-    env_files = {s.job.env_file for s in specs if s.job.env_file is not None}
+    # Every job's env file, not only the selected runs': one job's sits beside another's code.
+    env_files = {job.env_file for job in jobs_file.jobs if job.env_file is not None}
     exclude = [batch_dir.parent, jobs_file.output_dir, jobs_file.path, *env_files, *also_hidden]
     return {
         directory: stage_code(
             directory,
             batch_dir / CODE_DIR_NAME,
             exclude=[path.resolve() for path in exclude],
-            keep=[s.script.resolve() for s in group],
+            keep=list(dict.fromkeys(real_path(s.script) for s in group)),
             limit=min(s.job.max_code_size for s in group),
         )
         for directory, group in dirs.items()
@@ -179,6 +198,21 @@ class Work:
     envs: dict[str, dict[str, str]] = field(repr=False)
     images: Mapping[ImageConfig, ImageSpec]
     code: dict[Path, StagedCode]
+    limits: Limits = field(default_factory=Limits)
+
+
+def run_limits(specs: list[RunSpec], pools: Mapping[str, int]) -> Limits:
+    """Each run's limit keys: its job's `max_parallel`, its `pool`; with their capacities."""
+    capacity = {f"pool:{name}": size for name, size in pools.items()}
+    keys: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        job = spec.job
+        own: tuple[str, ...] = ()
+        if job.max_parallel is not None:
+            capacity[f"job:{job.name}"] = job.max_parallel
+            own = (f"job:{job.name}",)
+        keys[spec.run_id] = own + ((f"pool:{job.pool}",) if job.pool is not None else ())
+    return Limits(capacity, lambda run_id: keys[run_id])
 
 
 def prepare_work(
@@ -192,7 +226,15 @@ def prepare_work(
     check_passthrough(selected, os.environ)
     envs = {s.run_id: resolve_env(s, inputs.env_files, os.environ) for s in selected}
     code = stage_runs_code(selected, batch_dir, jobs_file, *also_hidden)
-    return Work(selected, envs, inputs.images, code)
+    return Work(selected, envs, inputs.images, code, run_limits(selected, jobs_file.pools))
+
+
+def pending_images(work: Work) -> dict[str, ImageRecord]:
+    """The images the work needs, as `pending` records until they are ensured."""
+    needed = dict.fromkeys(s.image for s in work.specs)
+    return {
+        work.images[c].tag: ImageRecord(work.images[c].tag, c.framework, "pending") for c in needed
+    }
 
 
 def new_batch_id(name: str) -> str:
@@ -204,12 +246,16 @@ def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
     """The resolved snapshot `rerun` reads, and the file as written, into the batch dir."""
     # Both copies lose literal secret values: a batch dir is shared further than a jobs file.
     patterns = jobs_file.secret_patterns
-    (batch_dir / SNAPSHOT_NAME).write_text(
-        redact_yaml_text(resolved_yaml(jobs_file), patterns), encoding="utf-8"
-    )
-    (batch_dir / SOURCE_COPY_NAME).write_text(
-        redact_yaml_text(jobs_file.text, patterns), encoding="utf-8"
-    )
+    # Finding them parses the YAML again (a tenth of a second for a big matrix, before the
+    # first container): only worth it when some env name looks secret. Every `env` name of
+    # the file, `defaults:` included, is in some job's merged env.
+    secret = any(is_secret_name(n, patterns) for job in jobs_file.jobs for n in job.env)
+
+    def kept(text: str) -> str:
+        return redact_yaml_text(text, patterns) if secret else text
+
+    (batch_dir / SNAPSHOT_NAME).write_text(kept(resolved_yaml(jobs_file)), encoding="utf-8")
+    (batch_dir / SOURCE_COPY_NAME).write_text(kept(jobs_file.text), encoding="utf-8")
 
 
 # -- run ------------------------------------------------------------------------------
@@ -248,10 +294,11 @@ def run_batch(
         jobs_file_sha256=jobs_file.sha256,
         created_at=now_iso(),
         runs=runs,
+        images=pending_images(work),
         backend=backend.where(),
+        jobs_file_git=git_state(jobs_file.path, list(dict.fromkeys(s.script for s in specs))),
     )
-    with BatchLock(batch_dir):
-        store = ManifestStore(manifest, batch_dir / MANIFEST_NAME)
+    with BatchLock(batch_dir), ManifestStore(manifest, batch_dir / MANIFEST_NAME) as store:
         store.save()
         runner = BatchRunner(backend, store, batch_dir, work, reporter, options)
         return runner.execute(workers=options.workers or jobs_file.workers)
@@ -302,17 +349,14 @@ class BatchRunner:
         self._azure_warned = False
 
     def execute(self, *, workers: int) -> BatchOutcome:
-        self.store.add_images(
-            [
-                ImageRecord(spec.tag, config.framework, "pending")
-                for config, spec in self.work.images.items()
-                if config in {s.image for s in self.work.specs}
-            ]
-        )
+        new_images = pending_images(self.work)
+        if new_images.keys() - self.store.manifest.images.keys():
+            self.store.add_images(list(new_images.values()))
         run_ids = [s.run_id for s in self.work.specs]
         # The handlers stay until the manifest is final: a second Ctrl-C during cleanup must
         # not turn into a KeyboardInterrupt that leaves the batch `running` with no hint.
         with interrupt_handling(self.cancel, self.reporter):
+            completed = False
             try:
                 run_pool(
                     run_ids,
@@ -320,12 +364,15 @@ class BatchRunner:
                     workers=workers,
                     progress=self.reporter.progress(len(run_ids)),
                     cancel=self.cancel,
+                    limits=self.work.limits,
                 )
+                completed = True
             finally:
                 self._sweep()  # whatever happened, no container of this batch outlives us
-            stopped = self.cancel.is_set() or self.gate.gone
-            self.store.finish("interrupted" if stopped else "finished")
-        summary = self.store.manifest.summary()
+                # A process that exits never leaves the batch `running`, also when it raises.
+                stopped = not completed or self.cancel.is_set() or self.gate.gone
+                self.store.finish("interrupted" if stopped else "finished")
+        summary = self.store.summary()
         return BatchOutcome(self.batch_dir, summary, self.cancel.is_set(), self.gate.gone)
 
     def _sweep(self) -> None:
@@ -368,7 +415,7 @@ class BatchRunner:
         )
 
     def _run_one(self, spec: RunSpec, cancel: threading.Event) -> None:
-        if not self._may_start(spec, cancel):
+        if not self._may_start(spec, cancel, first=True):
             return
         image = self._ensure_image(spec)
         if image.error is not None:
@@ -377,7 +424,7 @@ class BatchRunner:
         for retry in range(spec.job.retries + 1):
             if retry and cancel.wait(min(MAX_BACKOFF_SECONDS, 2.0**retry)):
                 break  # interrupted while backing off
-            if not self._may_start(spec, cancel):
+            if not self._may_start(spec, cancel, first=retry == 0):
                 break
             outcome = self._attempt(spec, cancel)
             if outcome.engine_lost:
@@ -385,12 +432,13 @@ class BatchRunner:
             if outcome.status not in spec.job.retry_on or cancel.is_set():
                 break
 
-    def _may_start(self, spec: RunSpec, cancel: threading.Event) -> bool:
-        """Waits while the engine is lost. A run that cannot start because of Ctrl-C says so;
-        one the engine never came back for is left as it was (pending, or its last attempt)."""
+    def _may_start(self, spec: RunSpec, cancel: threading.Event, *, first: bool) -> bool:
+        """Waits while the engine is lost. A run that Ctrl-C stopped before its turn's first
+        attempt says so (its earlier attempts, from a previous turn, stay in its history); one
+        the engine never came back for is left as it was (pending, or its last attempt)."""
         if self.gate.wait_open():
             return True
-        if cancel.is_set() and not self.store.run(spec.run_id).attempts:
+        if cancel.is_set() and first:
             self.store.mark_not_started(spec.run_id, "cancelled", "cancelled before it started")
         return False
 
@@ -416,6 +464,8 @@ class BatchRunner:
             outcome.build_seconds,
             str(outcome.build_log) if outcome.build_log else None,
             outcome.error,
+            outcome.packages,
+            outcome.azure_cli_packages,
         )
         self.store.set_image(record)
         return record
@@ -437,7 +487,7 @@ class BatchRunner:
             attempt=number,
             image=self.work.images[spec.image].tag,
             code=code,
-            script=spec.script.resolve().name,
+            script=real_path(spec.script).name,
             env=self.work.envs[spec.run_id],
             timeout=spec.job.timeout,
             azure_dir=self._azure_dir() if spec.job.bind_azure_folder else None,
@@ -472,4 +522,5 @@ def _finished(started: Attempt, outcome: AttemptOutcome, dropped: list[str]) -> 
         outcome.error,
         started.code_digest,
         tuple(dropped),
+        outcome.node,
     )

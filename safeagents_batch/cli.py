@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from safeagents_batch import __version__, cli_run
+from safeagents_batch import __version__, cli_report, cli_run
 from safeagents_batch.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_schema(sub)
     cli_run.add_commands(sub)
+    cli_report.add_commands(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch, select_runs
 from safeagents_batch.clean import clean
 from safeagents_batch.cli_output import ConsoleReporter
+from safeagents_batch.cli_report import report_at_end, require_clean
 from safeagents_batch.errors import (
     EXIT_OK,
     EXIT_RUNS_FAILED,
@@ -25,13 +26,17 @@ from safeagents_batch.executor import DEFAULT_ENGINE_WAIT
 from safeagents_batch.images import image_spec
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from safeagents_batch.packages import requested_versions
 from safeagents_batch.plan import needed_images
 from safeagents_batch.records import FINISHED
 from safeagents_batch.rerun import RerunChoice, parse_statuses, rerun_batch
 
 if TYPE_CHECKING:
+    from safeagents_batch.backends.base import Backend
     from safeagents_batch.backends.docker import DockerBackend
+    from safeagents_batch.backends.ray import RayBackend
 
+STATUS_LINES = 20  # unsuccessful runs `status` names before it sums the rest up
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[argparse.Namespace], int]
 
@@ -51,6 +56,34 @@ def docker_backend() -> Iterator[DockerBackend]:
         raise EngineUnavailable(f"Docker engine error: {one_line(exc)}") from None
     finally:
         backend.close()
+
+
+@contextmanager
+def ray_backend(args: argparse.Namespace) -> Iterator[RayBackend]:
+    """The Ray backend: the driver's engine (where images are built) and a joined cluster."""
+    try:
+        # Imported here: Ray is an optional extra, and heavy; only `--backend ray` loads it.
+        from safeagents_batch.backends.ray import RayBackend, RayOptions
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise UsageError("--backend ray needs Ray: pip install 'safeagents-batch[ray]'") from None
+    options = RayOptions(
+        address=args.ray_address,
+        ship_azure=getattr(args, "ship_azure", False),
+        registry=getattr(args, "registry", None),
+    )
+    with docker_backend() as local:
+        backend = RayBackend.connect(local, options)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+def chosen_backend(args: argparse.Namespace) -> AbstractContextManager[Backend]:
+    """`--backend docker|ray`: the CLI is the one place that builds a backend."""
+    return ray_backend(args) if args.backend == "ray" else docker_backend()
 
 
 def add_commands(sub: SubParsers) -> None:
@@ -85,10 +118,17 @@ def _add_run(sub: SubParsers) -> None:
     )
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     p.add_argument("--no-cache", action="store_true", help="rebuild images even if tagged")
+    p.add_argument(
+        "--require-clean",
+        action="store_true",
+        help="refuse to start if the jobs file or its scripts have uncommitted git changes",
+    )
     _add_execution_flags(p)
 
     def command(args: argparse.Namespace) -> int:
         jobs_file, specs = load_and_expand(args.file)
+        if args.require_clean:
+            require_clean(jobs_file.path, list(dict.fromkeys(s.script for s in specs)))
         options = BatchOptions(
             workers=args.workers,
             output_dir=args.output_dir,
@@ -96,13 +136,40 @@ def _add_run(sub: SubParsers) -> None:
             rebuild=args.no_cache,
             engine_wait=args.engine_wait,
         )
-        with docker_backend() as backend:
+        with chosen_backend(args) as backend:
             return report(run_batch(jobs_file, specs, backend, _reporter(args), options))
 
     p.set_defaults(command=command)
 
 
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["docker", "ray"],
+        default="docker",
+        help="where containers run: the local engine (default) or a Ray cluster's nodes",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --backend ray: the cluster's head, HOST:PORT (default: RAY_ADDRESS)",
+    )
+
+
 def _add_execution_flags(p: argparse.ArgumentParser) -> None:
+    _add_backend_flags(p)
+    p.add_argument(
+        "--ship-azure",
+        action="store_true",
+        help="with --backend ray: copy this machine's ~/.azure to the nodes for runs with "
+        "bind_azure_folder (without it such runs end `error`)",
+    )
+    p.add_argument(
+        "--registry",
+        metavar="HOST:PORT",
+        help="with --backend ray: push images there once and let nodes pull them, instead "
+        "of shipping them through Ray",
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -126,6 +193,7 @@ def report(outcome: BatchOutcome) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in outcome.summary.items() if s != "total" and n)
     print(f"batch {outcome.batch_dir}: {counts or 'no runs'} ({outcome.summary['total']} runs)")
     print(f"manifest: {outcome.batch_dir / MANIFEST_NAME}")
+    report_at_end(outcome.batch_dir)
     if outcome.engine_gone:
         raise EngineUnavailable(
             "the Docker engine stopped answering and did not come back; runs not started are "
@@ -158,6 +226,11 @@ def _add_build(sub: SubParsers) -> None:
                 seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
                 error = f"  ({outcome.error})" if outcome.error else ""
                 print(f"{outcome.status:<7} {outcome.tag}{seconds}{error}", flush=True)
+                if outcome.ok:  # what the tag holds now, as the manifest of a run records it
+                    resolved = requested_versions(
+                        image.config, outcome.packages, outcome.azure_cli_packages
+                    )
+                    print(f"        {' '.join(resolved)}", flush=True)
                 failed += not outcome.ok
         return EXIT_RUNS_FAILED if failed else EXIT_OK
 
@@ -210,12 +283,15 @@ def _print_status(manifest: Manifest) -> None:
     unsuccessful = [r for r in manifest.runs.values() if r.status != "succeeded"]
     if unsuccessful:
         print("runs that did not succeed:")
-    for record in unsuccessful:
+    for record in unsuccessful[:STATUS_LINES]:
         code = f" exit {record.exit_code}" if record.exit_code is not None else ""
         note = "" if record.status in FINISHED else " (not finished)"
         print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
         if record.log_dir:
             print(f"             logs: {record.log_dir}")
+    if len(unsuccessful) > STATUS_LINES:
+        # A big batch's status fits a screen; --json has every run.
+        print(f"  ... and {len(unsuccessful) - STATUS_LINES} more (status --json lists all)")
 
 
 def _add_rerun(sub: SubParsers) -> None:
@@ -251,7 +327,7 @@ def _add_rerun(sub: SubParsers) -> None:
         if args.status:
             choice = replace(choice, statuses=args.status)
         options = BatchOptions(workers=args.workers, only=args.only, engine_wait=args.engine_wait)
-        with docker_backend() as backend:
+        with chosen_backend(args) as backend:
             return report(rerun_batch(args.batch_dir, backend, _reporter(args), choice, options))
 
     p.set_defaults(command=command)
@@ -278,8 +354,11 @@ def _add_clean(sub: SubParsers) -> None:
         help="with --images: only images of this repository (`image_name`); repeatable",
     )
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    _add_backend_flags(p)
 
     def command(args: argparse.Namespace) -> int:
+        if args.backend == "ray":
+            return _clean_cluster(args)
         if args.images and not (args.files or args.all):
             raise UsageError("clean --images needs the jobs files whose images to keep, or --all")
         keep = (
@@ -300,6 +379,16 @@ def _add_clean(sub: SubParsers) -> None:
         return EXIT_OK
 
     p.set_defaults(command=command)
+
+
+def _clean_cluster(args: argparse.Namespace) -> int:
+    """`clean --backend ray`: leftover containers on every live node's engine (images stay:
+    nodes keep the ones shipped to them)."""
+    if args.images:
+        raise UsageError("clean --images works on the local engine only; drop --backend ray")
+    with ray_backend(args) as backend:
+        print("\n".join(backend.clean(dry_run=args.dry_run)))
+    return EXIT_OK
 
 
 def _positive_int(text: str) -> int:

@@ -244,7 +244,14 @@ def _is_environment(path: Path) -> bool:
 
 
 def _excluded(walk: _Walk, path: Path) -> bool:
-    return any(path == excluded or excluded in path.parents for excluded in walk.excluded)
+    """At or under an excluded path, by its own path or, for a link, by what it points to: a
+    link beside the scripts to a left-out env file must not ship that file's content."""
+    candidates = {path, path.resolve()} if path.is_symlink() else {path}
+    return any(
+        candidate == excluded or excluded in candidate.parents
+        for candidate in candidates
+        for excluded in walk.excluded
+    )
 
 
 def _ignored(rules: Sequence[_Ignore], relative: str, *, is_dir: bool) -> bool:

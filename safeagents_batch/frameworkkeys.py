@@ -15,25 +15,37 @@ from safeagents_batch.yamlmarks import KeyPath
 
 
 def image_configs(
-    checker: Checker, data: dict[str, Any], used: set[str], defined: set[str]
+    checker: Checker,
+    data: dict[str, Any],
+    used: set[str],
+    defined: set[str],
+    azure_users: frozenset[str] = frozenset(),
 ) -> dict[str, ImageConfig]:
-    """The image of every framework defined under `frameworks:` or used by a sound job."""
+    """The image of every framework defined under `frameworks:` or used by a sound job;
+    `azure_users` are those with a job that binds ~/.azure: their images get the Azure CLI."""
     settings = checker.clean_part(data.get("frameworks"), ("frameworks",))
     # A framework defined with a fault gets no image (the schema has reported the fault).
     names = sorted((used - (defined - set(settings))) | set(settings))
     image_name = str(data.get("image_name", DEFAULT_IMAGE_NAME))
-    configs = {n: image_config(checker, n, settings.get(n, {}), image_name) for n in names}
+    configs = {
+        n: image_config(checker, n, settings.get(n, {}), image_name, n in azure_users)
+        for n in names
+    }
     return {n: c for n, c in configs.items() if c is not None}
 
 
 def image_config(
-    checker: Checker, name: str, raw: dict[str, Any], image_name: str
+    checker: Checker, name: str, raw: dict[str, Any], image_name: str, azure_user: bool = False
 ) -> ImageConfig | None:
     path: KeyPath = ("frameworks", name)
     packages = _packages(checker, path, raw.get("packages"))
     if packages is None:
         return None
     values = {key.name: _value(checker, path, key, raw) for key in FRAMEWORK_KEYS}
+    # Decided here, not when the image is planned: equal configs share one image, so the
+    # CLI must be part of the config that every job of the framework gets.
+    if "azure_cli" not in raw:
+        values["azure_cli"] = azure_user
     return ImageConfig(framework=name, packages=packages, image_name=image_name, **values)
 
 
@@ -58,6 +70,10 @@ def _packages(
 
 def _requirements(checker: Checker, path: KeyPath, value: str) -> Path:
     return checker.existing_file(value, path, "requirements file")
+
+
+def _constraints(checker: Checker, path: KeyPath, value: str) -> Path:
+    return checker.existing_file(value, path, "constraints file")
 
 
 def _source_dirs(checker: Checker, path: KeyPath, values: list[str]) -> tuple[Path, ...]:
@@ -101,4 +117,6 @@ FRAMEWORK_KEYS: tuple[Key[Checker], ...] = (
     Key("additional_packages", as_tuple, ()),
     Key("requirements", _requirements, None),
     Key("source_dirs", _source_dirs, ()),
+    Key("constraints", _constraints, None),
+    Key("azure_cli", as_is, False),  # when left out: whether a job binds ~/.azure
 )

@@ -18,6 +18,12 @@ CONTAINER_HOME = "/home/safeagents"
 CODE_DIR = "/safeagents/code"
 LOGS_DIR = "/safeagents/logs"
 SOURCE_DIR = "/opt/safeagents/src"
+AZURE_DIR = f"{CONTAINER_HOME}/.azure"  # the CLI's config dir (AZURE_CONFIG_DIR) in a run
+# The Azure CLI lives in a venv of its own: its ~100 pinned dependencies and the framework's
+# cannot break each other, and `pip freeze` of the image's Python stays the framework's.
+AZURE_CLI_PACKAGE = "azure-cli"
+AZURE_CLI_VENV = "/opt/az"
+CONSTRAINTS = "/opt/safeagents/constraints.txt"
 # Directories in source_dirs that are not source: neither digested nor copied into the image.
 SKIPPED_NAMES = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".venv"})
 
@@ -53,13 +59,20 @@ def dockerfile_text(config: ImageConfig) -> str:
         f"FROM {config.effective_base_image}",
         "ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 "
         "PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore",
-        *_pip_layer(config.packages),
-        *_pip_layer(config.additional_packages),
+        # First, right on the base: the ~680 MB layer is then one on disk for every image of
+        # that base, and a change to the packages below does not reinstall it.
+        *(_azure_cli_layer() if config.azure_cli else []),
     ]
+    pin = ["-c", CONSTRAINTS] if config.constraints is not None else []
+    if config.constraints is not None:
+        lines.append(f"COPY constraints.txt {CONSTRAINTS}")
+    lines += [*_pip_layer(config.packages, pin), *_pip_layer(config.additional_packages, pin)]
     if config.requirements is not None:
         lines += [
             "COPY requirements.txt /opt/safeagents/requirements.txt",
-            _run_json(["python", "-m", "pip", "install", "-r", "/opt/safeagents/requirements.txt"]),
+            _run_json(
+                ["python", "-m", "pip", "install", *pin, "-r", "/opt/safeagents/requirements.txt"]
+            ),
         ]
     if config.source_dirs:
         lines += [f"COPY src/ {SOURCE_DIR}/", f"ENV PYTHONPATH={SOURCE_DIR}"]
@@ -79,8 +92,17 @@ def dockerfile_text(config: ImageConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pip_layer(packages: tuple[str, ...]) -> list[str]:
-    return [_run_json(["python", "-m", "pip", "install", *packages])] if packages else []
+def _pip_layer(packages: tuple[str, ...], pin: list[str]) -> list[str]:
+    return [_run_json(["python", "-m", "pip", "install", *pin, *packages])] if packages else []
+
+
+def _azure_cli_layer() -> list[str]:
+    # `az` is a Python script whose shebang names the venv's interpreter: a link on PATH works.
+    return [
+        f"RUN python -m venv {AZURE_CLI_VENV} && "
+        f"{AZURE_CLI_VENV}/bin/python -m pip install {AZURE_CLI_PACKAGE} && "
+        f"ln -s {AZURE_CLI_VENV}/bin/az /usr/local/bin/az"
+    ]
 
 
 def _run_json(argv: list[str]) -> str:
@@ -91,6 +113,8 @@ def _run_json(argv: list[str]) -> str:
 def context_files(config: ImageConfig) -> list[tuple[str, Path]]:
     """(path inside the build context, host file) for every file the build copies, sorted."""
     files: list[tuple[str, Path]] = []
+    if config.constraints is not None:
+        files.append(("constraints.txt", config.constraints))
     if config.requirements is not None:
         files.append(("requirements.txt", config.requirements))
     for directory in config.source_dirs:

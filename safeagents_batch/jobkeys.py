@@ -44,6 +44,7 @@ class FileScope:
     written_defaults: frozenset[str]  # every key written under `defaults:`, faulty ones too
     known: frozenset[str]  # framework names: built in, or defined under `frameworks:`
     patterns: tuple[str, ...]  # secret_patterns
+    pools: frozenset[str] = frozenset()  # names under `pools:`
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,18 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
+# -- limits of runs at once ------------------------------------------------------------------
+
+
+def _pool(job: JobScope, path: KeyPath, name: str) -> str:
+    if name not in job.file.pools:
+        known = ", ".join(sorted(job.file.pools)) or "none defined"
+        hint = difflib.get_close_matches(name, sorted(job.file.pools), n=1)
+        guess = f" (did you mean '{hint[0]}'?)" if hint else ""
+        job.checker.add(path, f"unknown pool '{name}'{guess}; pools: {known}")
+    return name
+
+
 # -- resources, hardening, size limits ---------------------------------------------------------
 
 
@@ -275,4 +288,6 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("hardening", _hardening, Hardening()),
     Key("max_code_size", _size_limit, DEFAULT_CODE_LIMIT),
     Key("max_artifacts_size", _size_limit, DEFAULT_ARTIFACT_LIMIT),
+    Key("max_parallel", as_is, None),
+    Key("pool", _pool, None),
 )

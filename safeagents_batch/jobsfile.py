@@ -96,7 +96,8 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
     patterns = _secret_patterns(checker, data)
     defined = _defined_frameworks(data)
     jobs = _jobs(checker, data, defined, patterns)
-    images = image_configs(checker, data, {j.framework for j in jobs}, defined)
+    azure_users = frozenset(j.framework for j in jobs if j.bind_azure_folder)
+    images = image_configs(checker, data, {j.framework for j in jobs}, defined, azure_users)
     if checker.problems:
         return None
     return JobsFile(
@@ -111,7 +112,14 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
         frameworks=images,
         jobs=tuple(jobs),
         warnings=tuple(str(p) for p in checker.located(checker.warnings)),
+        pools=_pools(data),
     )
+
+
+def _pools(data: dict[str, Any]) -> dict[str, int]:
+    """`pools:` as the schema passed it (a faulty one has been reported already)."""
+    pools = data.get("pools")
+    return {str(k): v for k, v in pools.items()} if isinstance(pools, dict) else {}
 
 
 def _secret_patterns(checker: Checker, data: dict[str, Any]) -> tuple[str, ...]:
@@ -138,6 +146,7 @@ def _jobs(
         written_defaults=frozenset(raw_defaults if isinstance(raw_defaults, dict) else ()),
         known=frozenset(builtin.builtin_frameworks()) | defined,
         patterns=patterns,
+        pools=frozenset(_pools(data)),
     )
     records = [
         job_record(checker, scope, i, raw)

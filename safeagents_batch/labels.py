@@ -13,6 +13,10 @@ FRAMEWORK = f"{LABEL_PREFIX}.framework"
 DIGEST = f"{LABEL_PREFIX}.digest"
 BASE = f"{LABEL_PREFIX}.base"
 VERSION = f"{LABEL_PREFIX}.version"
+# An image's resolved packages (`pip freeze --all`, a JSON list), of its Python and of the
+# Azure CLI's venv: a cached image carries what it holds, as a built one does.
+PACKAGES = f"{LABEL_PREFIX}.packages"
+AZURE_CLI_PACKAGES = f"{LABEL_PREFIX}.azure-cli-packages"
 
 
 def batch_filter(batch_id: str | None = None) -> str:

@@ -34,6 +34,9 @@ class ImageConfig:
     requirements: Path | None = None
     source_dirs: tuple[Path, ...] = ()
     image_name: str = DEFAULT_IMAGE_NAME
+    # The Azure CLI, in its own layer: set when a job binds ~/.azure, unless the file says.
+    azure_cli: bool = False
+    constraints: Path | None = None  # pip -c for every install: pins the whole tree
 
     @property
     def effective_base_image(self) -> str:
@@ -84,6 +87,8 @@ class Job:
     hardening: Hardening = Hardening()
     max_code_size: int = DEFAULT_CODE_LIMIT
     max_artifacts_size: int = DEFAULT_ARTIFACT_LIMIT
+    max_parallel: int | None = None  # at most this many of the job's runs at once
+    pool: str | None = None  # a limit shared with other jobs (`pools:`)
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,4 @@ class JobsFile:
     frameworks: dict[str, ImageConfig]
     jobs: tuple[Job, ...]
     warnings: tuple[str, ...] = ()
+    pools: dict[str, int] = field(default_factory=dict)  # name -> runs at once, shared

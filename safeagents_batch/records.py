@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
 
 Status = Literal["pending", "running", "succeeded", "failed", "timed_out", "error", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
@@ -26,6 +26,8 @@ class Attempt:
     code_digest: str | None = None
     # Artifacts the script left that were not kept (links, FIFOs, devices, over the cap).
     dropped_artifacts: tuple[str, ...] = ()
+    # The cluster node it ran on (Ray: node_id, host, engine); None on a local engine.
+    node: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,18 @@ class ImageRecord:
     build_seconds: float | None = None
     build_log: str | None = None
     error: str | None = None
+    # What the image holds (`pip freeze --all`): its Python's packages, the Azure CLI venv's.
+    packages: tuple[str, ...] = ()
+    azure_cli_packages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Read back from JSON as lists: held as tuples, so that a record equals its reread.
+        object.__setattr__(self, "packages", tuple(self.packages))
+        object.__setattr__(self, "azure_cli_packages", tuple(self.azure_cli_packages))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "packages": list(self.packages),
+            "azure_cli_packages": list(self.azure_cli_packages),
+        }

@@ -64,20 +64,25 @@ def rerun_batch(
     if not batch_dir.is_dir():
         raise UsageError(f"{batch_dir}: no such batch directory")
     batch_dir = batch_dir.absolute()
-    with BatchLock(batch_dir):
-        store = ManifestStore(load_manifest(batch_dir), batch_dir / MANIFEST_NAME)
+    with BatchLock(batch_dir), _store(batch_dir) as store:
         jobs_path = choice.jobs_file or batch_dir / SNAPSHOT_NAME
         jobs_file, specs = load_and_expand(jobs_path)
         _recover_after_crash(backend, store, reporter)
         inputs = read_inputs(specs)
-        _merge(store, [new_record(s, jobs_file, inputs) for s in specs], reporter)
-        selected = [s for s in specs if choice.wants(store.run(s.run_id).status)]
+        known = store.manifest.runs
+        # A run id new to the batch is pending; the merge waits until the input proved good.
+        selected = [
+            s
+            for s in specs
+            if choice.wants(known[s.run_id].status if s.run_id in known else "pending")
+        ]
         selected = select_runs(selected, options.only) if selected and options.only else selected
         _check_secrets_kept(selected, jobs_path)
         # The jobs files the batch ran from may sit among the scripts too.
         manifest = store.manifest
         ran_from = [Path(p) for p in (manifest.jobs_file, *manifest.earlier_jobs_files)]
         work = prepare_work(selected, inputs, batch_dir, jobs_file, *ran_from)
+        _merge(store, [new_record(s, jobs_file, inputs) for s in specs], reporter)
         if choice.jobs_file is not None:
             # FILE becomes the batch's jobs file: a later plain `rerun` must not go back to the
             # old snapshot, which lacks the new runs and has the fixes undone.
@@ -87,6 +92,10 @@ def rerun_batch(
         reporter.notice(f"rerunning {len(selected)} of {len(store.runs())} runs in {batch_dir}")
         runner = BatchRunner(backend, store, batch_dir, work, reporter, options)
         return runner.execute(workers=options.workers or jobs_file.workers)
+
+
+def _store(batch_dir: Path) -> ManifestStore:
+    return ManifestStore(load_manifest(batch_dir), batch_dir / MANIFEST_NAME)
 
 
 def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:

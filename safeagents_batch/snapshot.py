@@ -32,6 +32,7 @@ def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:
         "workers": jobs_file.workers,
         "image_name": images[0].image_name if images else DEFAULT_IMAGE_NAME,
         "secret_patterns": list(jobs_file.secret_patterns),
+        **({"pools": dict(jobs_file.pools)} if jobs_file.pools else {}),
         "frameworks": {name: _image(config) for name, config in jobs_file.frameworks.items()},
         "jobs": [_job(job) for job in jobs_file.jobs],
     }
@@ -48,6 +49,10 @@ def _image(config: ImageConfig) -> dict[str, Any]:
         data["base_image"] = config.base_image
     if config.requirements is not None:
         data["requirements"] = str(config.requirements)
+    if config.constraints is not None:
+        data["constraints"] = str(config.constraints)
+    # Always stated: left out, it would follow the jobs, which `rerun --only` may not hold.
+    data["azure_cli"] = config.azure_cli
     return data
 
 
@@ -75,4 +80,8 @@ def _job(job: Job) -> dict[str, Any]:
         data["matrix"] = {name: list(values) for name, values in job.matrix}
     if job.env_file is not None:
         data["env_file"] = str(job.env_file)
+    if job.max_parallel is not None:
+        data["max_parallel"] = job.max_parallel
+    if job.pool is not None:
+        data["pool"] = job.pool
     return data

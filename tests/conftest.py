@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # Engine fixtures (docker_client, engine, orchestrators) for every test module that asks.
-pytest_plugins = ["engine_fixtures", "engine_cli", "private_engine"]
+pytest_plugins = ["engine_fixtures", "engine_cli", "private_engine", "ray_cluster"]
 
 
 @dataclass(frozen=True)

@@ -887,7 +887,7 @@ AZURE_PROBE = probe("""
 
 
 @pytest.mark.docker
-def test_azure_folder_is_mounted_read_only(
+def test_azure_folder_is_a_private_copy_the_host_never_sees_written(
     engine: docker.DockerClient,
     image_name: str,
     tmp_path: Path,
@@ -897,11 +897,13 @@ def test_azure_folder_is_mounted_read_only(
     home = tmp_path / "home"
     (home / ".azure").mkdir(parents=True)
     (home / ".azure" / "config").write_text(AZURE_CONFIG, encoding="utf-8")
-    # Writable by anyone on the host: only the read-only mount can refuse the probe's writes.
+    # Writable by anyone on the host: only the copy keeps the probe's writes from reaching it.
     (home / ".azure").chmod(0o777)
     (home / ".azure" / "config").chmod(0o666)
     monkeypatch.setenv("HOME", str(home))
-    wanted = expect(read=AZURE_CONFIG, append="EROFS", new_file="EROFS")
+    # `ro` (the default) copies the folder in: the Azure CLI writes into its config dir on
+    # every call, so the copy is writable, and the host's files stay as they were.
+    wanted = expect(read=AZURE_CONFIG, append="ok", new_file="ok")
     batch = run_batch(
         tmp_path,
         capsys,

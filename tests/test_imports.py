@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safeagents_batch"
-HEAVY = ("docker", "requests", "tqdm")
+HEAVY = ("docker", "requests", "tqdm", "ray")
 # The edges that may construct a backend (and so import the Docker one, lazily).
 EDGES = {"cli_run.py", "runner.py"}
 
@@ -34,8 +34,12 @@ def test_docker_is_imported_only_under_backends_and_at_the_two_edges() -> None:
     offenders = {}
     for path in _modules_outside_backends():
         names = _imported_names(ast.parse(path.read_text(encoding="utf-8")))
-        engine = [n for n in names if n.split(".")[0] in ("docker", "requests")]
-        docker_backend = [n for n in names if n.startswith("safeagents_batch.backends.docker")]
+        engine = [n for n in names if n.split(".")[0] in ("docker", "requests", "ray")]
+        docker_backend = [
+            n
+            for n in names
+            if n.startswith(("safeagents_batch.backends.docker", "safeagents_batch.backends.ray"))
+        ]
         if engine or (docker_backend and path.name not in EDGES):
             offenders[path.name] = engine + docker_backend
     assert offenders == {}

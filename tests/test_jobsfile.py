@@ -1011,3 +1011,109 @@ def field_default(field: Field[Any]) -> Any:
     if field.default_factory is not MISSING:
         return field.default_factory()
     return field.default
+
+
+# -- limits: max_parallel, pool, pools ---------------------------------------------------------
+
+
+def test_pools_max_parallel_and_pool_load_onto_the_records(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        pools: {openai: 3, anthropic: 1}
+        jobs:
+          - {name: a, framework: langgraph, scripts: scripts/a.py, pool: openai}
+          - {name: b, framework: langgraph, scripts: scripts/a.py, max_parallel: 2}
+          - {name: c, framework: langgraph, scripts: scripts/a.py, max_parallel: 1, pool: anthropic}
+          - {name: d, framework: langgraph, scripts: scripts/a.py}
+    """)
+    jobs_file = load(path)
+    assert jobs_file.pools == {"openai": 3, "anthropic": 1}
+    assert [(j.name, j.max_parallel, j.pool) for j in jobs_file.jobs] == [
+        ("a", None, "openai"),
+        ("b", 2, None),
+        ("c", 1, "anthropic"),
+        ("d", None, None),
+    ]
+    assert load(project.jobs(JOB_A)).pools == {}
+
+
+def test_max_parallel_and_pool_inherit_from_defaults(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        pools: {api: 2, other: 5}
+        defaults:
+          framework: langgraph
+          scripts: scripts/a.py
+          max_parallel: 3
+          pool: api
+        jobs:
+          - name: inherit
+          - name: own
+            max_parallel: 1
+            pool: other
+    """)
+    inherit, own = load(path).jobs
+    assert (inherit.max_parallel, inherit.pool) == (3, "api")
+    assert (own.max_parallel, own.pool) == (1, "other")
+
+
+def test_an_unknown_pool_is_located_with_did_you_mean(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        pools: {openai: 2, anthropic: 1}
+        jobs:
+          - name: a
+            framework: langgraph
+            scripts: scripts/a.py
+            pool: opnai
+    """)
+    assert one_error(path) == (
+        f"{LABEL}:7:11: jobs[0].pool: unknown pool 'opnai' (did you mean 'openai'?); "
+        "pools: anthropic, openai"
+    )
+
+
+def test_a_pool_with_no_pools_defined_is_located(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        defaults: {pool: api}
+        jobs:
+          - {name: a, framework: langgraph, scripts: scripts/a.py}
+          - {name: b, framework: langgraph, scripts: scripts/a.py}
+    """)
+    assert one_error(path) == (
+        f"{LABEL}:2:18: defaults.pool: unknown pool 'api'; pools: none defined"
+    )
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "0 is less than the minimum of 1"),
+        ("-2", "-2 is less than the minimum of 1"),
+        ('"2"', "'2' is not of type 'integer'"),
+        ("1.5", "1.5 is not of type 'integer'"),
+    ],
+)
+def test_a_bad_pool_size_is_located(project: Project, value: str, message: str) -> None:
+    path = project.jobs(f"""
+        version: 1
+        pools:
+          api: {value}
+        jobs:
+          - {{name: a, framework: langgraph, scripts: scripts/a.py, pool: api}}
+    """)
+    assert one_error(path) == f"{LABEL}:3:8: pools.api: {message}"
+
+
+def test_a_bad_max_parallel_is_located_in_a_job_and_in_defaults(project: Project) -> None:
+    path = project.jobs("""
+        version: 1
+        defaults: {max_parallel: 0}
+        jobs:
+          - {name: a, framework: langgraph, scripts: scripts/a.py, max_parallel: -1}
+    """)
+    assert errors(path) == [
+        f"{LABEL}:2:26: defaults.max_parallel: 0 is less than the minimum of 1",
+        f"{LABEL}:4:74: jobs[0].max_parallel: -1 is less than the minimum of 1",
+    ]

@@ -243,13 +243,15 @@ def test_environment_variables(work: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("engine")
-def test_azure_folder_is_mounted_read_only_in_the_container_home(work: Path) -> None:
+def test_azure_folder_is_a_private_copy_in_the_container_home(work: Path) -> None:
     _write(work / "script.py", AZURE_PROBE)
     result = DockerRunner(framework="langgraph").run_script(script_path=Path("script.py"))
     assert result["success"] is True, result["stderr"]
     assert "azure dir: True" in result["stdout"]
     assert "config: [cloud]" in result["stdout"]
-    assert "azure read-only" in result["stdout"]
+    # Writable in the container (the Azure CLI writes there on every call), never on the host.
+    assert "azure writable" in result["stdout"]
+    assert sorted(p.name for p in (Path.home() / ".azure").iterdir()) == ["config"]
 
 
 @pytest.mark.docker

@@ -253,6 +253,7 @@ EVERY_KEY = """
     workers: 9
     image_name: mine/runtime
     secret_patterns: ["*PASS*"]
+    pools: {api: 3}
     frameworks:
       myfw:
         packages: [lib==2]
@@ -285,6 +286,8 @@ EVERY_KEY = """
           init: false
         max_code_size: 2k
         max_artifacts_size: 3m
+        max_parallel: 2
+        pool: api
 """
 
 

@@ -87,6 +87,7 @@ def main() -> int:
             "verdict": final["verdict"],
             "expected": expected,
             "passed": final["verdict"] == expected,
+            "refused": final["verdict"] == "refused",  # its mean per matrix cell: a refusal rate
         }
     )
     print(f"[{variant}] verdict: {final['verdict']} (expected {expected}); wrote {out}")

@@ -102,6 +102,7 @@ def evaluate(model: Model | str, mode: str) -> int:
                 "verdict": verdict,
                 "expected": expected,
                 "passed": verdict == expected,
+                "refused": verdict == "refused",  # its mean per matrix cell: a refusal rate
             },
             indent=2,
         )

@@ -59,6 +59,8 @@ class AttemptOutcome:
     ended_at: str
     error: str | None = None
     engine_lost: bool = False
+    # Where a remote backend ran it (Ray: node id, host name, engine); None when local.
+    node: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class ImageOutcome:
     build_seconds: float | None
     build_log: Path | None
     error: str | None = None
+    # `pip freeze --all` inside the image (its Python; the Azure CLI's own venv), built or found.
+    packages: tuple[str, ...] = ()
+    azure_cli_packages: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

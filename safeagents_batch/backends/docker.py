@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,14 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 
 from safeagents_batch import labels
+from safeagents_batch.backends.azure import (
+    AzurePlan,
+    Copied,
+    azure_env,
+    azure_plan,
+    copy_azure_dir,
+    write_back_azure_dir,
+)
 from safeagents_batch.backends.base import (
     AttemptOutcome,
     AttemptRequest,
@@ -34,7 +43,7 @@ from safeagents_batch.backends.base import (
 from safeagents_batch.backends.docker_images import DockerImages
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, one_line
-from safeagents_batch.images import CODE_DIR, CONTAINER_HOME, CONTAINER_UID, LOGS_DIR, ImageSpec
+from safeagents_batch.images import CODE_DIR, CONTAINER_UID, LOGS_DIR, ImageSpec
 from safeagents_batch.names import safe_name
 
 POLL_SECONDS = 0.2
@@ -92,11 +101,15 @@ class DockerBackend:
         started = now_iso()
         self._remove_unremoved()
         try:
-            container = self._create(request)
+            azure = _azure(request)
+        except OSError as exc:
+            return AttemptOutcome("error", None, started, now_iso(), _azure_error(exc))
+        try:
+            container = self._create(request, azure)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("create", exc, started)
         try:
-            outcome = self._supervise(container, request, sink, cancel, started)
+            outcome = self._supervise(container, request, sink, cancel, started, azure)
         finally:
             removal_error = self._remove(container.id)
         if removal_error is not None and not outcome.engine_lost:
@@ -134,17 +147,17 @@ class DockerBackend:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    def _create(self, request: AttemptRequest) -> Container:
+    def _create(self, request: AttemptRequest, azure: AzurePlan | None) -> Container:
         resources = request.resources
         container: Container = self.client.containers.create(
             image=request.image,
             command=["python", f"{CODE_DIR}/{request.script}"],
             name=f"sab-{safe_name(request.run_id, 80)}-{secrets.token_hex(3)}",
             working_dir=CODE_DIR,
-            environment=request.env,
+            environment=azure_env(request.env) if azure else request.env,
             user=container_user(request),
             labels=container_labels(request),
-            mounts=_mounts(request),
+            mounts=[*_mounts(request), *(azure.mounts if azure else ())],
             network_mode=request.network,
             init=request.hardening.init,
             cap_drop=["ALL"] if request.hardening.drop_capabilities else None,
@@ -169,7 +182,15 @@ class DockerBackend:
         sink: Sink,
         cancel: threading.Event,
         started: str,
+        azure: AzurePlan | None = None,
     ) -> AttemptOutcome:
+        written_back: str | None = None
+        try:
+            copied = self._copy_azure(container, request, azure)
+        except ENGINE_ERRORS as exc:
+            return self._engine_failure("copying ~/.azure", exc, started)
+        except OSError as exc:  # the host's ~/.azure could not be read
+            return AttemptOutcome("error", None, started, now_iso(), _azure_error(exc))
         try:
             stream = self.client.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
@@ -182,13 +203,28 @@ class DockerBackend:
             if not pump.is_alive():  # closing under a reading thread would raise in it
                 stream.close()  # free the socket now, not at garbage collection
             state = self._final_state(container)
-            if state is not None and self._wrote_artifacts(container, state):
+            if state is not None and azure is not None and azure.write_back:
+                written_back = _write_back(self.client, container.id, azure.folder, copied)
+            if state is not None and self._wrote_artifacts(container):
                 self._collect_artifacts(container, sink)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("engine", exc, started)
         if isinstance(pump.failure, ENGINE_ERRORS):  # the stream broke, not our side of it
             return self._engine_failure("log stream", pump.failure, started)
-        return _outcome(state, stopped_by, pump.error, started)
+        outcome = _outcome(state, stopped_by, pump.error, started)
+        if written_back is not None:  # the run stands; the tokens it refreshed did not persist
+            error = f"{outcome.error}; {written_back}" if outcome.error else written_back
+            outcome = replace(outcome, error=error)
+        return outcome
+
+    def _copy_azure(
+        self, container: Container, request: AttemptRequest, azure: AzurePlan | None
+    ) -> Copied:
+        """The host's ~/.azure into the created container, when its plan says so."""
+        if azure is None or not azure.copy_in:
+            return {}
+        uid, gid = (int(n) for n in container_user(request).split(":"))
+        return copy_azure_dir(self.client, container.id, azure.folder, uid, gid)
 
     def _watch(
         self,
@@ -223,11 +259,12 @@ class DockerBackend:
             return None
         return None if state.get("Status") in ("removing", "dead") else state
 
-    def _wrote_artifacts(self, container: Container, state: dict[str, Any]) -> bool:
+    def _wrote_artifacts(self, container: Container) -> bool:
         """Whether the script created anything in /safeagents/logs: the volume starts as a copy
         of the image's empty dir, whose mtime is the build's, and creating an entry there moves
-        it past the container's start. A stat costs a few ms; the archive of even an empty dir
-        costs tens, which would be a tenth of a trivial run."""
+        it past the container's creation. (Not its start: the engine records StartedAt only
+        after the process runs, and a quick script has written by then.) A stat costs a few ms;
+        the archive of even an empty dir costs tens, which would be a tenth of a trivial run."""
         try:
             response = self.client.api.head(
                 self.client.api._url("/containers/{0}/archive", container.id),
@@ -235,7 +272,7 @@ class DockerBackend:
             )
             self.client.api._raise_for_status(response)
             stat = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
-            return bool(go_time(stat["mtime"]) >= go_time(state["StartedAt"]))
+            return bool(go_time(stat["mtime"]) > go_time(container.attrs["Created"]))
         except (KeyError, ValueError):
             return True  # an engine that does not say: collect, to be safe
 
@@ -350,6 +387,30 @@ def container_user(request: AttemptRequest) -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
+def _azure(request: AttemptRequest) -> AzurePlan | None:
+    if request.azure_dir is None:
+        return None
+    uid = int(container_user(request).split(":")[0])
+    return azure_plan(request.azure_dir, request.azure_mode, uid)
+
+
+def _azure_error(exc: OSError) -> str:
+    return f"cannot copy ~/.azure into the container: {one_line(exc)}"
+
+
+def _write_back(
+    client: docker.DockerClient, container_id: str, folder: Path, copied: Copied
+) -> str | None:
+    """Writes the CLI's changes back to the host folder; returns why that failed, if it did."""
+    try:
+        write_back_azure_dir(client, container_id, folder, copied)
+    except docker.errors.NotFound:
+        return None  # removed by someone else meanwhile: that is the run's error already
+    except (OSError, tarfile.TarError) as exc:
+        return f"could not write ~/.azure back to {folder}: {one_line(exc)}"
+    return None
+
+
 def _mounts(request: AttemptRequest) -> list[Mount]:
     mounts = [
         Mount(CODE_DIR, str(request.code.path.resolve()), type="bind", read_only=True),
@@ -357,15 +418,6 @@ def _mounts(request: AttemptRequest) -> list[Mount]:
         # only through the sink, which keeps regular files and directories alone.
         Mount(LOGS_DIR, None, type="volume"),
     ]
-    if request.azure_dir is not None:
-        mounts.append(
-            Mount(
-                f"{CONTAINER_HOME}/.azure",
-                str(request.azure_dir.resolve()),
-                type="bind",
-                read_only=request.azure_mode != "rw",
-            )
-        )
     return mounts
 
 

@@ -1,0 +1,122 @@
+"""The orchestrator alone, on an in-memory backend: N runs through load, expand, stage, the
+pool, the sink and the journal, with containers that "run" in no time. Prints wall time, the
+tool's CPU per run and the peak RSS.
+
+    python benchmarks/orchestrator.py [--runs 10000 100000] [--workers 4]
+
+Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, ImageOutcome, Sink
+from safeagents_batch.batch import BatchOptions, run_batch
+from safeagents_batch.clock import now_iso
+from safeagents_batch.images import ImageSpec
+from safeagents_batch.jobsfile import load_and_expand
+from safeagents_batch.reporting import CollectingReporter
+
+JOBS = """version: 1
+name: scale
+frameworks: {{plain: {{packages: []}}}}
+jobs:
+  - name: sweep
+    framework: plain
+    scripts: task.py
+    matrix: {{TASK: [{tasks}]}}
+    repeat: {repeat}
+"""
+
+
+class InstantBackend:
+    """Containers that print one line and succeed at once."""
+
+    name = "memory"
+
+    def ensure_images(
+        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+    ) -> dict[str, ImageOutcome]:
+        return {s.tag: ImageOutcome(s.tag, s.config.framework, "cached", None, None) for s in specs}
+
+    def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
+        started = now_iso()
+        sink.stdout(b"ok\n")
+        return AttemptOutcome("succeeded", 0, started, now_iso())
+
+    def sweep(self, batch_id: str) -> int:
+        return 0
+
+    def available(self) -> bool:
+        return True
+
+    def where(self) -> dict[str, str]:
+        return {"backend": self.name}
+
+
+def measure(runs: int, workers: int) -> dict[str, float]:
+    """One batch in this process (it is the only one: RSS is its peak)."""
+    with tempfile.TemporaryDirectory(prefix="sab-scale-") as tmp:
+        root = Path(tmp)
+        (root / "task.py").write_text("print('ok')\n", encoding="utf-8")
+        tasks, repeat = (runs, 1) if runs <= 1000 else (runs // 1000, 1000)
+        jobs = root / "jobs.yaml"
+        jobs.write_text(JOBS.format(tasks=", ".join(map(str, range(tasks))), repeat=repeat))
+        cpu, wall = time.process_time(), time.perf_counter()
+        jobs_file, specs = load_and_expand(jobs)
+        options = BatchOptions(workers=workers, output_dir=root / "out")
+        outcome = run_batch(jobs_file, specs, InstantBackend(), CollectingReporter(), options)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        status_seconds = _status_seconds(outcome.batch_dir)
+    assert outcome.summary["succeeded"] == runs, outcome.summary
+    return {
+        "runs": runs,
+        "workers": workers,
+        "wall_seconds": round(wall, 2),
+        "runs_per_second": round(runs / wall),
+        "cpu_ms_per_run": round(1000 * cpu / runs, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "status_seconds": status_seconds,
+    }
+
+
+def _status_seconds(batch_dir: Path) -> float:
+    """`safeagents-batch status` of the finished batch, as a user runs it (a new process)."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "safeagents_batch", "status", str(batch_dir)],
+        capture_output=True,
+        check=False,
+    )
+    return round(time.perf_counter() - started, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child's single measure
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.workers)))
+        return
+    results = []
+    for runs in args.runs:  # each in its own process, so that peak RSS is that batch's
+        child = [sys.executable, __file__, "--one", str(runs), "--workers", str(args.workers)]
+        done = subprocess.run(child, capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""The Ray backend: each attempt is a streaming Ray task on a node that offers the custom
+resource `docker`, run there by the node's own DockerBackend (backends/ray_node.py).
+
+Images are built once, on the driver's engine, and reach the nodes that lack them through Ray
+(`docker save`, put in the object store once, `docker load` once per node) or, with a
+registry, by one push and a pull per node. Code goes as one tar per digest, put once; each
+node unpacks it once into its cache. This package itself reaches the nodes as a Ray
+`py_modules` entry, so a node needs only Python, `ray` and the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+import ray.exceptions
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+import safeagents_batch
+from safeagents_batch.backends import ray_node
+from safeagents_batch.backends.base import (
+    AttemptOutcome,
+    AttemptRequest,
+    ImageOutcome,
+    Sink,
+    StagedCode,
+)
+from safeagents_batch.backends.docker import DockerBackend
+from safeagents_batch.clock import now_iso
+from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
+from safeagents_batch.images import ImageSpec
+
+RESOURCE = "docker"
+CONNECT_SECONDS = 10.0
+NODE_DEATH_SECONDS = 60.0  # the GCS declares a node dead some seconds after its raylet died
+NAMESPACE = "safeagents-batch"
+AZURE_NEEDS_OPT_IN = (
+    "bind_azure_folder on a Ray cluster ships the driver's ~/.azure to the node only with "
+    "--ship-azure; run not started"
+)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: RAY_ADDRESS
+    ship_azure: bool = False
+    registry: str | None = None  # HOST:PORT of a registry the nodes can pull from
+
+
+def connect(options: RayOptions) -> str:
+    """Joins the cluster as a driver; returns the address. No address is bad input (exit 2):
+    never Ray's "auto", which would pick whichever cluster this machine last started, nor a
+    new local instance. A named cluster that does not answer is unavailable (exit 3)."""
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UsageError(
+            "--backend ray needs the cluster's address: --ray-address HOST:PORT or RAY_ADDRESS "
+            "(start a cluster with `ray start`, see README)"
+        )
+    if address != "auto":
+        require_answer(address)
+    package = Path(safeagents_batch.__file__).resolve().parent
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            runtime_env={"py_modules": [str(package)], "excludes": ["__pycache__"]},
+            log_to_driver=False,  # task output is the runs' output: it goes to their sinks
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+    except ConnectionError as exc:
+        raise EngineUnavailable(
+            f"the Ray cluster at {address} does not answer: {one_line(exc)}"
+        ) from None
+    if not docker_nodes():
+        ray.shutdown()
+        raise EngineUnavailable(
+            f"the Ray cluster at {address} has no live node with the `{RESOURCE}` "
+            f"resource (ray start ... --resources '{{\"{RESOURCE}\": N}}')"
+        )
+    return address
+
+
+def require_answer(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """A TCP connect to the head's GCS first: ray.init retries a silent address for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise EngineUnavailable(
+            f"the Ray cluster at {address} does not answer: {one_line(exc)}"
+        ) from None
+
+
+def node_gone(node_id: str, wait: float = NODE_DEATH_SECONDS) -> bool:
+    """Whether the cluster declares the node dead within `wait`: a task's failure can reach
+    us before the GCS has noticed the node's end."""
+    deadline = time.monotonic() + wait
+    while node_id in {n["NodeID"] for n in live_nodes()}:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+    return True
+
+
+def live_nodes() -> list[dict[str, Any]]:
+    # Through a typed name: `ray.nodes` is untyped, and the type check runs with and without Ray.
+    listing: Callable[[], list[dict[str, Any]]] = ray.nodes
+    return [n for n in listing() if n.get("Alive")]
+
+
+def docker_nodes() -> list[dict[str, Any]]:
+    """Live nodes that offer container slots."""
+    return [n for n in live_nodes() if n["Resources"].get(RESOURCE, 0) > 0]
+
+
+def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+def on_every_node(function: Callable[..., T], *args: Any) -> dict[str, T]:
+    """`function(*args)` on each live docker node at once; by node id."""
+    task = ray.remote(num_cpus=0, max_retries=0)(function)
+    refs = {
+        n["NodeID"]: task.options(scheduling_strategy=on_node(n["NodeID"])).remote(*args)
+        for n in docker_nodes()
+    }
+    return {node_id: ray.get(ref) for node_id, ref in refs.items()}
+
+
+def tar_tree(root: Path) -> bytes:
+    """A directory as an uncompressed tar, members relative to it (regular files, dirs)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:") as archive:
+        for path in sorted(root.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue
+            archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    return buffer.getvalue()
+
+
+class _PutOnce:
+    """One object in the store per key (a code digest, an image tag), made by the first ask."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, ray.ObjectRef[Any]] = {}
+
+    def get(self, key: str, make: Callable[[], bytes]) -> ray.ObjectRef[Any]:
+        with self._lock:
+            if key not in self._refs:
+                self._refs[key] = ray.put(make())
+            return self._refs[key]
+
+
+class RayBackend:
+    """The Backend of a Ray cluster; `local` is the driver's engine, where images are built."""
+
+    name = "ray"
+
+    def __init__(self, local: DockerBackend, options: RayOptions, address: str) -> None:
+        self.local = local
+        self.options = options
+        self.address = address
+        self._code = _PutOnce()
+        self._azure = _PutOnce()
+        self._attempt = ray.remote(
+            num_cpus=0, resources={RESOURCE: 1}, max_retries=0, num_returns="streaming"
+        )(ray_node.run_attempt)
+
+    @classmethod
+    def connect(cls, local: DockerBackend, options: RayOptions) -> RayBackend:
+        return cls(local, options, connect(options))
+
+    def close(self) -> None:
+        ray.shutdown()
+
+    # -- Backend -------------------------------------------------------------------------
+
+    def ensure_images(
+        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+    ) -> dict[str, ImageOutcome]:
+        outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild)
+        return {tag: self._distribute(outcome) for tag, outcome in outcomes.items()}
+
+    def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
+        started = now_iso()
+        if request.azure_dir is not None and not self.options.ship_azure:
+            return AttemptOutcome("error", None, started, now_iso(), AZURE_NEEDS_OPT_IN)
+        code = request.code
+        code_ref = self._code.get(code.digest, lambda: tar_tree(code.path))
+        azure = request.azure_dir
+        azure_box = [self._azure.get("azure", lambda: tar_tree(azure))] if azure else []
+        # No driver path travels: the node puts its own cache path in.
+        remote = replace(request, code=StagedCode(code.digest, Path(code.digest)), azure_dir=None)
+        stream = self._attempt.remote(remote, [code_ref], azure_box)
+        return RemoteAttempt(stream, sink, cancel, started).follow()
+
+    def sweep(self, batch_id: str) -> int:
+        return sum(on_every_node(ray_node.sweep, batch_id).values())
+
+    def available(self) -> bool:
+        try:
+            return bool(docker_nodes())
+        except Exception:  # the GCS does not answer: the cluster is away
+            return False
+
+    def where(self) -> dict[str, str]:
+        nodes = docker_nodes()
+        return {
+            "backend": self.name,
+            "address": self.address,
+            "host": socket.gethostname(),
+            "nodes": ",".join(sorted(n["NodeManagerHostname"] for n in nodes)),
+            "docker_slots": str(int(sum(n["Resources"][RESOURCE] for n in nodes))),
+        }
+
+    def clean(self, *, dry_run: bool) -> list[str]:
+        """`clean` on every live docker node's engine; each line names its node."""
+        found = on_every_node(ray_node.clean_lines, dry_run)
+        return [
+            f"node {node_id[:12]}: {line}" for node_id, lines in found.items() for line in lines
+        ]
+
+    # -- images --------------------------------------------------------------------------
+
+    def _distribute(self, outcome: ImageOutcome) -> ImageOutcome:
+        """The image on every docker node that lacks it; a failure fails the image."""
+        if not outcome.ok:
+            return outcome
+        try:
+            present = on_every_node(ray_node.has_image, outcome.tag)
+            missing = [node_id for node_id, has in present.items() if not has]
+            if missing:
+                self._ship(outcome.tag, missing)
+        except Exception as exc:
+            error = f"image {outcome.tag} not shipped to the nodes: {one_line(exc)}"
+            return replace(outcome, status="failed", error=error)
+        return outcome
+
+    def _ship(self, tag: str, node_ids: list[str]) -> None:
+        function: Callable[..., bool]
+        args: tuple[Any, ...]
+        if self.options.registry is not None:
+            function, args = ray_node.pull_image, (tag, self._push(tag, self.options.registry))
+        else:
+            api = self.local.client.api
+            # One object for all nodes; each node's load task fetches it once.
+            image = ray.put(b"".join(api.get_image(tag, chunk_size=1 << 20)))
+            function, args = ray_node.load_image, (tag, image)
+        task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
+        ray.get([task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids])
+
+    def _push(self, tag: str, registry: str) -> str:
+        """Pushes the driver's image to the registry once; returns its name there."""
+        api = self.local.client.api
+        repository, _, version = tag.rpartition(":")
+        remote_repository = f"{registry}/{repository}"
+        api.tag(tag, remote_repository, version)
+        for message in api.push(remote_repository, tag=version, stream=True, decode=True):
+            if "error" in message or "errorDetail" in message:
+                raise RuntimeError(f"docker push to {registry}: {message}")
+        return f"{remote_repository}:{version}"
+
+
+class RemoteAttempt:
+    """Follows one attempt's streaming task: output into the sink as it arrives, artifacts at
+    the end, the node's outcome (with where it ran); Ctrl-C cancels the task."""
+
+    def __init__(
+        self,
+        stream: ray.ObjectRefGenerator,
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+    ) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.cancel = cancel
+        self.started = started
+        self.node: dict[str, str] | None = None
+        self.pieces: list[bytes] = []
+        self.artifacts_over: int | None = None
+        self.finished = threading.Event()
+
+    def follow(self) -> AttemptOutcome:
+        watcher = threading.Thread(target=self._cancel_when_asked, daemon=True, name="cancel")
+        watcher.start()
+        try:
+            outcome = self._consume()
+        except ray.exceptions.TaskCancelledError:
+            outcome = self._ended("cancelled", "cancelled by the user")
+        except ray.exceptions.RayError as exc:
+            outcome = self._lost(exc)
+        finally:
+            self.finished.set()
+        return replace(self._with_artifacts(outcome), node=self.node)
+
+    def _cancel_when_asked(self) -> None:
+        while not self.finished.wait(0.25):
+            if self.cancel.is_set():
+                # Not forced: the node's task unwinds, killing and removing its container.
+                ray.cancel(self.stream, force=False)
+                return
+
+    def _consume(self) -> AttemptOutcome:
+        for ref in self.stream:
+            kind, payload = ray.get(ref)
+            if kind == "outcome":
+                outcome: AttemptOutcome = payload
+                return outcome
+            self._take(kind, payload)
+        return self._ended("error", "the node's task ended without an outcome")
+
+    def _take(self, kind: str, payload: Any) -> None:
+        if kind == "out":
+            self.sink.stdout(payload)
+        elif kind == "err":
+            self.sink.stderr(payload)
+        elif kind == "art":
+            self.pieces.append(payload)
+        elif kind == "art_over":
+            self.pieces, self.artifacts_over = [], payload
+        elif kind == "node":
+            self.node = payload
+
+    def _with_artifacts(self, outcome: AttemptOutcome) -> AttemptOutcome:
+        if self.artifacts_over is not None:
+            note = (
+                f"artifacts in /safeagents/logs exceed {self.artifacts_over} bytes: "
+                "not shipped from the node"
+            )
+            error = f"{outcome.error}; {note}" if outcome.error else note
+            return replace(outcome, status="error", error=error)
+        if self.pieces:
+            self.sink.artifacts(iter(self.pieces))
+        return outcome
+
+    def _lost(self, exc: ray.exceptions.RayError) -> AttemptOutcome:
+        """A task that died with its node (raylet gone) is `node lost`; the run may retry on
+        another node. One that died while the node lives is a crash of its worker."""
+        node_id = (self.node or {}).get("node_id")
+        if node_id is None or node_gone(node_id):
+            where = f" ({(self.node or {}).get('host', '?')} {node_id or '?'})"
+            return self._ended("error", f"node lost{where}: {one_line(exc, 200)}")
+        return self._ended("error", f"ray task failed: {one_line(exc, 300)}")
+
+    def _ended(self, status: str, reason: str) -> AttemptOutcome:
+        if status == "cancelled":
+            return AttemptOutcome("cancelled", None, self.started, now_iso(), reason)
+        return AttemptOutcome("error", None, self.started, now_iso(), reason)

@@ -1,0 +1,299 @@
+"""What runs on a Ray node: each attempt on the node's own Docker engine through the very same
+DockerBackend as a local run, with a sink that hands chunks back to the driver as the items of
+a streaming task. Code, images and Azure credentials arrive through Ray and are cached on the
+node, once per digest (or tag), under a lock that is checked again once taken.
+
+Nothing here reads a driver path: a node may be another machine. Env values arrive inside the
+task's arguments (never in a task name, a runtime env or a log line) and go to the engine's
+API as the container's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import queue
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, StagedCode
+from safeagents_batch.backends.docker import (
+    ENGINE_ERRORS,
+    DockerBackend,
+    batch_container_ids,
+    container_user,
+    engine_url,
+    remove_container,
+)
+from safeagents_batch.clock import now_iso
+from safeagents_batch.errors import EngineUnavailable, one_line
+
+NODE_CACHE_ENV = "SAFEAGENTS_NODE_CACHE"
+CHUNK_BYTES = 256 * 1024  # output is coalesced up to this much per streamed item
+TAR_SLACK = 1 << 20  # tar headers and padding on top of the artifact limit
+POLL_SECONDS = 0.2
+JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container once cancelled
+
+# One DockerBackend per Ray worker process: its client pool and its memory of containers the
+# engine failed to remove outlive one attempt.
+_backend: DockerBackend | None = None
+_backend_lock = threading.Lock()
+
+Item = tuple[str, Any]  # (kind, payload): node, out, err, art, art_over, outcome
+
+
+def node_backend() -> DockerBackend:
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = DockerBackend.from_env()  # DOCKER_HOST of the node, or its socket
+        return _backend
+
+
+def node_info() -> dict[str, str]:
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "engine": engine_url(),
+    }
+
+
+def node_cache() -> Path:
+    default = Path(tempfile.gettempdir()) / f"safeagents-batch-node-{os.getuid()}"
+    path = Path(os.environ.get(NODE_CACHE_ENV) or default)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serializes the Ray workers of one node (separate processes) on one cache entry."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- code -------------------------------------------------------------------------------
+
+
+def code_dir(digest: str, tar_box: list[Any]) -> Path:
+    """The node's copy of a code snapshot; unpacked from the driver's tar on first use."""
+    root = node_cache() / "code"
+    root.mkdir(exist_ok=True)
+    # World-traversable: the container user (not root) must reach the snapshot.
+    os.chmod(root, 0o755)
+    os.chmod(root.parent, 0o755)
+    target = root / digest
+    if target.is_dir():
+        return target
+    with file_lock(root / f"{digest}.lock"):
+        if target.is_dir():  # another worker of this node unpacked it meanwhile
+            return target
+        data: bytes = ray.get(tar_box[0])
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
+        unpack(data, staging)
+        os.chmod(staging, 0o755)
+        staging.rename(target)
+    return target
+
+
+def unpack(data: bytes, target: Path) -> None:
+    """Regular files and directories only, nothing outside `target` (the `data` filter)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        archive.extractall(target, filter="data")
+
+
+def azure_copy(tar_box: list[Any], request: AttemptRequest) -> Path:
+    """A copy of the driver's ~/.azure for one attempt, private to the container's user (mode
+    0700, owned by that uid) and removed after it."""
+    target = Path(tempfile.mkdtemp(prefix="azure-", dir=node_cache()))
+    unpack(ray.get(tar_box[0]), target)
+    uid, gid = (int(part) for part in container_user(request).split(":"))
+    if os.getuid() == 0:
+        for path in [target, *target.rglob("*")]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    return target
+
+
+# -- images -----------------------------------------------------------------------------
+
+
+def has_image(tag: str) -> bool:
+    import docker.errors
+
+    try:
+        node_backend().client.api.inspect_image(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def load_image(tag: str, data: bytes) -> bool:
+    """`docker load` of the driver's `docker save`, once per node; False if it was there."""
+    lock = node_cache() / "images.lock"
+    with file_lock(lock):
+        if has_image(tag):
+            return False
+        for message in node_backend().client.api.load_image(data):
+            if "error" in message or "errorDetail" in message:
+                raise RuntimeError(f"docker load of {tag}: {message}")
+    return True
+
+
+def pull_image(tag: str, remote_tag: str) -> bool:
+    """Pulls `remote_tag` from the registry and tags it as `tag`; False if `tag` was there."""
+    with file_lock(node_cache() / "images.lock"):
+        if has_image(tag):
+            return False
+        api = node_backend().client.api
+        repository, _, version = remote_tag.rpartition(":")
+        for message in api.pull(repository, tag=version, stream=True, decode=True):
+            if "error" in message or "errorDetail" in message:
+                raise RuntimeError(f"docker pull of {remote_tag}: {message}")
+        name, _, local_version = tag.rpartition(":")
+        api.tag(remote_tag, name, local_version)
+        api.remove_image(remote_tag)  # only the name; the layers stay under `tag`
+    return True
+
+
+# -- sweeping and cleaning --------------------------------------------------------------
+
+
+def sweep(batch_id: str) -> int:
+    return node_backend().sweep(batch_id)
+
+
+def clean_lines(dry_run: bool) -> list[str]:
+    from safeagents_batch.backends.docker_clean import DockerCleaner
+    from safeagents_batch.clean import clean
+
+    cleaner = DockerCleaner(node_backend().client)
+    result = clean(cleaner, cleaner.leftover_containers(), dry_run=dry_run)
+    return result.lines
+
+
+def batch_containers(batch_id: str) -> list[str]:
+    return batch_container_ids(node_backend().client, batch_id)
+
+
+def remove(container_id: str) -> None:
+    remove_container(node_backend().client, container_id)
+
+
+# -- one attempt ------------------------------------------------------------------------
+
+
+class QueueSink:
+    """The Sink of a remote attempt: every call becomes an item for the driver, in order.
+    Artifacts stream as pieces; past the cap the driver drops them and is told so."""
+
+    def __init__(self, items: queue.Queue[Item], artifact_cap: int) -> None:
+        self.items = items
+        self.artifact_cap = artifact_cap
+
+    def stdout(self, chunk: bytes) -> None:
+        self.items.put(("out", chunk))
+
+    def stderr(self, chunk: bytes) -> None:
+        self.items.put(("err", chunk))
+
+    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
+        total = 0
+        for chunk in tar_chunks:
+            total += len(chunk)
+            if total > self.artifact_cap:
+                self.items.put(("art_over", self.artifact_cap))
+                return
+            self.items.put(("art", chunk))
+
+    def close(self) -> None:
+        pass
+
+
+def run_attempt(
+    request: AttemptRequest, code_box: list[Any], azure_box: list[Any]
+) -> Iterator[Item]:
+    """The body of a streaming Ray task: yields where it runs, the output as it comes, then
+    the outcome. A cancelled task (Ctrl-C on the driver) kills and removes its container
+    before it ends: the `finally` runs while Ray's interruption unwinds the generator."""
+    yield ("node", node_info())
+    started = now_iso()
+    azure_dir: Path | None = None
+    try:
+        backend = node_backend()
+        code = StagedCode(request.code.digest, code_dir(request.code.digest, code_box))
+        azure_dir = azure_copy(azure_box, request) if azure_box else None
+        if not has_image(request.image):
+            yield ("outcome", _error(started, f"image {request.image} is not on this node"))
+            return
+        local = replace(request, code=code, azure_dir=azure_dir)
+        yield from _supervised(backend, local)
+    except (EngineUnavailable, *ENGINE_ERRORS) as exc:
+        yield ("outcome", _error(started, f"node engine unavailable: {one_line(exc)}"))
+    finally:
+        if azure_dir is not None:
+            shutil.rmtree(azure_dir, ignore_errors=True)
+
+
+def _supervised(backend: DockerBackend, request: AttemptRequest) -> Iterator[Item]:
+    items: queue.Queue[Item] = queue.Queue()
+    cancel = threading.Event()
+    sink = QueueSink(items, request.artifact_limit + TAR_SLACK)
+
+    def attempt() -> None:
+        try:
+            outcome = backend.run(request, sink, cancel)
+        except Exception as exc:  # the driver gets it as the run's error, not a dead task
+            outcome = _error(now_iso(), f"node error: {type(exc).__name__}: {one_line(exc)}")
+        items.put(("outcome", outcome))
+
+    thread = threading.Thread(target=attempt, name="attempt", daemon=True)
+    thread.start()
+    try:
+        yield from _drain(items)
+    finally:
+        cancel.set()  # a no-op once the outcome is in; otherwise: kill, remove, then end
+        thread.join(JOIN_SECONDS)
+
+
+def _drain(items: queue.Queue[Item]) -> Iterator[Item]:
+    """Items in order until the outcome; consecutive chunks of one stream are coalesced, so a
+    chatty script costs a few objects per second, not one per line."""
+    held: Item | None = None
+    while True:
+        try:
+            # Never an unbounded wait: Ray's cancellation interrupts Python code, not a lock.
+            item = items.get(timeout=POLL_SECONDS if held is None else 0)
+        except queue.Empty:
+            if held is not None:
+                yield held
+                held = None
+            continue
+        same_stream = held is not None and item[0] == held[0] in ("out", "err")
+        if same_stream and held is not None and len(held[1]) + len(item[1]) <= CHUNK_BYTES:
+            held = (held[0], held[1] + item[1])
+            continue
+        if held is not None:
+            yield held
+        if item[0] == "outcome":
+            yield item
+            return
+        held = item
+
+
+def _error(started: str, reason: str) -> AttemptOutcome:
+    return AttemptOutcome("error", None, started, now_iso(), reason)

@@ -1,0 +1,129 @@
+"""provenance: the jobs file's git commit, branch and dirty flag, from a real git in temp dirs;
+`run --require-clean` refusing a dirty or untracked batch before any engine is touched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Project
+from report_batches import default_behaviour, run_fake_batch
+
+from safeagents_batch.cli import main
+from safeagents_batch.errors import EXIT_BAD_INPUT
+from safeagents_batch.manifest import load_manifest
+from safeagents_batch.provenance import GitState, git_state
+
+JOBS = """\
+version: 1
+frameworks:
+  plain: {packages: []}
+jobs:
+  - {name: j, framework: plain, scripts: [scripts/a.py]}
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(project: Project) -> Project:
+    """The project as a git work tree on branch `main`, everything committed."""
+    project.write("jobs.yaml", JOBS)
+    project.write(".gitignore", "logs/\n")
+    git(project.root, "init", "-q", "-b", "main")
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "first")
+    return project
+
+
+def state(project: Project) -> GitState | None:
+    root = project.root
+    return git_state(root / "jobs.yaml", [root / "scripts" / "a.py"])
+
+
+def test_outside_a_work_tree_there_is_no_provenance(project: Project) -> None:
+    assert state(project) is None
+
+
+def test_a_committed_tree_is_clean_at_its_commit_and_branch(repo: Project) -> None:
+    assert state(repo) == GitState(git(repo.root, "rev-parse", "HEAD"), "main", False)
+
+
+@pytest.mark.parametrize("touch", ["scripts/a.py", "jobs.yaml"])
+def test_a_modified_jobs_file_or_script_is_dirty(repo: Project, touch: str) -> None:
+    repo.write(touch, "changed\n")
+    found = state(repo)
+    assert found is not None and found.dirty and found.changed == (touch,)
+
+
+def test_an_untracked_script_is_dirty_other_files_do_not_matter(repo: Project) -> None:
+    repo.write("scripts/b.py", "unrelated\n")
+    repo.write("notes.txt", "unrelated\n")
+    assert state(repo) == GitState(git(repo.root, "rev-parse", "HEAD"), "main", False)
+    new = repo.write("scripts/new.py")
+    found = git_state(repo.root / "jobs.yaml", [new])
+    assert found is not None and found.dirty and found.changed == ("scripts/new.py",)
+
+
+def test_no_commit_yet_and_a_detached_head_are_none_not_errors(project: Project) -> None:
+    project.write("jobs.yaml", JOBS)
+    git(project.root, "init", "-q", "-b", "main")
+    found = state(project)
+    assert found is not None and found.commit is None and found.dirty
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "first")
+    git(project.root, "checkout", "-q", "--detach")
+    detached = state(project)
+    assert detached is not None and detached.branch is None and not detached.dirty
+
+
+def test_git_missing_is_no_provenance(repo: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(repo.root / "nowhere"))
+    assert state(repo) is None
+
+
+def test_the_manifest_records_git_and_an_old_manifest_without_it_loads(repo: Project) -> None:
+    batch_dir = run_fake_batch(repo, default_behaviour, JOBS)
+    data = json.loads((batch_dir / "manifest.json").read_text("utf-8"))
+    head = git(repo.root, "rev-parse", "HEAD")
+    assert data["jobs_file"]["git"] == {"commit": head, "branch": "main", "dirty": False}
+    assert load_manifest(batch_dir).jobs_file_git == GitState(head, "main", False)
+    del data["jobs_file"]["git"]  # as written before provenance existed
+    (batch_dir / "manifest.json").write_text(json.dumps(data), "utf-8")
+    assert load_manifest(batch_dir).jobs_file_git is None
+
+
+def test_outside_git_the_manifest_says_null(project: Project) -> None:
+    batch_dir = run_fake_batch(project, default_behaviour, JOBS)
+    data = json.loads((batch_dir / "manifest.json").read_text("utf-8"))
+    assert data["jobs_file"]["git"] is None
+
+
+def test_require_clean_refuses_a_dirty_script_with_one_line(
+    repo: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo.write("scripts/a.py", "print('edited')\n")
+    code = main(["run", str(repo.root / "jobs.yaml"), "--require-clean"])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert err.splitlines() == [
+        "safeagents-batch: error: --require-clean: uncommitted changes in the jobs file or "
+        "its scripts: scripts/a.py"
+    ]
+    assert not (repo.root / "logs").exists()
+
+
+def test_require_clean_refuses_a_jobs_file_outside_git(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = project.write("jobs.yaml", JOBS)
+    assert main(["run", str(path), "--require-clean"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().endswith("is not in a git work tree")

@@ -1,0 +1,71 @@
+"""The node side's pure parts, without a cluster: output coalescing and order, the artifact
+cap, and code tars that unpack to the same tree. Marked `ray`: they import Ray."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from safeagents_batch.backends.base import AttemptOutcome
+from safeagents_batch.backends.ray import tar_tree
+from safeagents_batch.backends.ray_node import CHUNK_BYTES, Item, QueueSink, _drain, unpack
+
+pytestmark = pytest.mark.ray
+
+OUTCOME = AttemptOutcome("succeeded", 0, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z")
+
+
+def drained(items: list[Item]) -> list[Item]:
+    waiting: queue.Queue[Item] = queue.Queue()
+    for item in items:
+        waiting.put(item)
+    return list(_drain(waiting))
+
+
+def test_queued_chunks_of_one_stream_are_coalesced_and_streams_keep_their_order() -> None:
+    items: list[Item] = [("out", b"a"), ("out", b"b"), ("err", b"c"), ("out", b"d")]
+    assert drained([*items, ("outcome", OUTCOME)]) == [
+        ("out", b"ab"),
+        ("err", b"c"),
+        ("out", b"d"),
+        ("outcome", OUTCOME),
+    ]
+
+
+def test_coalescing_stops_at_the_chunk_size() -> None:
+    big = b"x" * (CHUNK_BYTES - 1)
+    out = drained([("out", big), ("out", b"yy"), ("outcome", OUTCOME)])
+    assert out == [("out", big), ("out", b"yy"), ("outcome", OUTCOME)]
+
+
+def test_artifacts_past_the_cap_are_announced_not_sent() -> None:
+    items: queue.Queue[Item] = queue.Queue()
+    QueueSink(items, artifact_cap=10).artifacts([b"12345", b"67890", b"1"])
+    assert [items.get_nowait() for _ in range(items.qsize())] == [
+        ("art", b"12345"),
+        ("art", b"67890"),
+        ("art_over", 10),
+    ]
+
+
+def test_a_code_tar_unpacks_to_the_same_files_and_modes(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "pkg").mkdir(parents=True)
+    (source / "main.py").write_text("print(1)\n")
+    (source / "pkg" / "tool.sh").write_text("echo\n")
+    (source / "pkg" / "tool.sh").chmod(0o755)
+    (source / "link").symlink_to("main.py")  # staged code has none; a tar carries none
+    target = tmp_path / "dst"
+    target.mkdir()
+
+    unpack(tar_tree(source), target)
+
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        "main.py",
+        "pkg",
+        "pkg/tool.sh",
+    ]
+    assert (target / "main.py").read_text() == "print(1)\n"
+    assert (target / "pkg" / "tool.sh").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,93 @@
+"""results: result.json read as untrusted data, flattened; results.csv and .jsonl written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from safeagents_batch.results import (
+    MAX_RESULT_BYTES,
+    ResultFile,
+    ResultRow,
+    Scalar,
+    header,
+    mean_of,
+    parse_result,
+    read_result,
+    write_results,
+)
+
+
+def row(run_id: str, result: ResultFile, **matrix: str) -> ResultRow:
+    fixed: dict[str, Scalar] = {"run_id": run_id, "job": "j", "framework": "plain",
+             "status": "succeeded", "attempt": 1, "exit_code": 0,
+             "duration_seconds": 1.5}  # fmt: skip
+    return ResultRow(fixed, dict(matrix), result)
+
+
+def test_nested_objects_are_flattened_and_lists_left_out() -> None:
+    parsed = parse_result(b'{"a": 1, "b": {"c": "x", "d": {"e": true}}, "l": [1, 2], "n": null}')
+    assert parsed == ResultFile({"a": 1, "b.c": "x", "b.d.e": True, "n": None})
+
+
+@pytest.mark.parametrize(
+    ("raw", "note"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object but list"),
+        (b'{"x": NaN}', "NaN is not a JSON number"),
+        (b'{"x": "\xff"}', "not valid JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_malformed_result_is_a_note_never_an_exception(raw: bytes, note: str) -> None:
+    parsed = parse_result(raw)
+    assert parsed.fields == {}
+    assert parsed.note is not None and note in parsed.note
+
+
+def test_huge_numbers_that_parse_as_infinity_are_dropped() -> None:
+    assert parse_result(b'{"big": 1e999, "ok": 2}').fields == {"ok": 2}
+
+
+def test_no_file_is_no_fields_and_no_note_an_oversized_one_is_a_note(tmp_path: Path) -> None:
+    assert read_result(tmp_path) == ResultFile()
+    assert read_result(None) == ResultFile()
+    (tmp_path / "result.json").write_bytes(b" " * (MAX_RESULT_BYTES + 1))
+    note = read_result(tmp_path).note
+    assert note is not None and "larger than" in note
+
+
+def test_means_count_booleans_as_rates_and_skip_text() -> None:
+    assert mean_of([True, False, True, True]) == 0.75
+    assert mean_of([1, 2.5, "7", None]) == 1.75
+    assert mean_of(["a", None]) is None
+
+
+def test_a_result_field_cannot_take_a_fixed_column_or_matrix_name() -> None:
+    rows = [row("r1", ResultFile({"status": "hacked", "MODEL": "y", "score": 1}), MODEL="m")]
+    assert header(rows) == [
+        "run_id", "job", "framework", "status", "attempt", "exit_code", "duration_seconds",
+        "MODEL", "result.status", "result.MODEL", "score", "result_note",
+    ]  # fmt: skip
+
+
+def test_csv_and_jsonl_have_one_row_per_run_under_the_same_columns(tmp_path: Path) -> None:
+    rows = [
+        row("r1", ResultFile({"score": 0.5, "refused": True}), MODEL="a"),
+        row("r2", ResultFile(note="result.json: not valid JSON: x"), MODEL="b"),
+        row("r3", ResultFile({"extra.depth": 3}), MODEL="a"),
+    ]
+    csv_path, jsonl_path = write_results(rows, tmp_path)
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    lines = [json.loads(line) for line in jsonl_path.read_text("utf-8").splitlines()]
+    assert [r["run_id"] for r in table] == [r["run_id"] for r in lines] == ["r1", "r2", "r3"]
+    assert list(table[0]) == list(lines[0])
+    assert table[0]["refused"] == "true" and lines[0]["refused"] is True
+    assert table[1]["score"] == "" and lines[1]["score"] is None
+    assert lines[1]["result_note"] == "result.json: not valid JSON: x"
+    assert lines[2]["extra.depth"] == 3 and lines[0]["duration_seconds"] == 1.5
