@@ -3,6 +3,7 @@ which code each attempt ran, and what a hostile script can leave in the batch di
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -14,8 +15,11 @@ import pytest
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 from test_engine_batch import load_valid_manifest, only_batch_dir, runs_by_id
 
-from safeagents_batch import cli
+from safeagents_batch import cli, labels
+from safeagents_batch.backends.docker_images import DockerImages
 from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.images import image_spec, write_build_context
+from safeagents_batch.model import ImageConfig
 
 pytestmark = pytest.mark.docker
 
@@ -194,3 +198,22 @@ def test_a_failing_script_still_hands_back_what_it_wrote(
     assert run_record["exit_code"] == 4
     assert (Path(run_record["log_dir"]) / "partial.json").read_text() == "{}"
     assert os.stat(Path(run_record["log_dir"]) / "partial.json").st_uid == os.getuid()
+
+
+def test_a_cached_image_without_package_labels_is_frozen_once_and_labelled(
+    engine: docker.DockerClient, fresh_image_name: str, tmp_path: Path
+) -> None:
+    """An image built before packages were recorded costs one freeze container, once: the
+    labels it then gets answer every later batch."""
+    spec = image_spec(ImageConfig(framework="plain", packages=(), image_name=fresh_image_name))
+    context = tmp_path / "context"
+    write_build_context(spec, context)
+    engine.images.build(path=str(context), tag=spec.tag, pull=False, rm=True)  # no label step
+    assert labels.PACKAGES not in (engine.images.get(spec.tag).labels or {})
+
+    outcome = DockerImages(engine, tmp_path / "logs").ensure(spec)
+
+    assert outcome.status == "cached"
+    assert any(line.startswith("pip==") for line in outcome.packages)
+    recorded = json.loads(engine.images.get(spec.tag).labels[labels.PACKAGES])
+    assert recorded == list(outcome.packages)

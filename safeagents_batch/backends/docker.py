@@ -253,7 +253,11 @@ class DockerBackend:
         """How the container ended; None when someone else removed it (`docker rm -f`, which
         kills it first: its exit code says nothing about the script)."""
         try:
-            self.client.api.wait(container.id, timeout=DRAIN_SECONDS)
+            waited = self.client.api.wait(container.id, timeout=DRAIN_SECONDS)
+            if waited.get("StatusCode") == 0:
+                # A clean exit: neither the OOM killer nor a forced removal (both kill) ended
+                # it, so the state needs no second request (one less call per trivial run).
+                return {"ExitCode": 0, "OOMKilled": False}
             state: dict[str, Any] = self.client.api.inspect_container(container.id)["State"]
         except docker.errors.NotFound:
             return None

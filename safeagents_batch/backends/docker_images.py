@@ -101,11 +101,14 @@ class DockerImages:
 
     def _freeze_unlabelled(self, tag: str) -> Packages:
         """An image from before packages were recorded (or whose build stopped before it)
-        says what it holds when asked; if it cannot, the run goes ahead without the list."""
+        says what it holds when asked, and is labelled with it, so that this costs one batch a
+        container once rather than every batch; if it cannot, the run goes ahead without."""
         try:
-            return self.freeze(tag)
+            packages = self.freeze(tag)
+            self._label(tag, packages, io.StringIO())
         except (docker.errors.DockerException, requests.RequestException):
             return Packages(())
+        return packages
 
     def freeze(self, image: str) -> Packages:
         """`pip freeze --all` in a throwaway container of `image`, with no network."""
@@ -131,16 +134,20 @@ class DockerImages:
         if packages.azure_cli:
             log.write(f"# azure-cli venv ({len(packages.azure_cli)})\n")
             log.write("".join(f"{line}\n" for line in packages.azure_cli))
-        image_id = self.client.images.get(spec.tag).id
+        self._label(spec.tag, packages, log)
+        return packages
+
+    def _label(self, tag: str, packages: Packages, log: IO[str]) -> None:
+        """Puts the package lists on the image as labels: a build `FROM` it, no new layer."""
+        image_id = self.client.images.get(tag).id
         dockerfile = io.BytesIO(f"FROM {image_id}\n".encode())
         stream = self.client.api.build(
-            fileobj=dockerfile, tag=spec.tag, rm=True, decode=True, labels=packages.labels()
+            fileobj=dockerfile, tag=tag, rm=True, decode=True, labels=packages.labels()
         )
         for chunk in stream:
             error = _write_chunk(chunk, log)
             if error:
                 raise docker.errors.BuildError(error, [])
-        return packages
 
     def _build(self, spec: ImageSpec) -> ImageOutcome:
         self.log_dir.mkdir(parents=True, exist_ok=True)
