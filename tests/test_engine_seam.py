@@ -208,7 +208,8 @@ def test_a_cached_image_without_package_labels_is_frozen_once_and_labelled(
     spec = image_spec(ImageConfig(framework="plain", packages=(), image_name=fresh_image_name))
     context = tmp_path / "context"
     write_build_context(spec, context)
-    engine.images.build(path=str(context), tag=spec.tag, pull=False, rm=True)  # no label step
+    # No label step, and no build cache: other tests remove their images (and parents) freely.
+    engine.images.build(path=str(context), tag=spec.tag, pull=False, rm=True, nocache=True)
     assert labels.PACKAGES not in (engine.images.get(spec.tag).labels or {})
 
     outcome = DockerImages(engine, tmp_path / "logs").ensure(spec)
