@@ -18,18 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweep import write_sweep
+
 TOOL = [sys.executable, "-m", "safeagents_batch"]
 EVENTS = ["docker", "events", "--format", "{{.TimeNano}}", "--filter", "event=start"]
-JOBS = """version: 1
-name: first
-frameworks: {{plain: {{packages: []}}}}
-jobs:
-  - name: sweep
-    framework: plain
-    scripts: task.py
-    matrix: {{TASK: [{tasks}]}}
-    repeat: {repeat}
-"""
 
 
 def first_start(jobs: Path, out: Path) -> float:
@@ -64,10 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sab-first-") as tmp:
         root = Path(tmp)
-        (root / "task.py").write_text("print('ok')\n", encoding="utf-8")
-        tasks, repeat = (args.runs, 1) if args.runs <= 1000 else (args.runs // 1000, 1000)
-        jobs = root / "jobs.yaml"
-        jobs.write_text(JOBS.format(tasks=", ".join(map(str, range(tasks))), repeat=repeat))
+        jobs = write_sweep(root, args.runs, "first")
         subprocess.run([*TOOL, "build", str(jobs)], check=True, capture_output=True)
         seconds = [first_start(jobs, root / f"out{n}") for n in range(args.rounds)]
     print(

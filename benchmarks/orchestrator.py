@@ -20,23 +20,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sweep import write_sweep
+
 from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, ImageOutcome, Sink
 from safeagents_batch.batch import BatchOptions, run_batch
 from safeagents_batch.clock import now_iso
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.reporting import CollectingReporter
-
-JOBS = """version: 1
-name: scale
-frameworks: {{plain: {{packages: []}}}}
-jobs:
-  - name: sweep
-    framework: plain
-    scripts: task.py
-    matrix: {{TASK: [{tasks}]}}
-    repeat: {repeat}
-"""
 
 
 class InstantBackend:
@@ -68,10 +59,7 @@ def measure(runs: int, workers: int) -> dict[str, float]:
     """One batch in this process (it is the only one: RSS is its peak)."""
     with tempfile.TemporaryDirectory(prefix="sab-scale-") as tmp:
         root = Path(tmp)
-        (root / "task.py").write_text("print('ok')\n", encoding="utf-8")
-        tasks, repeat = (runs, 1) if runs <= 1000 else (runs // 1000, 1000)
-        jobs = root / "jobs.yaml"
-        jobs.write_text(JOBS.format(tasks=", ".join(map(str, range(tasks))), repeat=repeat))
+        jobs = write_sweep(root, runs, "scale")
         cpu, wall = time.process_time(), time.perf_counter()
         jobs_file, specs = load_and_expand(jobs)
         options = BatchOptions(workers=workers, output_dir=root / "out")

@@ -398,21 +398,7 @@ class BatchRunner:
         if last is None or last.status != "running":
             self.store.mark_not_started(run_id, "error", reason)
             return
-        ended = now_iso()
-        self.store.record_attempt(
-            run_id,
-            Attempt(
-                last.number,
-                "error",
-                last.log_dir,
-                last.started_at,
-                ended,
-                seconds_between(last.started_at, ended),
-                None,
-                reason,
-                last.code_digest,
-            ),
-        )
+        self.store.record_attempt(run_id, last.closed_as_error(reason, now_iso()))
 
     def _run_one(self, spec: RunSpec, cancel: threading.Event) -> None:
         if not self._may_start(spec, cancel, first=True):
@@ -456,17 +442,7 @@ class BatchRunner:
 
     def _ensure_image(self, spec: RunSpec) -> ImageRecord:
         image = self.work.images[spec.image]
-        outcome = self.images.get(image.tag, lambda: self._ensure_now(image))
-        record = ImageRecord(
-            outcome.tag,
-            outcome.framework,
-            outcome.status,
-            outcome.build_seconds,
-            str(outcome.build_log) if outcome.build_log else None,
-            outcome.error,
-            outcome.packages,
-            outcome.azure_cli_packages,
-        )
+        record = self.images.get(image.tag, lambda: self._ensure_now(image)).record()
         self.store.set_image(record)
         return record
 

@@ -26,6 +26,7 @@ import pathspec
 from safeagents_batch.backends.base import StagedCode
 from safeagents_batch.errors import UsageError
 from safeagents_batch.model import DEFAULT_CODE_LIMIT
+from safeagents_batch.units import format_size
 
 # Caches and repository metadata: never code a script needs, and often large.
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -326,10 +327,10 @@ def _check_size(directory: Path, files: Sequence[CodeFile], limit: int) -> None:
 
 
 def _too_large_message(directory: Path, files: Sequence[CodeFile], total: int, limit: int) -> str:
-    largest = ", ".join(f"{name} {_size(size)}" for name, size in _largest_entries(files))
+    largest = ", ".join(f"{name} {format_size(size)}" for name, size in _largest_entries(files))
     return (
-        f"{os.path.join(directory, '')}: {_size(total)} of code to ship, over the limit of "
-        f"{_size(limit)} (max_code_size); largest: {largest}; "
+        f"{os.path.join(directory, '')}: {format_size(total)} of code to ship, over the limit of "
+        f"{format_size(limit)} (max_code_size); largest: {largest}; "
         "add them to .gitignore or raise max_code_size"
     )
 
@@ -343,16 +344,6 @@ def _largest_entries(files: Sequence[CodeFile]) -> list[tuple[str, int]]:
         sizes[name] = sizes.get(name, 0) + file.size
     ranked = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
     return ranked[:LARGEST_SHOWN]
-
-
-def _size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024**2:
-        return f"{size / 1024:.1f} KiB"
-    if size < 1024**3:
-        return f"{size / 1024**2:.1f} MiB"
-    return f"{size / 1024**3:.1f} GiB"
 
 
 # --- digest --------------------------------------------------------------------------------
@@ -423,7 +414,7 @@ def _copy_tree(directory: Path, files: Sequence[CodeFile], temp: Path, limit: in
         done = _copy_file(file, target, allowance)
         if done is None:
             raise CodeTooLarge(
-                f"{os.path.join(directory, '')}: files grew past the limit of {_size(limit)} "
+                f"{os.path.join(directory, '')}: files grew past the limit of {format_size(limit)} "
                 "(max_code_size) while being copied"
             )
         allowance -= done.size

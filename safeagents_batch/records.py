@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
+from safeagents_batch.clock import seconds_between
+
 Status = Literal["pending", "running", "succeeded", "failed", "timed_out", "error", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 FINISHED: frozenset[Status] = frozenset({"succeeded", "failed", "timed_out", "error", "cancelled"})
@@ -28,6 +30,13 @@ class Attempt:
     dropped_artifacts: tuple[str, ...] = ()
     # The cluster node it ran on (Ray: node_id, host, engine); None on a local engine.
     node: dict[str, str] | None = None
+
+    def closed_as_error(self, reason: str, ended: str) -> Attempt:
+        """This attempt, left `running` by an internal failure or a crash, closed as `error`."""
+        duration = seconds_between(self.started_at, ended)
+        return replace(
+            self, status="error", ended_at=ended, duration_seconds=duration, error=reason
+        )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from safeagents_batch.backends.base import Backend
@@ -18,7 +18,7 @@ from safeagents_batch.batch import (
     write_jobs_copies,
 )
 from safeagents_batch.batchlock import BatchLock
-from safeagents_batch.clock import now_iso, seconds_between
+from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import UsageError
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import MANIFEST_NAME, ManifestStore, load_manifest
@@ -127,14 +127,7 @@ def _recover_after_crash(backend: Backend, store: ManifestStore, reporter: Repor
         last = record.latest
         if record.status == "running" and last is not None:
             # When it really ended is unknown: the recovery is the first moment known to be after.
-            ended = last.ended_at or now_iso()
-            closed = replace(
-                last,
-                status="error",
-                ended_at=ended,
-                duration_seconds=seconds_between(last.started_at, ended),
-                error=INTERRUPTED_REASON,
-            )
+            closed = last.closed_as_error(INTERRUPTED_REASON, last.ended_at or now_iso())
             store.record_attempt(record.run_id, closed)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from safeagents_batch.errors import one_line
 from safeagents_batch.model import DEFAULT_ARTIFACT_LIMIT
+from safeagents_batch.units import format_size
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -231,18 +232,6 @@ class _StreamingTar(tarfile.TarFile):
         member = super().next()
         self.members.clear()
         return member
-
-
-def format_size(size: int) -> str:
-    """Bytes in binary units with one decimal: 512 B, 1.5 KiB, 5.0 GiB."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if round(value, 1) < 1024:
-            return f"{value:.1f} {unit}"
-    return f"{value / 1024:.1f} PiB"
 
 
 def _open_attempt_dir(attempt_dir: Path) -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.sink import LOG_NAMES, LocalSink, _StreamingTar, format_size
+from safeagents_batch.sink import LOG_NAMES, LocalSink, _StreamingTar
+from safeagents_batch.units import format_size
 
 CHUNK = 1000
 GIB = 1024**3

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.model import DEFAULT_ARTIFACT_LIMIT, Hardening, Resources
-from safeagents_batch.records import ImageStatus, Status
+from safeagents_batch.records import ImageRecord, ImageStatus, Status
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,19 @@ class ImageOutcome:
     @property
     def ok(self) -> bool:
         return self.status != "failed"
+
+    def record(self) -> ImageRecord:
+        """The manifest's record of this image (paths as strings)."""
+        return ImageRecord(
+            self.tag,
+            self.framework,
+            self.status,
+            self.build_seconds,
+            str(self.build_log) if self.build_log else None,
+            self.error,
+            self.packages,
+            self.azure_cli_packages,
+        )
 
 
 class Sink(Protocol):
