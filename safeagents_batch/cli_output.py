@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import TextIO
 
 from safeagents_batch.records import RunRecord
@@ -14,8 +15,14 @@ PREFIX = "safeagents-batch: "
 
 
 class ConsoleReporter:
-    def __init__(self, *, bar: bool | None = None) -> None:
+    """`on_first_finish` is called once, when the first run of a batch ends: the moment
+    the batch is under way, for work that must not delay the first container."""
+
+    def __init__(
+        self, *, bar: bool | None = None, on_first_finish: Callable[[], object] | None = None
+    ) -> None:
         self.bar = bar
+        self.on_first_finish = on_first_finish
 
     def notice(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -26,7 +33,23 @@ class ConsoleReporter:
     def progress(self, total: int) -> Progress:
         """A bar on a TTY unless told otherwise; plain lines elsewhere."""
         use_bar = sys.stderr.isatty() and sys.stdout.isatty() if self.bar is None else self.bar
-        return BarProgress(total) if use_bar else LineProgress(total)
+        shown: Progress = BarProgress(total) if use_bar else LineProgress(total)
+        return shown if self.on_first_finish is None else _FirstFinish(shown, self.on_first_finish)
+
+
+class _FirstFinish:
+    def __init__(self, progress: Progress, callback: Callable[[], object]) -> None:
+        self.progress = progress
+        self.callback: Callable[[], object] | None = callback
+
+    def finished(self, record: RunRecord) -> None:
+        self.progress.finished(record)
+        if self.callback is not None:
+            callback, self.callback = self.callback, None
+            callback()
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def never_started(record: RunRecord) -> bool:

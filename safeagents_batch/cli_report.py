@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TypeAlias
 
 from safeagents_batch.errors import EXIT_OK, UsageError, one_line
 from safeagents_batch.provenance import git_state
-from safeagents_batch.report import write_report
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -39,6 +39,8 @@ def add_commands(sub: SubParsers) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.json and args.compare is None:
         raise UsageError("--json prints the comparison: it needs --compare OTHER_BATCH_DIR")
+    from safeagents_batch.report import write_report
+
     files = write_report(args.batch_dir, args.output, args.compare)
     if args.json and files.comparison is not None:
         print(json.dumps(files.comparison.to_json(), indent=2))
@@ -59,11 +61,29 @@ def report_at_end(batch_dir: Path) -> None:
     """The report `run` and `rerun` leave: a failure to write it is a warning, not the
     batch's failure (its exit code is the runs')."""
     try:
+        from safeagents_batch.report import write_report
+
         files = write_report(batch_dir)
     except Exception as exc:  # whatever it is, the batch ran: its runs' exit code stands
         print(f"safeagents-batch: warning: no report written: {one_line(exc)}", file=sys.stderr)
         return
     print(f"report: {files.html}")
+
+
+def warm_up_report() -> threading.Thread:
+    """Loads the report's modules and compiles its template in the background: `run` and
+    `rerun` start it once their batch is under way, when the process mostly waits for the
+    engine. Neither the first container (the imports would delay it by a tenth of a second)
+    nor the end of the batch (the template takes tens of ms to compile) waits for them."""
+
+    def work() -> None:
+        from safeagents_batch.report import warm_up
+
+        warm_up()
+
+    thread = threading.Thread(target=work, name="report-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def require_clean(jobs_file: Path, scripts: list[Path]) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch, select_runs
 from safeagents_batch.clean import clean
 from safeagents_batch.cli_output import ConsoleReporter
-from safeagents_batch.cli_report import report_at_end, require_clean
+from safeagents_batch.cli_report import report_at_end, require_clean, warm_up_report
 from safeagents_batch.errors import (
     EXIT_OK,
     EXIT_RUNS_FAILED,
@@ -186,7 +186,7 @@ def _add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _reporter(args: argparse.Namespace) -> ConsoleReporter:
-    return ConsoleReporter(bar=False if args.no_progress else None)
+    return ConsoleReporter(bar=False if args.no_progress else None, on_first_finish=warm_up_report)
 
 
 def report(outcome: BatchOutcome) -> int:

@@ -13,7 +13,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
-from docker.types import LogConfig, Mount
+from docker.types import CancellableStream, LogConfig, Mount
 
 from safeagents_batch import labels
 from safeagents_batch.backends.azure import (
@@ -62,14 +62,30 @@ def engine_url() -> str:
 def connect(timeout: int = 120) -> docker.DockerClient:
     """A client that has answered a ping, or EngineUnavailable naming where we looked."""
     try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
+        _check_local_socket()
+        client = docker.from_env(timeout=timeout)  # asks the engine for its API version
     except (*ENGINE_ERRORS, OSError) as exc:
         raise EngineUnavailable(
             f"cannot reach the Docker engine at {engine_url()}: {one_line(exc)} "
             "(start dockerd, or run scripts/provision-docker)"
         ) from None
+    if client.api.base_url.startswith("http+docker://"):
+        # A local socket, where no proxy can apply: without this, requests scans the whole
+        # environment for proxy settings on every call, a third of its CPU per request.
+        client.api.trust_env = False
     return client
+
+
+def _check_local_socket() -> None:
+    """Whether a local socket takes connections, asked before any client exists: the SDK's
+    unix transport leaves its socket open when the connect fails, and `from_env` connects
+    in its constructor (to learn the API version), out of reach of a `close`."""
+    url = engine_url()
+    if not url.startswith("unix://"):
+        return  # other transports are asked by the client itself
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(PING_SECONDS)
+        probe.connect(url.removeprefix("unix://"))
 
 
 class DockerBackend:
@@ -192,9 +208,7 @@ class DockerBackend:
         except OSError as exc:  # the host's ~/.azure could not be read
             return AttemptOutcome("error", None, started, now_iso(), _azure_error(exc))
         try:
-            stream = self.client.api.attach(
-                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-            )
+            stream = AttachedOutput(self.client.api, container.id)
             pump = OutputPump(stream, sink, name=f"out-{request.run_id[:40]}")
             pump.start()
             container.start()
@@ -379,6 +393,31 @@ class OutputPump(threading.Thread):
                     self.sink.stderr(stderr_chunk)
         except Exception as exc:  # reported as the run's error; the thread must not die silently
             self.failure = exc
+
+
+class AttachedOutput:
+    """The container's output from its start, as (stdout, stderr) chunks: the SDK's `attach`
+    less the inspect it makes to learn whether the container has a TTY (ours never have
+    one), a request less per run."""
+
+    def __init__(self, api: docker.APIClient, container_id: str) -> None:
+        self._response = api._post(
+            api._url("/containers/{0}/attach", container_id),
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+            params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
+            stream=True,
+        )
+        chunks = api._read_from_socket(self._response, stream=True, tty=False, demux=True)
+        self._stream = CancellableStream(chunks, self._response)
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        """The SDK's close shuts the socket but leaves the file the response reads it
+        through open, and with it the descriptor, until garbage collection."""
+        self._stream.close()
+        self._response.close()
 
 
 def container_user(request: AttemptRequest) -> str:
