@@ -41,6 +41,9 @@ from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
 
 RESOURCE = "docker"
+# How often an attempt may land on a node without its image (which is then shipped there)
+# before it ends an error: more than the nodes that can join during one attempt's wait.
+SHIP_ROUNDS = 4
 CONNECT_SECONDS = 10.0
 NODE_DEATH_SECONDS = 60.0  # the GCS declares a node dead some seconds after its raylet died
 NAMESPACE = "safeagents-batch"
@@ -177,6 +180,8 @@ class RayBackend:
         self.address = address
         self._code = _PutOnce()
         self._azure = _PutOnce()
+        self._shipping_lock = threading.Lock()
+        self._shipping: dict[tuple[str, str], threading.Lock] = {}
         self._attempt = ray.remote(
             num_cpus=0, resources={RESOURCE: 1}, max_retries=0, num_returns="streaming"
         )(ray_node.run_attempt)
@@ -206,8 +211,18 @@ class RayBackend:
         azure_box = [self._azure.get("azure", lambda: tar_tree(azure))] if azure else []
         # No driver path travels: the node puts its own cache path in.
         remote = replace(request, code=StagedCode(code.digest, Path(code.digest)), azure_dir=None)
-        stream = self._attempt.remote(remote, [code_ref], azure_box)
-        return RemoteAttempt(stream, sink, cancel, started).follow()
+        for _ in range(SHIP_ROUNDS):
+            attempt = RemoteAttempt(
+                self._attempt.remote(remote, [code_ref], azure_box), sink, cancel, started
+            )
+            outcome = attempt.follow()
+            node_id = (attempt.node or {}).get("node_id")
+            if not attempt.image_missing or node_id is None or cancel.is_set():
+                return outcome
+            shipped = self._ship_late(request.image, node_id)
+            if shipped is not None:
+                return replace(outcome, error=shipped)
+        return outcome
 
     def sweep(self, batch_id: str) -> int:
         return sum(on_every_node(ray_node.sweep, batch_id).values())
@@ -264,6 +279,25 @@ class RayBackend:
         task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
         ray.get([task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids])
 
+    def _ship_late(self, tag: str, node_id: str) -> str | None:
+        """The image to one node that lacked it when an attempt arrived (a node that joined
+        after the images went out): once per node and tag, whichever attempts ask at once.
+        Returns why it could not be shipped."""
+        with self._shipping_lock:
+            lock = self._shipping.setdefault((tag, node_id), threading.Lock())
+        with lock:
+            try:
+                if not self._has_image_on(node_id, tag):
+                    self._ship(tag, [node_id])
+            except Exception as exc:
+                return f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"
+        return None
+
+    def _has_image_on(self, node_id: str, tag: str) -> bool:
+        task: Any = ray.remote(num_cpus=0, max_retries=0)(ray_node.has_image)
+        present: bool = ray.get(task.options(scheduling_strategy=on_node(node_id)).remote(tag))
+        return present
+
     def _push(self, tag: str, registry: str) -> str:
         """Pushes the driver's image to the registry once; returns its name there."""
         api = self.local.client.api
@@ -294,6 +328,7 @@ class RemoteAttempt:
         self.node: dict[str, str] | None = None
         self.pieces: list[bytes] = []
         self.artifacts_over: int | None = None
+        self.image_missing = False
         self.finished = threading.Event()
 
     def follow(self) -> AttemptOutcome:
@@ -336,6 +371,8 @@ class RemoteAttempt:
             self.pieces, self.artifacts_over = [], payload
         elif kind == "node":
             self.node = payload
+        elif kind == "no_image":
+            self.image_missing = True
 
     def _with_artifacts(self, outcome: AttemptOutcome) -> AttemptOutcome:
         if self.artifacts_over is not None:

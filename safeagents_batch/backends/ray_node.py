@@ -50,7 +50,7 @@ JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container onc
 _backend: DockerBackend | None = None
 _backend_lock = threading.Lock()
 
-Item = tuple[str, Any]  # (kind, payload): node, out, err, art, art_over, outcome
+Item = tuple[str, Any]  # (kind, payload): node, out, err, art, art_over, no_image, outcome
 
 
 def node_backend() -> DockerBackend:
@@ -238,6 +238,9 @@ def run_attempt(
         code = StagedCode(request.code.digest, code_dir(request.code.digest, code_box))
         azure_dir = azure_copy(azure_box, request) if azure_box else None
         if not has_image(request.image):
+            # The driver ships it here and submits the attempt again: this node joined, or
+            # lost the image, after the batch's images went out.
+            yield ("no_image", request.image)
             yield ("outcome", _error(started, f"image {request.image} is not on this node"))
             return
         local = replace(request, code=code, azure_dir=azure_dir)
