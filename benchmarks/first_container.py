@@ -13,14 +13,12 @@ import argparse
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sweep import write_sweep
+from sweep import TOOL, write_sweep
 
-TOOL = [sys.executable, "-m", "safeagents_batch"]
 EVENTS = ["docker", "events", "--format", "{{.TimeNano}}", "--filter", "event=start"]
 
 

@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweep import TOOL as CLI
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ray_cluster import local_ray_cluster
 
-CLI = [sys.executable, "-m", "safeagents_batch"]
 JOBS = """version: 1
 name: bench
 frameworks: {{plain: {{packages: []}}}}

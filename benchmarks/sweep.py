@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+# The installed command, as a user runs it (from its compiled modules, never from a source
+# tree that happens to be the current directory); `python -m` where there is none.
+_SCRIPT = Path(sys.executable).with_name("safeagents-batch")
+TOOL = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "safeagents_batch"]
 
 JOBS = """version: 1
 name: {name}

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sweep import TOOL
 
 JOBS = """version: 1
 name: bench
@@ -24,7 +25,6 @@ jobs:
   - {{name: bench, framework: plain, scripts: noop.py, repeat: {runs}}}
 """
 SCRIPT = "print('ok')\n"
-TOOL = [sys.executable, "-m", "safeagents_batch"]
 
 
 def tool(project: Path, runs: int, workers: int) -> float:
