@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from safeagents_batch.cli_output import BarProgress, LineProgress
+from safeagents_batch.cli_output import BarProgress, ConsoleReporter, LineProgress
 from safeagents_batch.records import Attempt, RunRecord, Status
 
 
@@ -138,3 +138,14 @@ def test_a_failed_run_is_named_on_the_bar_stream(capsys: pytest.CaptureFixture[s
     progress.close()
     assert "failed: bad  (it failed)" in stream.getvalue()
     assert capsys.readouterr().out == ""
+
+
+def test_the_first_finished_run_calls_the_hook_once() -> None:
+    calls: list[str] = []
+    reporter = ConsoleReporter(bar=False, on_first_finish=lambda: calls.append("warm"))
+    progress = reporter.progress(3)
+    assert calls == []
+    for n in range(3):
+        progress.finished(run(f"r{n}"))
+    progress.close()
+    assert calls == ["warm"]

@@ -26,7 +26,7 @@ from report_batches import (
     succeeded_with,
 )
 
-import safeagents_batch.cli_report as cli_report
+import safeagents_batch.report as report_module
 from safeagents_batch import cli_run
 from safeagents_batch.batch import BatchOutcome
 from safeagents_batch.cli import main
@@ -318,7 +318,7 @@ def test_a_report_that_fails_at_the_end_of_a_run_is_a_warning(
     def broken(batch_dir: Path) -> None:
         raise RuntimeError("disk\nfull")
 
-    monkeypatch.setattr(cli_report, "write_report", broken)
+    monkeypatch.setattr(report_module, "write_report", broken)
     outcome = BatchOutcome(batch, load_manifest(batch).summary(), interrupted=False)
     assert cli_run.report(outcome) == EXIT_RUNS_FAILED
     err = capsys.readouterr().err.splitlines()
