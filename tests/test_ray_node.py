@@ -4,11 +4,16 @@ cap, and code tars that unpack to the same tree. Marked `ray`: they import Ray."
 from __future__ import annotations
 
 import queue
+import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
+import ray
+import ray.exceptions
 
-from safeagents_batch.backends.base import AttemptOutcome
+from safeagents_batch.backends import ray as ray_backend
+from safeagents_batch.backends.base import AttemptOutcome, Sink
 from safeagents_batch.backends.ray import tar_tree
 from safeagents_batch.backends.ray_node import CHUNK_BYTES, Item, QueueSink, _drain, unpack
 
@@ -69,3 +74,21 @@ def test_a_code_tar_unpacks_to_the_same_files_and_modes(tmp_path: Path) -> None:
     ]
     assert (target / "main.py").read_text() == "print(1)\n"
     assert (target / "pkg" / "tool.sh").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_task_lost_while_the_head_does_not_answer_is_an_engine_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch then pauses as for a lost local engine (runs not started stay pending)
+    instead of failing every remaining run one after the other."""
+
+    def unanswered() -> list[dict[str, object]]:
+        raise ConnectionError("GCS at 127.0.0.1:6379 unreachable")
+
+    monkeypatch.setattr(ray_backend, "live_nodes", unanswered)
+    stream = cast(ray.ObjectRefGenerator, None)  # never read: the task already failed
+    attempt = ray_backend.RemoteAttempt(stream, cast(Sink, None), threading.Event(), "t0")
+    attempt.node = {"node_id": "abc", "host": "n1"}
+    outcome = attempt._lost(ray.exceptions.RayError("worker died"))
+    assert outcome.engine_lost and outcome.status == "error"
+    assert outcome.error is not None and outcome.error.startswith("cluster lost"), outcome

@@ -10,6 +10,7 @@ node unpacks it once into its cache. This package itself reaches the nodes as a 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -35,10 +36,11 @@ from safeagents_batch.backends.base import (
     Sink,
     StagedCode,
 )
-from safeagents_batch.backends.docker import DockerBackend
+from safeagents_batch.backends.docker import ENGINE_ERRORS, DockerBackend
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
+from safeagents_batch.units import format_size
 
 RESOURCE = "docker"
 # How often an attempt may land on a node without its image (which is then shipped there)
@@ -182,6 +184,8 @@ class RayBackend:
         self._azure = _PutOnce()
         self._shipping_lock = threading.Lock()
         self._shipping: dict[tuple[str, str], threading.Lock] = {}
+        self._push_lock = threading.Lock()
+        self._pushed: dict[str, str] = {}  # image tag -> its name in the registry
         self._attempt = ray.remote(
             num_cpus=0, resources={RESOURCE: 1}, max_retries=0, num_returns="streaming"
         )(ray_node.run_attempt)
@@ -277,7 +281,11 @@ class RayBackend:
             image = ray.put(b"".join(api.get_image(tag, chunk_size=1 << 20)))
             function, args = ray_node.load_image, (tag, image)
         task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
-        ray.get([task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids])
+        try:
+            ray.get([task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids])
+        except ray.exceptions.RayTaskError as exc:
+            # Its text is the node's traceback; the node's own error is the one line to show.
+            raise RuntimeError(one_line(exc.cause)) from None
 
     def _ship_late(self, tag: str, node_id: str) -> str | None:
         """The image to one node that lacked it when an attempt arrived (a node that joined
@@ -299,15 +307,26 @@ class RayBackend:
         return present
 
     def _push(self, tag: str, registry: str) -> str:
-        """Pushes the driver's image to the registry once; returns its name there."""
-        api = self.local.client.api
-        repository, _, version = tag.rpartition(":")
-        remote_repository = f"{registry}/{repository}"
-        api.tag(tag, remote_repository, version)
-        for message in api.push(remote_repository, tag=version, stream=True, decode=True):
-            if "error" in message or "errorDetail" in message:
-                raise RuntimeError(f"docker push to {registry}: {message}")
-        return f"{remote_repository}:{version}"
+        """Pushes the driver's image to the registry once; returns its name there. That name
+        is on the driver's engine only while it pushes: a pushed batch leaves no tag there."""
+        with self._push_lock:
+            if tag in self._pushed:  # a node that joined later pulls what went up before
+                return self._pushed[tag]
+            api = self.local.client.api
+            repository, _, version = tag.rpartition(":")
+            remote_repository = f"{registry}/{repository}"
+            remote_tag = f"{remote_repository}:{version}"
+            api.tag(tag, remote_repository, version)
+            try:
+                for message in api.push(remote_repository, tag=version, stream=True, decode=True):
+                    if "error" in message or "errorDetail" in message:
+                        error = ray_node.stream_error(message)
+                        raise RuntimeError(f"docker push of {remote_tag}: {error}")
+            finally:
+                with contextlib.suppress(*ENGINE_ERRORS):  # only the name: `tag` keeps the image
+                    api.remove_image(remote_tag)
+            self._pushed[tag] = remote_tag
+            return remote_tag
 
 
 class RemoteAttempt:
@@ -376,9 +395,11 @@ class RemoteAttempt:
 
     def _with_artifacts(self, outcome: AttemptOutcome) -> AttemptOutcome:
         if self.artifacts_over is not None:
+            # The node's cap is the job's max_artifacts_size plus the tar overhead it allows.
+            limit = format_size(self.artifacts_over - ray_node.TAR_SLACK)
             note = (
-                f"artifacts in /safeagents/logs exceed {self.artifacts_over} bytes: "
-                "not shipped from the node"
+                f"artifacts in /safeagents/logs over max_artifacts_size ({limit}; the node "
+                f"stopped at {format_size(self.artifacts_over)} of archive): not shipped"
             )
             error = f"{outcome.error}; {note}" if outcome.error else note
             return replace(outcome, status="error", error=error)
@@ -390,7 +411,12 @@ class RemoteAttempt:
         """A task that died with its node (raylet gone) is `node lost`; the run may retry on
         another node. One that died while the node lives is a crash of its worker."""
         node_id = (self.node or {}).get("node_id")
-        if node_id is None or node_gone(node_id):
+        try:
+            gone = node_id is None or node_gone(node_id)
+        except Exception as unanswered:  # the head does not answer: no node can be reached
+            reason = f"cluster lost: the head does not answer ({one_line(unanswered, 200)})"
+            return replace(self._ended("error", reason), engine_lost=True)
+        if gone:
             where = f" ({(self.node or {}).get('host', '?')} {node_id or '?'})"
             return self._ended("error", f"node lost{where}: {one_line(exc, 200)}")
         return self._ended("error", f"ray task failed: {one_line(exc, 300)}")
