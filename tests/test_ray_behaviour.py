@@ -1,0 +1,329 @@
+"""What a batch on the real local cluster (tests/ray_cluster.py) does while and after it runs:
+output reaches the driver's log files while the script still runs, on either node; the
+artifact cap holds end to end; `max_parallel` and `pools` hold across the cluster, not per
+node. Marked `ray` and `docker` (the nodes run real containers); never skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import docker
+import pytest
+from engine_cli import (
+    EXIT_TIMEOUT,
+    HOLD,
+    SessionImage,
+    containers_of,
+    finish,
+    runs_by_id,
+    valid_manifest,
+    wait_for,
+)
+from ray_cluster import LocalRayCluster
+from test_limits import most_at_once, spans
+from test_ray_backend import only_batch
+from test_ray_faults import start_ray_cli
+
+from safeagents_batch.manifest import load_manifest
+from safeagents_batch.records import RunRecord
+
+pytestmark = [pytest.mark.ray, pytest.mark.docker]
+
+LOG_NAMES = {"console.log", "stdout.log", "stderr.log"}
+# A line on each stream, then quiet while HOLD exists in its code snapshot (the node's cached
+# copy, bind-mounted read-only: the test deletes the file there). Bounded: a script the test
+# never releases ends `failed` after about a minute instead of hanging the batch.
+HELD = (
+    "import os, sys, time\n"
+    "print('first out line', flush=True)\n"
+    "print('first err line', file=sys.stderr, flush=True)\n"
+    "for _ in range(600):\n"
+    f"    if not os.path.exists('/safeagents/code/{HOLD}'):\n"
+    "        print('released', flush=True)\n"
+    "        break\n"
+    "    time.sleep(0.1)\n"
+    "else:\n"
+    "    sys.exit('never released')\n"
+)
+
+
+def node_names(cluster: LocalRayCluster) -> dict[str | None, str]:
+    return {cluster.nodes[name].node_id: name for name in ("host", "private")}
+
+
+def release_all(cluster: LocalRayCluster, output: Path) -> None:
+    """Deletes HOLD from every snapshot of the batch: the driver's and each node's copy."""
+    caches = [node.cache / "code" for node in cluster.nodes.values() if node.cache is not None]
+    for snapshot in output.glob("*/code/*"):
+        for root in (snapshot.parent, *caches):
+            (root / snapshot.name / HOLD).unlink(missing_ok=True)
+
+
+def release_and_finish(
+    cluster: LocalRayCluster, output: Path, proc: subprocess.Popen[str]
+) -> tuple[int, str, str]:
+    """Releases the held scripts until the batch ends (a node that unpacks the snapshot
+    later gets the file back from the driver's tar), then its exit code and output."""
+    for _ in range(int(EXIT_TIMEOUT / 0.2)):  # an upper bound for a hang, not a timing check
+        release_all(cluster, output)
+        try:
+            out, err = proc.communicate(timeout=0.2)
+            return proc.returncode, out, err
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+    out, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    pytest.fail(f"the batch did not end once released:\n{out}\n{err}")
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def assert_no_container(cluster: LocalRayCluster, host: docker.DockerClient, batch: Path) -> None:
+    assert containers_of(host, batch) == []
+    assert containers_of(cluster.private_engine.client(), batch) == []
+
+
+# -- 1. output streams back while the run goes ------------------------------------------
+
+
+def streamed_while_running(batch_dir: Path) -> dict[str, str]:
+    """Runs the journal says are running whose three log files on the driver already hold
+    the script's first lines; by run id, the attempt's log dir."""
+    seen = {}
+    for run in load_manifest(batch_dir).runs.values():
+        attempt = run.latest
+        if attempt is None or attempt.status != "running":
+            continue
+        log_dir = batch_dir / attempt.log_dir
+        console = read(log_dir / "console.log")
+        if (
+            read(log_dir / "stdout.log") == "first out line\n"
+            and read(log_dir / "stderr.log") == "first err line\n"
+            and {"first out line", "first err line"} <= set(console.splitlines())
+        ):
+            seen[run.run_id] = attempt.log_dir
+    return seen
+
+
+def test_output_reaches_the_driver_while_the_script_runs_on_every_node(
+    ray_cluster: LocalRayCluster,
+    ray_image: SessionImage,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """Four held runs at -j 4 fill the cluster's four slots, two on each node: each run's
+    first lines must be in the driver's files while it is still held."""
+    jobs = ray_image.project(
+        tmp_path / "p",
+        "stream",
+        "  - {name: q, framework: plain, scripts: q.py, repeat: 4, network: none}\n",
+        {"q.py": HELD},
+        held=True,
+    )
+    output = tmp_path / "out"
+    proc = start_ray_cli(ray_cluster, ["run", str(jobs), "-o", str(output), "-j", "4"])
+    seen: dict[str, str] = {}
+    try:
+
+        def all_streamed() -> bool:
+            batch_dir = next((p.parent for p in output.glob("*/manifest.json")), None)
+            seen.update(streamed_while_running(batch_dir) if batch_dir else {})
+            return len(seen) == 4
+
+        wait_for(all_streamed, "the first lines of 4 held runs in the driver's files", proc)
+    finally:
+        code, out, err = release_and_finish(ray_cluster, output, proc)
+
+    assert code == 0, out + err
+    batch_dir = only_batch(output)
+    runs = runs_by_id(valid_manifest(batch_dir))
+    assert sorted(seen) == sorted(runs)
+    nodes = node_names(ray_cluster)
+    used = {}
+    for run_id, run in runs.items():
+        [attempt] = run["attempts"]
+        assert (run["status"], attempt["log_dir"]) == ("succeeded", seen[run_id]), run
+        used[run_id] = nodes[attempt["node"]["node_id"]]
+        log_dir = batch_dir / attempt["log_dir"]
+        assert read(log_dir / "stdout.log") == "first out line\nreleased\n"
+        assert read(log_dir / "stderr.log") == "first err line\n"
+        assert read(log_dir / "console.log").splitlines()[-1] == "released"
+    # Four held at once on two slots a node: two on each, so each node streamed while held.
+    assert sorted(used.values()) == ["host", "host", "private", "private"], used
+    assert_no_container(ray_cluster, docker_client, batch_dir)
+
+
+# -- 2. the artifact cap on the cluster -------------------------------------------------
+
+CAP = 64 * 1024  # max_artifacts_size: 64k
+SIZES = {
+    "under": 20_000,  # under the cap: arrives whole
+    "slack": 200_000,  # over the cap, within the node's tar slack: the driver's sink drops it
+    "over": 2 * 1024**2,  # over the cap and the slack (+1 MiB): not shipped, the run errs
+}
+# Deterministic bytes (a sha256 chain), so that the test knows what must arrive.
+WRITER = (
+    "import hashlib, os\n"
+    "size = int(os.environ['SIZE'])\n"
+    "blocks = (hashlib.sha256(i.to_bytes(8, 'big')).digest() for i in range(size // 32 + 1))\n"
+    "with open('/safeagents/logs/data.bin', 'wb') as f:\n"
+    "    f.write(b''.join(blocks)[:size])\n"
+    "print('wrote', size, flush=True)\n"
+)
+
+
+def payload(size: int) -> bytes:
+    blocks = (hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(size // 32 + 1))
+    return b"".join(blocks)[:size]
+
+
+def files_in(log_dir: Path) -> set[str]:
+    return {p.relative_to(log_dir).as_posix() for p in log_dir.rglob("*")}
+
+
+def test_the_artifact_cap_holds_end_to_end_and_what_is_under_it_arrives_whole(
+    ray_cluster: LocalRayCluster,
+    ray_image: SessionImage,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    body = "".join(
+        f"  - {{name: {job}, framework: plain, scripts: w.py, repeat: 2, network: none,\n"
+        f"     max_artifacts_size: 64k, env: {{SIZE: '{size}'}}}}\n"
+        for job, size in SIZES.items()
+    )
+    jobs = ray_image.project(tmp_path / "p", "cap", body, {"w.py": WRITER})
+    output = tmp_path / "out"
+    code, out, err = finish(
+        start_ray_cli(ray_cluster, ["run", str(jobs), "-o", str(output), "--no-progress"])
+    )
+
+    assert code == 1, out + err  # the `over` runs did not succeed
+    batch_dir = only_batch(output)
+    runs = list(runs_by_id(valid_manifest(batch_dir)).values())
+    assert sorted(r["job"] for r in runs) == sorted([*SIZES] * 2)
+    nodes = node_names(ray_cluster)
+    for run in runs:
+        [attempt] = run["attempts"]
+        where = f"{run['run_id']} on {nodes[attempt['node']['node_id']]}"
+        log_dir = batch_dir / attempt["log_dir"]
+        size = SIZES[run["job"]]
+        assert read(log_dir / "stdout.log") == f"wrote {size}\n", where
+        assert attempt["exit_code"] == 0, where  # the script itself did well every time
+        if run["job"] == "under":
+            assert (run["status"], attempt["dropped_artifacts"]) == ("succeeded", []), where
+            assert files_in(log_dir) == {*LOG_NAMES, "data.bin"}, where
+            assert (log_dir / "data.bin").read_bytes() == payload(size), where
+        elif run["job"] == "slack":
+            # As a local run: the sink drops the file over the cap, the run stands.
+            assert run["status"] == "succeeded", where
+            assert attempt["dropped_artifacts"] == [
+                "data.bin: 195.3 KiB, over the artifact limit of 64.0 KiB",
+                "later entries not collected: artifact limit reached",
+            ], where
+            assert files_in(log_dir) == LOG_NAMES, where
+        else:
+            error = attempt["error"]
+            assert run["status"] == "error" and "\n" not in error, (where, error)
+            assert "max_artifacts_size" in error and "64.0 KiB" in error, (where, error)
+            # Unlike a local run (which keeps its status and names the dropped file in
+            # `dropped_artifacts`): past the cap plus the tar slack the node stops sending,
+            # nothing of the archive reaches the driver's sink, and the attempt is an error.
+            assert attempt["dropped_artifacts"] == [], where
+            assert files_in(log_dir) == LOG_NAMES, where
+    assert_no_container(ray_cluster, docker_client, batch_dir)
+
+
+# -- 3. max_parallel and pools across the cluster ---------------------------------------
+
+# `one` may run one at a time, `x` and `y` two between them (pool `api`); `free` has no limit.
+LIMITED = (
+    "  - {name: one, framework: plain, scripts: held.py, repeat: 3, network: none,\n"
+    "     max_parallel: 1}\n"
+    "  - {name: x, framework: plain, scripts: held.py, repeat: 3, network: none, pool: api}\n"
+    "  - {name: y, framework: plain, scripts: held.py, repeat: 3, network: none, pool: api}\n"
+    "  - {name: free, framework: plain, scripts: free.py, repeat: 2, network: none}\n"
+)
+
+
+def of_jobs(runs: Iterable[RunRecord], *names: str) -> list[RunRecord]:
+    return [r for r in runs if r.job in names]
+
+
+def test_max_parallel_and_pools_hold_across_the_cluster(
+    ray_cluster: LocalRayCluster,
+    ray_image: SessionImage,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """While the limited runs are held, both `free` runs get a slot and end: a worker and a
+    cluster slot are idle, yet only one run of `one` and two of the pool run (three in all,
+    more than a node's two slots: the limits are the driver's, across nodes). Once released,
+    the recorded intervals never overlap more than each limit."""
+    jobs = ray_image.project(
+        tmp_path / "p",
+        "limits",
+        LIMITED,
+        {"held.py": HELD, "free.py": "print('free')\n"},
+        held=True,
+    )
+    jobs.write_text(jobs.read_text().replace("jobs:\n", "pools: {api: 2}\njobs:\n", 1))
+    output = tmp_path / "out"
+    proc = start_ray_cli(ray_cluster, ["run", str(jobs), "-o", str(output), "-j", "4"])
+    held: list[RunRecord] = []
+    try:
+
+        def steady() -> bool:
+            """Both free runs done while three limited ones hold; or a limit broken."""
+            batch_dir = next((p.parent for p in output.glob("*/manifest.json")), None)
+            if batch_dir is None:
+                return False
+            runs = load_manifest(batch_dir).runs.values()
+            held[:] = [r for r in runs if r.status == "running"]
+            if len(of_jobs(held, "one")) > 1 or len(of_jobs(held, "x", "y")) > 2:
+                return True  # the assertions below say which
+            holding = all(
+                "first out line" in read(batch_dir / r.latest.log_dir / "stdout.log")
+                for r in held
+                if r.latest is not None
+            )
+            free_done = [r.status for r in of_jobs(runs, "free")] == ["succeeded"] * 2
+            return free_done and holding and len(held) == 3
+
+        wait_for(steady, "both free runs done while 3 limited runs hold", proc)
+        # A worker of -j 4 and a slot stood idle: the runs left wait for their limits alone.
+        running = sorted(r.run_id for r in held)
+        assert len(of_jobs(held, "one")) == 1, running
+        assert len(of_jobs(held, "x", "y")) == 2, running
+        assert len(held) == 3, running
+    finally:
+        code, out, err = release_and_finish(ray_cluster, output, proc)
+
+    assert code == 0, out + err
+    batch_dir = only_batch(output)
+    manifest = valid_manifest(batch_dir)
+    runs = manifest["runs"]
+    assert [len(r["attempts"]) for r in runs] == [1] * 11
+    assert {r["status"] for r in runs} == {"succeeded"}
+    assert most_at_once(spans(r for r in runs if r["job"] == "one")) == 1
+    assert most_at_once(spans(r for r in runs if r["job"] in ("x", "y"))) == 2
+    assert most_at_once(spans(runs)) <= 4
+    nodes = node_names(ray_cluster)
+    on_node = {
+        name: [r for r in runs if nodes[r["attempts"][0]["node"]["node_id"]] == name]
+        for name in ("host", "private")
+    }
+    for name, there in on_node.items():  # Ray's side: a node's `docker` slots are never exceeded
+        assert most_at_once(spans(there)) <= 2, (name, [r["run_id"] for r in there])
+    # Three held at once, two slots a node: the limited runs ran on both nodes, counted as one.
+    held_ids = {h.run_id for h in held}
+    held_nodes = {
+        nodes[r["attempts"][0]["node"]["node_id"]] for r in runs if r["run_id"] in held_ids
+    }
+    assert held_nodes == {"host", "private"}, held
+    assert_no_container(ray_cluster, docker_client, batch_dir)
