@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ RESOURCE = "docker"
 # How often an attempt may land on a node without its image (which is then shipped there)
 # before it ends an error: more than the nodes that can join during one attempt's wait.
 SHIP_ROUNDS = 4
+SPOOL_IN_MEMORY = 8 << 20  # an attempt's artifacts beyond this wait on disk, not in memory
+SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
 NODE_DEATH_SECONDS = 60.0  # the GCS declares a node dead some seconds after its raylet died
 NAMESPACE = "safeagents-batch"
@@ -345,7 +348,9 @@ class RemoteAttempt:
         self.cancel = cancel
         self.started = started
         self.node: dict[str, str] | None = None
-        self.pieces: list[bytes] = []
+        # The archive of /safeagents/logs as it arrives, kept until the outcome says the run
+        # ended: in memory up to a few MB, on the driver's disk beyond (it may be GBs).
+        self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.artifacts_over: int | None = None
         self.image_missing = False
         self.finished = threading.Event()
@@ -361,7 +366,10 @@ class RemoteAttempt:
             outcome = self._lost(exc)
         finally:
             self.finished.set()
-        return replace(self._with_artifacts(outcome), node=self.node)
+        try:
+            return replace(self._with_artifacts(outcome), node=self.node)
+        finally:
+            self._drop_spool()
 
     def _cancel_when_asked(self) -> None:
         while not self.finished.wait(0.25):
@@ -385,9 +393,13 @@ class RemoteAttempt:
         elif kind == "err":
             self.sink.stderr(payload)
         elif kind == "art":
-            self.pieces.append(payload)
+            if self.spool is None:
+                # Closed by _drop_spool, in follow()'s finally.
+                self.spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, prefix="sab-art-")  # noqa: SIM115
+            self.spool.write(payload)
         elif kind == "art_over":
-            self.pieces, self.artifacts_over = [], payload
+            self._drop_spool()
+            self.artifacts_over = payload
         elif kind == "node":
             self.node = payload
         elif kind == "no_image":
@@ -403,9 +415,16 @@ class RemoteAttempt:
             )
             error = f"{outcome.error}; {note}" if outcome.error else note
             return replace(outcome, status="error", error=error)
-        if self.pieces:
-            self.sink.artifacts(iter(self.pieces))
+        if self.spool is not None:
+            spool = self.spool
+            spool.seek(0)
+            self.sink.artifacts(iter(lambda: spool.read(SPOOL_READ), b""))
         return outcome
+
+    def _drop_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
     def _lost(self, exc: ray.exceptions.RayError) -> AttemptOutcome:
         """A task that died with its node (raylet gone) is `node lost`; the run may retry on
