@@ -150,24 +150,36 @@ def load_image(tag: str, data: bytes) -> bool:
             return False
         for message in node_backend().client.api.load_image(data):
             if "error" in message or "errorDetail" in message:
-                raise RuntimeError(f"docker load of {tag}: {message}")
+                raise RuntimeError(f"docker load of {tag}: {stream_error(message)}")
     return True
 
 
 def pull_image(tag: str, remote_tag: str) -> bool:
     """Pulls `remote_tag` from the registry and tags it as `tag`; False if `tag` was there."""
+    import docker.errors
+
     with file_lock(node_cache() / "images.lock"):
         if has_image(tag):
             return False
         api = node_backend().client.api
         repository, _, version = remote_tag.rpartition(":")
-        for message in api.pull(repository, tag=version, stream=True, decode=True):
-            if "error" in message or "errorDetail" in message:
-                raise RuntimeError(f"docker pull of {remote_tag}: {message}")
+        try:
+            for message in api.pull(repository, tag=version, stream=True, decode=True):
+                if "error" in message or "errorDetail" in message:
+                    raise RuntimeError(f"docker pull of {remote_tag}: {stream_error(message)}")
+        except docker.errors.APIError as exc:  # the engine refused at once (e.g. no registry)
+            raise RuntimeError(f"docker pull of {remote_tag}: {exc.explanation or exc}") from None
         name, _, local_version = tag.rpartition(":")
         api.tag(remote_tag, name, local_version)
         api.remove_image(remote_tag)  # only the name; the layers stay under `tag`
     return True
+
+
+def stream_error(message: dict[str, Any]) -> str:
+    """The text of an error item of the engine's progress stream (push, pull, load)."""
+    detail = message.get("errorDetail")
+    text = message.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+    return " ".join(str(text or message).split())
 
 
 # -- sweeping and cleaning --------------------------------------------------------------
