@@ -9,13 +9,14 @@ skipped."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
-from engine_cli import SessionImage, containers_of, runs_by_id, valid_manifest
+from engine_cli import SessionImage, cli, containers_of, runs_by_id, valid_manifest
 from local_registry import BRIDGE_SOURCE, LocalRegistry, free_port, start_registry
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
@@ -28,12 +29,18 @@ RUNS = 6
 
 
 @pytest.fixture(scope="module")
-def session_tag(ray_image: SessionImage, docker_client: docker.DockerClient) -> str:
-    """The tag of every project of `ray_image` (one framework config, one image)."""
-    tags: list[str] = [
-        t for i in docker_client.images.list(name=ray_image.image_name) for t in i.tags
-    ]
-    [tag] = tags
+def session_tag(ray_image: SessionImage, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tag of the plain projects of `ray_image`, as `plan` names it (other tests of the
+    session build more images under the same name, with other framework configs)."""
+    jobs = ray_image.project(
+        tmp_path_factory.mktemp("tag"),
+        "tag",
+        "  - {name: t, framework: plain, scripts: t.py}\n",
+        {"t.py": "print('t')\n"},
+    )
+    planned = cli(["plan", str(jobs), "--json"])
+    assert planned.returncode == 0, planned.stderr
+    tag: str = json.loads(planned.stdout)["runs"][0]["image"]
     return tag
 
 
