@@ -45,7 +45,7 @@ from safeagents_batch.manifest import MANIFEST_NAME, Manifest, ManifestStore
 from safeagents_batch.model import ImageConfig, JobsFile
 from safeagents_batch.plan import RunSpec, needed_images
 from safeagents_batch.provenance import git_state
-from safeagents_batch.records import Attempt, ImageRecord, RunRecord
+from safeagents_batch.records import Attempt, ImageRecord, RunRecord, recorded_path
 from safeagents_batch.redaction import is_secret_name, redact_env, redact_yaml_text
 from safeagents_batch.reporting import Reporter
 from safeagents_batch.sink import LocalSink
@@ -433,7 +433,8 @@ class BatchRunner:
         number = len(self.store.run(spec.run_id).attempts) + 1
         log_dir = self.batch_dir / "runs" / spec.run_id / f"attempt-{number}"
         code = self.work.code[script_dir(spec)]
-        started = Attempt(number, "running", str(log_dir), now_iso(), code_digest=code.digest)
+        recorded = recorded_path(log_dir, self.batch_dir)
+        started = Attempt(number, "running", recorded, now_iso(), code_digest=code.digest)
         self.store.record_attempt(spec.run_id, started)
         with LocalSink(log_dir, spec.job.max_artifacts_size) as sink:
             outcome = self.backend.run(self._request(spec, number, code), sink, cancel)
@@ -442,7 +443,8 @@ class BatchRunner:
 
     def _ensure_image(self, spec: RunSpec) -> ImageRecord:
         image = self.work.images[spec.image]
-        record = self.images.get(image.tag, lambda: self._ensure_now(image)).record()
+        outcome = self.images.get(image.tag, lambda: self._ensure_now(image))
+        record = outcome.record(self.batch_dir)
         self.store.set_image(record)
         return record
 

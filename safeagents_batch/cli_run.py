@@ -28,7 +28,7 @@ from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import MANIFEST_NAME, Manifest, load_manifest
 from safeagents_batch.packages import requested_versions
 from safeagents_batch.plan import needed_images
-from safeagents_batch.records import FINISHED
+from safeagents_batch.records import FINISHED, RunRecord, located
 from safeagents_batch.rerun import RerunChoice, parse_statuses, rerun_batch
 
 if TYPE_CHECKING:
@@ -246,10 +246,11 @@ def _add_status(sub: SubParsers) -> None:
         if not args.batch_dir.is_dir():
             raise UsageError(f"{args.batch_dir}: no such batch directory")
         manifest = load_manifest(args.batch_dir)
+        batch_dir = args.batch_dir.absolute()
         if args.json:
-            print(json.dumps(_status_json(manifest), indent=2))
+            print(json.dumps(_status_json(manifest, batch_dir), indent=2))
         else:
-            _print_status(manifest)
+            _print_status(manifest, batch_dir)
         return (
             EXIT_OK if manifest.summary()["succeeded"] == len(manifest.runs) else EXIT_RUNS_FAILED
         )
@@ -257,7 +258,15 @@ def _add_status(sub: SubParsers) -> None:
     p.set_defaults(command=command)
 
 
-def _status_json(manifest: Manifest) -> dict[str, Any]:
+def _logs_now(record: RunRecord, manifest: Manifest, batch_dir: Path) -> str | None:
+    """The run's latest log dir as an absolute path that opens from any shell: the manifest
+    records it relative to the batch dir, which may have moved since (`batch_dir`: now)."""
+    if record.log_dir is None:
+        return None
+    return str(located(record.log_dir, batch_dir, manifest.batch_dir))
+
+
+def _status_json(manifest: Manifest, batch_dir: Path) -> dict[str, Any]:
     return {
         "batch_id": manifest.batch_id,
         "state": manifest.state,
@@ -268,7 +277,7 @@ def _status_json(manifest: Manifest) -> dict[str, Any]:
                 "status": r.status,
                 "exit_code": r.exit_code,
                 "error": r.error,
-                "log_dir": r.log_dir,
+                "log_dir": _logs_now(r, manifest, batch_dir),
             }
             for r in manifest.runs.values()
             if r.status != "succeeded"
@@ -276,7 +285,7 @@ def _status_json(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _print_status(manifest: Manifest) -> None:
+def _print_status(manifest: Manifest, batch_dir: Path) -> None:
     print(f"batch {manifest.batch_id} ({manifest.state})")
     for status, count in manifest.summary().items():
         print(f"  {status:<10} {count}")
@@ -287,8 +296,9 @@ def _print_status(manifest: Manifest) -> None:
         code = f" exit {record.exit_code}" if record.exit_code is not None else ""
         note = "" if record.status in FINISHED else " (not finished)"
         print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
-        if record.log_dir:
-            print(f"             logs: {record.log_dir}")
+        logs = _logs_now(record, manifest, batch_dir)
+        if logs:
+            print(f"             logs: {logs}")
     if len(unsuccessful) > STATUS_LINES:
         # A big batch's status fits a screen; --json has every run.
         print(f"  ... and {len(unsuccessful) - STATUS_LINES} more (status --json lists all)")

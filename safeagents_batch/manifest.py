@@ -26,7 +26,11 @@ from safeagents_batch.provenance import GitState
 from safeagents_batch.records import STATUSES, Attempt, ImageRecord, RunRecord, Status
 from safeagents_batch.schema import validate_against
 
-MANIFEST_VERSION = 1
+# 2: paths that point into the batch dir are relative to it (1: absolute, as created). A
+# reader of version 1 would take them as relative to its working directory: it refuses 2.
+# The journal stays at its version: it is read only under a manifest, whose version rules.
+MANIFEST_VERSION = 2
+READ_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 BatchState = Literal["running", "finished", "interrupted"]
 
@@ -162,6 +166,7 @@ def load_manifest(batch_dir: Path) -> Manifest:
         raise UsageError(f"{batch_dir}: not a batch directory (no {MANIFEST_NAME})") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}: unreadable manifest: {exc}") from None
+    _check_version(path, data)
     problems = validate_against("manifest", _sample(data))
     if problems:
         raise UsageError(f"{path}: invalid manifest: {problems[0]}")
@@ -172,6 +177,19 @@ def load_manifest(batch_dir: Path) -> Manifest:
     journal = batch_dir / JOURNAL_NAME
     fold(manifest, read_events(journal, manifest.journal_seq, manifest.journal_offset))
     return manifest
+
+
+def _check_version(path: Path, data: Any) -> None:
+    """A manifest of a newer tool is refused by its version, before its fields mislead; one
+    with no version at all is the schema's to report."""
+    if not isinstance(data, dict) or "manifest_version" not in data:
+        return
+    version = data["manifest_version"]
+    if version not in READ_VERSIONS:
+        raise UsageError(
+            f"{path}: manifest version {version!r}; this tool reads versions "
+            + " and ".join(map(str, READ_VERSIONS))
+        )
 
 
 SCHEMA_SAMPLE = 100

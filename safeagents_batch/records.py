@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from safeagents_batch.clock import seconds_between
@@ -13,13 +14,38 @@ FINISHED: frozenset[Status] = frozenset({"succeeded", "failed", "timed_out", "er
 ImageStatus = Literal["pending", "built", "cached", "failed"]
 
 
+def recorded_path(path: Path, batch_dir: Path) -> str:
+    """How a record names `path`: relative to the batch dir, POSIX, when it lies inside it,
+    so that a moved, copied or zipped batch dir keeps records that are true; else absolute.
+    Lexical on purpose: the tool builds the paths it records from this same `batch_dir`."""
+    absolute = path.absolute()
+    try:
+        return absolute.relative_to(batch_dir.absolute()).as_posix()
+    except ValueError:
+        return str(absolute)  # outside the batch dir: it does not move with it
+
+
+def located(recorded: str, batch_dir: Path, recorded_batch_dir: str) -> Path:
+    """Where a recorded path is now that the batch dir is at `batch_dir`. A relative one is
+    under it. An absolute one under `recorded_batch_dir` (where the batch was created: what
+    manifest version 1 recorded) is mapped to the same place under `batch_dir`, so a batch
+    dir written before paths were relative still works after a move; others are as recorded."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return batch_dir / path
+    try:
+        return batch_dir / path.relative_to(recorded_batch_dir)
+    except ValueError:
+        return path
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One container run of a run: the one record of it, from `running` to its end."""
 
     number: int
     status: Status
-    log_dir: str
+    log_dir: str  # as `recorded_path` names it; `located` finds it (old records: absolute)
     started_at: str | None = None
     ended_at: str | None = None
     duration_seconds: float | None = None
@@ -122,7 +148,7 @@ class ImageRecord:
     framework: str
     status: ImageStatus
     build_seconds: float | None = None
-    build_log: str | None = None
+    build_log: str | None = None  # as `recorded_path` names it, like an attempt's log_dir
     error: str | None = None
     # What the image holds (`pip freeze --all`): its Python's packages, the Azure CLI venv's.
     packages: tuple[str, ...] = ()

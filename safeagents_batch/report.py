@@ -27,7 +27,7 @@ from safeagents_batch.compare import Comparison, compare_rows
 from safeagents_batch.errors import BatchError, UsageError
 from safeagents_batch.manifest import Manifest, load_manifest
 from safeagents_batch.matrix import job_matrices
-from safeagents_batch.records import STATUSES, RunRecord
+from safeagents_batch.records import STATUSES, RunRecord, located
 from safeagents_batch.results import ResultRow, read_result, write_results
 from safeagents_batch.sink import LOG_NAMES
 
@@ -51,13 +51,7 @@ class BatchView:
         """A path the manifest recorded, where it is now: the batch dir may have moved."""
         if recorded is None:
             return None
-        path = Path(recorded)
-        if not path.is_absolute():
-            return self.batch_dir / path
-        try:
-            return self.batch_dir / path.relative_to(self.manifest.batch_dir)
-        except ValueError:
-            return path  # outside the batch dir (e.g. a build log of `build`): as recorded
+        return located(recorded, self.batch_dir, self.manifest.batch_dir)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class FakeBackend:
     peak: int = 0
     up: bool = True  # what available() says; a lost engine sets it False
     on_lost: Callable[[FakeBackend], None] | None = None  # e.g. bring it back later
+    write_build_logs: bool = False  # a log per image in `build_logs`, as a real build leaves
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,13 +82,22 @@ class FakeBackend:
             with self._lock:
                 self.ensured.append(spec.tag)
             framework = spec.config.framework
+            log = self._build_log(spec, build_logs)
             if framework in self.failing_images:
                 outcomes[spec.tag] = ImageOutcome(
-                    spec.tag, framework, "failed", 0.1, None, "image build failed: fake"
+                    spec.tag, framework, "failed", 0.1, log, "image build failed: fake"
                 )
             else:
-                outcomes[spec.tag] = ImageOutcome(spec.tag, framework, "built", 0.1, None)
+                outcomes[spec.tag] = ImageOutcome(spec.tag, framework, "built", 0.1, log)
         return outcomes
+
+    def _build_log(self, spec: ImageSpec, build_logs: Path) -> Path | None:
+        if not self.write_build_logs:
+            return None
+        build_logs.mkdir(parents=True, exist_ok=True)
+        log = build_logs / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
+        log.write_text(f"# building {spec.tag}\n", encoding="utf-8")
+        return log
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         started = now_iso()

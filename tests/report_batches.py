@@ -14,7 +14,7 @@ from safeagents_batch.batch import run_batch
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.manifest import MANIFEST_NAME, Manifest, write_json_atomically
 from safeagents_batch.plan import RunSpec
-from safeagents_batch.records import Attempt, ImageRecord, RunRecord
+from safeagents_batch.records import Attempt, ImageRecord, RunRecord, recorded_path
 from safeagents_batch.reporting import CollectingReporter
 
 HOSTILE_LINE = "<img src=x onerror=alert(1)>"
@@ -56,11 +56,14 @@ def run_fake_batch(
     choose: Callable[[RunSpec], Behaviour],
     text: str = MATRIX_JOBS,
     name: str = "jobs.yaml",
+    *,
+    build_logs: bool = False,
 ) -> Path:
-    """Runs the jobs file `text` on the fake backend, each run behaving as `choose` says."""
+    """Runs the jobs file `text` on the fake backend, each run behaving as `choose` says;
+    with `build_logs`, each image leaves a build log in the batch dir."""
     path = project.write(name, text)
     jobs_file, specs = load_and_expand(path)
-    backend = FakeBackend({s.run_id: [choose(s)] for s in specs})
+    backend = FakeBackend({s.run_id: [choose(s)] for s in specs}, write_build_logs=build_logs)
     return run_batch(jobs_file, specs, backend, CollectingReporter()).batch_dir
 
 
@@ -92,7 +95,7 @@ def big_manifest(batch_dir: Path, runs: int, failing_every: int = 20) -> Manifes
         attempt = Attempt(
             1,
             "failed" if failed else "succeeded",
-            str(log_dir),
+            recorded_path(log_dir, batch_dir),  # as the tool records it
             "2026-01-01T00:00:00+00:00",
             "2026-01-01T00:00:02+00:00",
             2.0,

@@ -194,7 +194,7 @@ jobs:
 
     def logs(run_id: str) -> dict[str, str]:
         attempt_dir = outcome.batch_dir / "runs" / run_id / "attempt-1"
-        assert Path(runs[run_id]["log_dir"]) == attempt_dir
+        assert runs[run_id]["log_dir"] == f"runs/{run_id}/attempt-1"  # relative, POSIX
         names = ("stdout.log", "stderr.log", "console.log")
         return {n: (attempt_dir / n).read_text("utf-8") for n in names}
 
@@ -723,7 +723,7 @@ def test_links_fifos_and_devices_left_by_a_script_are_dropped_and_named(
         "root: a symbolic link",
         "disk: a character device",
     ]
-    attempt_dir = Path(attempt["log_dir"])
+    attempt_dir = outcome.batch_dir / attempt["log_dir"]
     assert only_regular_files_and_dirs(attempt_dir)
     assert sorted(p.name for p in attempt_dir.iterdir()) == [
         "console.log",
@@ -750,7 +750,7 @@ def test_an_artifact_over_max_artifacts_size_is_dropped_and_named(project: Proje
         "big.bin: 2.0 KiB, over the artifact limit of 1.0 KiB",
         "later entries not collected: artifact limit reached",
     ]
-    attempt_dir = Path(attempt["log_dir"])
+    attempt_dir = outcome.batch_dir / attempt["log_dir"]
     assert (attempt_dir / "small.txt").read_bytes() == b"ok"
     assert not (attempt_dir / "big.bin").exists()
     assert not (attempt_dir / "after.txt").exists()

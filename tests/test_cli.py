@@ -1,4 +1,5 @@
-"""cli: validate, plan, schema and --version through main(argv), plus one real subprocess."""
+"""cli: validate, plan, schema, status (of batches run on the in-memory backend) and --version
+through main(argv), plus one real subprocess."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
+from old_batches import write_as_version_1
+from report_batches import default_behaviour, run_fake_batch
 
 from safeagents_batch import __version__
 from safeagents_batch.cli import main
+from safeagents_batch.errors import EXIT_RUNS_FAILED
 
 LOCATED = re.compile(r"[^:]+:\d+:\d+: \S.*: .+")
 
@@ -200,3 +204,37 @@ def test_module_entry_point_from_another_cwd(project: Project, tmp_path: Path) -
         check=False,
     )
     assert (good.returncode, good.stdout, good.stderr) == (0, "OK: 1 runs, 1 images\n", "")
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_status_names_log_dirs_where_a_moved_batch_dir_is_now(
+    project: Project,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    version: int,
+) -> None:
+    """Version 2 records log dirs relative to the batch dir, version 1 absolute where it was
+    created: either way `status` prints absolute paths into the dir where it is now, which
+    open from any shell, also when BATCH_DIR was given relative."""
+    batch = run_fake_batch(project, default_behaviour)
+    if version == 1:
+        write_as_version_1(batch)
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(batch, moved)
+    monkeypatch.chdir(moved.parent)
+
+    assert main(["status", "renamed", "--json"]) == EXIT_RUNS_FAILED
+    unsuccessful = json.loads(capsys.readouterr().out)["not_succeeded"]
+    assert main(["status", "renamed"]) == EXIT_RUNS_FAILED
+    text = capsys.readouterr().out
+
+    failing = ["grid-a-harmful-large-r1", "grid-a-harmful-large-r2"]
+    assert [r["run_id"] for r in unsuccessful] == failing
+    for record in unsuccessful:
+        assert record["log_dir"] == str(moved / "runs" / record["run_id"] / "attempt-1")
+        assert "Traceback" in (Path(record["log_dir"]) / "stderr.log").read_text("utf-8")
+    printed = [line.split("logs: ", 1)[1] for line in text.splitlines() if "logs: " in line]
+    assert printed == [r["log_dir"] for r in unsuccessful]
+    assert str(batch) not in text  # nothing points where it was

@@ -166,16 +166,16 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
     assert {i["status"] for i in manifest["images"]} == {"built"}
     assert len({i["tag"] for i in manifest["images"]}) == 2
 
-    noisy = Path(runs["noisy-stderr_writer"]["log_dir"])
+    noisy = batch_dir / runs["noisy-stderr_writer"]["log_dir"]
     assert "STDERR-MARKER-7d1f" in (noisy / "stderr.log").read_text()
     assert "STDERR-MARKER-7d1f" in (noisy / "console.log").read_text()
     assert "STDERR-MARKER-7d1f" not in (noisy / "stdout.log").read_text()
     assert "plain stdout line" in (noisy / "stdout.log").read_text()
     assert (
         "helper from source_dirs"
-        in (Path(runs["helper-uses_helper-r1"]["log_dir"]) / "stdout.log").read_text()
+        in (batch_dir / runs["helper-uses_helper-r1"]["log_dir"] / "stdout.log").read_text()
     )
-    assert (Path(runs["ok-ok-c"]["log_dir"]) / "artifacts" / "result.txt").read_text() == "c"
+    assert (batch_dir / runs["ok-ok-c"]["log_dir"] / "artifacts" / "result.txt").read_text() == "c"
 
     assert batch_container_ids(engine, manifest["batch_id"]) == []
     uid = os.getuid()
@@ -235,10 +235,10 @@ def test_second_run_builds_nothing_and_a_changed_framework_rebuilds_alone(
     assert images["plain"]["tag"] == images_by_framework(first)["plain"]["tag"]
     assert images["plain2"]["status"] == "built"
     assert images["plain2"]["tag"] != images_by_framework(first)["plain2"]["tag"]
-    assert [p.name for p in build_logs(changed_dir)] == [Path(images["plain2"]["build_log"]).name]
+    assert build_logs(changed_dir) == [changed_dir / images["plain2"]["build_log"]]
     assert counts(changed) == {"succeeded": 10}
     six_run = runs_by_id(changed)["hassix-uses_six"]
-    assert "six 1." in (Path(six_run["log_dir"]) / "stdout.log").read_text()
+    assert "six 1." in (changed_dir / six_run["log_dir"] / "stdout.log").read_text()
 
 
 # -- 3. 200 MB of output with flat orchestrator memory ------------------------------------------
@@ -308,7 +308,7 @@ def test_200_mb_of_stdout_keeps_orchestrator_memory_flat(
     assert code == EXIT_OK, stdout
     batch_dir = only_batch_dir(tmp_path / "out")
     run = runs_by_id(load_valid_manifest(batch_dir))["flood-flood"]
-    log_dir = Path(run["log_dir"])
+    log_dir = batch_dir / run["log_dir"]
     assert (log_dir / "stdout.log").stat().st_size == megabytes * MIB
     assert (log_dir / "console.log").stat().st_size == megabytes * MIB
     assert (log_dir / "stderr.log").stat().st_size == 0
@@ -344,12 +344,12 @@ def test_openai_agents_image_builds_from_pypi_and_imports_agents(
     # The image is kept between sessions: the first session builds it, later ones reuse it.
     assert image["status"] in ("built", "cached"), image
     if image["status"] == "built":
-        log = Path(image["build_log"]).read_text()
+        log = (batch_dir / image["build_log"]).read_text()
         # The pip layer may come from the engine's build cache: then pip prints nothing.
         assert "openai-agents" in log and f"Successfully tagged {image['tag']}" in log
     assert code == EXIT_OK, stdout
     run = runs_by_id(manifest)["agents-check"]
-    assert "agents imported from" in (Path(run["log_dir"]) / "stdout.log").read_text()
+    assert "agents imported from" in (batch_dir / run["log_dir"] / "stdout.log").read_text()
 
 
 # -- 5. no engine -------------------------------------------------------------------------------
@@ -413,7 +413,8 @@ jobs:
     assert counts(manifest) == {"succeeded": 3, "error": 2}
     broken = images_by_framework(manifest)["broken"]
     assert broken["status"] == "failed"
-    build_log = Path(broken["build_log"])
+    assert broken["build_log"].startswith("images/"), broken  # relative to the batch dir
+    build_log = batch_dir / broken["build_log"]
     assert MISSING_PACKAGE in build_log.read_text()
     assert images_by_framework(manifest)["good"]["status"] == "built"
     runs = runs_by_id(manifest)
@@ -474,8 +475,8 @@ def test_concurrent_runs_share_one_build(
     assert counts(manifest) == {"succeeded": 12}
     [image] = manifest["images"]
     assert image["status"] == "built"
-    assert build_logs(batch_dir) == [Path(image["build_log"])]
-    log = Path(image["build_log"]).read_text()
+    assert build_logs(batch_dir) == [batch_dir / image["build_log"]]
+    log = (batch_dir / image["build_log"]).read_text()
     assert log.count(f"# building {image['tag']}") == 1
     # The engine's own record: one build tagged it twice (its Dockerfile, then the label step
     # that records its packages); a second build would make it four.
@@ -521,12 +522,13 @@ def test_unwritable_log_ends_the_run_as_an_error_and_removes_its_container(
     )
 
     assert code == EXIT_RUNS_FAILED, stdout
-    manifest = load_valid_manifest(only_batch_dir(tmp_path / "out"))
+    batch_dir = only_batch_dir(tmp_path / "out")
+    manifest = load_valid_manifest(batch_dir)
     run = runs_by_id(manifest)["full-talk"]
     assert run["status"] == "error"
     assert "No space left on device" in run["error"]
     assert "internal error" not in run["error"]
-    assert Path(run["log_dir"]).is_dir()
+    assert (batch_dir / run["log_dir"]).is_dir()
     assert batch_container_ids(engine, manifest["batch_id"]) == []
 
 

@@ -96,7 +96,7 @@ def working(batch_dir: Path) -> int:
         1
         for r in runs
         for a in r["attempts"]
-        if a["status"] == "running" and "working" in _read(Path(a["log_dir"]) / "stdout.log")
+        if a["status"] == "running" and "working" in _read(batch_dir / a["log_dir"] / "stdout.log")
     )
 
 

@@ -42,8 +42,8 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def shipped(run: dict[str, Any]) -> list[str]:
-    text = (Path(run["log_dir"]) / "stdout.log").read_text(encoding="utf-8")
+def shipped(batch_dir: Path, run: dict[str, Any]) -> list[str]:
+    text = (batch_dir / run["log_dir"] / "stdout.log").read_text(encoding="utf-8")
     return [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("FILE ")]
 
 
@@ -81,8 +81,10 @@ def test_a_private_script_dir_runs_and_ships_only_its_code(
     code, out = run(["run", str(jobs)], capsys)
 
     assert code == EXIT_OK, out
-    manifest = load_valid_manifest(only_batch_dir(project / "logs"))
-    assert shipped(runs_by_id(manifest)["ls-list"]) == [".gitignore", "helper.py", "list.py"]
+    batch_dir = only_batch_dir(project / "logs")
+    manifest = load_valid_manifest(batch_dir)
+    listed = shipped(batch_dir, runs_by_id(manifest)["ls-list"])
+    assert listed == [".gitignore", "helper.py", "list.py"]
 
 
 def test_each_attempt_records_the_code_it_ran_and_rerun_takes_the_code_as_it_is_now(
@@ -107,7 +109,7 @@ def test_each_attempt_records_the_code_it_ran_and_rerun_takes_the_code_as_it_is_
     for attempt, version in zip(attempts, ("one", "two"), strict=True):
         snapshot = batch_dir / "code" / attempt["code_digest"]
         assert f"version {version}" in (snapshot / "v.py").read_text()
-        assert f"version {version}" in (Path(attempt["log_dir"]) / "stdout.log").read_text()
+        assert f"version {version}" in (batch_dir / attempt["log_dir"] / "stdout.log").read_text()
 
 
 HOSTILE = """\
@@ -149,7 +151,7 @@ def test_a_hostile_script_leaves_regular_files_only_and_the_record_says_what_was
         for p in batch_dir.rglob("*")
     }
     assert {k for k, v in kinds.items() if v not in (stat.S_IFREG, stat.S_IFDIR)} == set()
-    log_dir = Path(attempt["log_dir"])
+    log_dir = batch_dir / attempt["log_dir"]
     assert (log_dir / "nested" / "score.txt").read_text() == "0.75"
     assert not (log_dir / "sparse.bin").exists()
     # `zip -r` of the batch dir now follows no link out of it (it has none): a real archiver.
@@ -194,10 +196,11 @@ def test_a_failing_script_still_hands_back_what_it_wrote(
     code, out = run(["run", str(jobs), "-o", str(tmp_path / "out")], capsys)
 
     assert code == EXIT_RUNS_FAILED, out
-    run_record = runs_by_id(load_valid_manifest(only_batch_dir(tmp_path / "out")))["f-f"]
+    batch_dir = only_batch_dir(tmp_path / "out")
+    run_record = runs_by_id(load_valid_manifest(batch_dir))["f-f"]
     assert run_record["exit_code"] == 4
-    assert (Path(run_record["log_dir"]) / "partial.json").read_text() == "{}"
-    assert os.stat(Path(run_record["log_dir"]) / "partial.json").st_uid == os.getuid()
+    assert (batch_dir / run_record["log_dir"] / "partial.json").read_text() == "{}"
+    assert os.stat(batch_dir / run_record["log_dir"] / "partial.json").st_uid == os.getuid()
 
 
 def test_a_cached_image_without_package_labels_is_frozen_once_and_labelled(

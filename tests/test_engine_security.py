@@ -84,7 +84,8 @@ class Batch:
         return next(r for r in self.manifest["runs"] if r["run_id"] == run_id)
 
     def log(self, run_id: str, name: str = "stdout.log") -> str:
-        return (Path(self.run(run_id)["log_dir"]) / name).read_text(encoding="utf-8")
+        log_dir: str = self.run(run_id)["log_dir"]
+        return (self.batch_dir / log_dir / name).read_text(encoding="utf-8")
 
     def facts(self, run_id: str) -> dict[str, Any]:
         """What the probe saw: the last JSON line it printed."""
@@ -866,7 +867,7 @@ def test_script_cannot_leave_setuid_files_or_device_nodes_on_the_host(
     )
 
     batch.assert_succeeded("relaxed-plant")
-    log_dir = Path(batch.run("relaxed-plant")["log_dir"])
+    log_dir = batch.batch_dir / batch.run("relaxed-plant")["log_dir"]
     entries = {p.relative_to(log_dir).as_posix(): p.lstat().st_mode for p in log_dir.rglob("*")}
     assert "rootshell" in entries  # the script's own files stay, defused
     assert {

@@ -431,6 +431,33 @@ def test_an_old_batch_dir_with_a_manifest_and_no_journal_loads(batch_dir: Path) 
     assert [e["seq"] for e in read_events(batch_dir / JOURNAL_NAME)] == [1, 2]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_both_manifest_versions_load(batch_dir: Path, version: int) -> None:
+    """1: paths absolute where the batch was created; 2: relative to the batch dir."""
+    manifest = new_manifest(batch_dir, 1)
+    log_dir = str(batch_dir / "runs" / "r0" / "attempt-1") if version == 1 else "runs/r0/attempt-1"
+    manifest.runs["r0"] = manifest.runs["r0"].with_attempt(replace(started("r0"), log_dir=log_dir))
+    manifest.updated_at = now_iso()
+    data = {**manifest.to_json(), "manifest_version": version}
+    (batch_dir / MANIFEST_NAME).write_text(json.dumps(data), "utf-8")
+    assert load_manifest(batch_dir) == manifest
+
+
+@pytest.mark.parametrize("version", [3, 0, "2"])
+def test_a_manifest_of_another_version_is_refused_by_its_version(
+    batch_dir: Path, version: object
+) -> None:
+    """A newer tool's manifest may mean other things by the same fields: refused, named."""
+    data = {**new_manifest(batch_dir, 1).to_json(), "manifest_version": version}
+    path = batch_dir / MANIFEST_NAME
+    path.write_text(json.dumps(data), "utf-8")
+    with pytest.raises(UsageError) as info:
+        load_manifest(batch_dir)
+    assert str(info.value) == (
+        f"{path}: manifest version {version!r}; this tool reads versions 1 and 2"
+    )
+
+
 def test_a_damaged_journal_makes_loading_a_usage_error(batch_dir: Path) -> None:
     with ManifestStore(new_manifest(batch_dir, 2), batch_dir / MANIFEST_NAME) as store:
         store.save()

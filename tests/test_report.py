@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import pytest
 from conftest import Project
 from fakes import Behaviour
+from old_batches import recorded_paths, write_as_version_1
 from report_batches import (
     HOSTILE_LINE,
     SCRIPT_LINE,
@@ -145,6 +146,37 @@ def test_every_link_is_relative_and_resolves_after_the_batch_dir_moves(
     assert {"result.json", "notes/x.txt"} <= {n for r in page_data(path)["runs"] for n in r["art"]}
 
 
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_moved_batch_dir_of_either_manifest_version_reports_in_full(
+    project: Project, tmp_path: Path, version: int
+) -> None:
+    """Version 2 records paths relative to the batch dir, version 1 absolute where it was
+    created: after a move, the report finds every log dir, build log, result and stderr."""
+    batch = run_fake_batch(project, default_behaviour, build_logs=True)
+    if version == 1:
+        write_as_version_1(batch)
+    recorded = recorded_paths(batch)
+    assert len(recorded) == 13 + 2  # a log dir per run, a build log per image
+    assert all(Path(p).is_absolute() == (version == 1) for p in recorded), recorded
+    moved = tmp_path / "elsewhere" / "renamed-batch"
+    moved.parent.mkdir()
+    shutil.move(batch, moved)
+
+    path = write_report(moved).html
+
+    data = page_data(path)
+    hrefs = parsed(path).hrefs + run_links(data)
+    for href in hrefs:
+        assert (moved / unquote(href)).exists(), href
+    assert sum(h.startswith("images/") and h.endswith(".log") for h in hrefs) == 2
+    assert all(r["dir"] == f"runs/{r['id']}/attempt-1" for r in data["runs"])
+    tails = {r["id"]: r["tail"] for r in data["runs"] if r["st"] != "succeeded"}
+    assert len(tails) == 2 and all(HOSTILE_LINE in t for t in tails.values()), tails
+    lines = (moved / "results.jsonl").read_text("utf-8").splitlines()
+    rows = {r["run_id"]: r for r in map(json.loads, lines)}
+    assert (rows["grid-a-benign-small-r2"]["score"], rows["single-b"]["score"]) == (2, 1)
+
+
 def test_a_report_written_elsewhere_links_back_into_the_batch(batch: Path, tmp_path: Path) -> None:
     out = tmp_path / "reports" / "r.html"
     out.parent.mkdir()
@@ -163,7 +195,7 @@ def test_script_output_and_run_ids_are_text_never_markup(project: Project, tmp_p
     (log_dir / "stderr.log").write_text(f"{HOSTILE_LINE}\n", "utf-8")
     manifest.runs[hostile] = RunRecord(
         hostile, "</table><b>job", "fw", "s.py", "0" * 64, "img", {}, 1,
-        (Attempt(1, "failed", str(log_dir), error=f"{SCRIPT_LINE}{HOSTILE_LINE}"),),
+        (Attempt(1, "failed", "runs/x/attempt-1", error=f"{SCRIPT_LINE}{HOSTILE_LINE}"),),
     )  # fmt: skip
     manifest.batch_id = "b-<i>x</i>"
     # Straight to render: the manifest's schema would refuse these names on load.

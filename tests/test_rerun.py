@@ -7,18 +7,21 @@ and the refusal to rerun from a snapshot whose secrets were redacted.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Project
 from fakes import Behaviour, FakeBackend, failed
+from old_batches import write_as_version_1
 
 import safeagents_batch.batch as batch_module
 from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch
 from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED, UsageError
 from safeagents_batch.jobsfile import load_and_expand
 from safeagents_batch.redaction import REDACTED
+from safeagents_batch.report import open_batch
 from safeagents_batch.reporting import CollectingReporter
 from safeagents_batch.rerun import INTERRUPTED_REASON, RerunChoice, rerun_batch
 from safeagents_batch.schema import validate_against
@@ -81,7 +84,7 @@ def test_a_rerun_runs_only_the_runs_that_did_not_succeed(project: Project) -> No
     assert statuses(runs["j-b"]) == ["failed", "succeeded"]
     assert [a["number"] for a in runs["j-b"]["attempts"]] == [1, 2]
     assert backend.requests[0].attempt == 2
-    assert Path(runs["j-b"]["log_dir"]) == batch / "runs" / "j-b" / "attempt-2"
+    assert runs["j-b"]["log_dir"] == "runs/j-b/attempt-2"  # relative to the batch dir
     assert (batch / "runs" / "j-b" / "attempt-1" / "console.log").is_file()  # kept
     assert manifest_json(batch)["state"] == "finished"
     assert outcome.exit_code == EXIT_OK
@@ -163,6 +166,70 @@ def test_a_rerun_after_a_crash_closes_the_running_attempt_and_sweeps(
     assert data["state"] == "finished"
     assert data["summary"]["running"] == 0
     assert outcome.exit_code == EXIT_OK
+
+
+# -- a moved batch dir -----------------------------------------------------------------
+
+
+def move(batch: Path, to: Path) -> Path:
+    to.parent.mkdir(parents=True)
+    shutil.move(batch, to)
+    return to
+
+
+def test_a_moved_batch_dir_reruns_where_it_is_and_records_its_attempts_relative(
+    project: Project, tmp_path: Path
+) -> None:
+    path = jobs(project, TWO_SCRIPTS)
+    first = FakeBackend(behaviours={"j-b": [failed()]}, write_build_logs=True)
+    batch = run(path, first).batch_dir
+    moved = move(batch, tmp_path / "archive" / "renamed")
+
+    outcome = rerun_batch(moved, FakeBackend(write_build_logs=True), CollectingReporter())
+
+    assert (outcome.batch_dir, outcome.exit_code) == (moved, EXIT_OK)
+    assert not batch.exists()  # nothing written where it was
+    data = manifest_json(moved)
+    assert data["manifest_version"] == 2
+    assert data["batch_dir"] == str(batch)  # informational: where it was created
+    runs = {r["run_id"]: r for r in data["runs"]}
+    assert [a["log_dir"] for a in runs["j-b"]["attempts"]] == [
+        "runs/j-b/attempt-1",
+        "runs/j-b/attempt-2",
+    ]
+    assert runs["j-b"]["log_dir"] == "runs/j-b/attempt-2"
+    assert (moved / "runs" / "j-b" / "attempt-2" / "console.log").is_file()
+    [image] = data["images"]
+    assert image["build_log"].startswith("images/") and (moved / image["build_log"]).is_file()
+
+
+def test_a_version_1_batch_dir_moved_after_a_crash_recovers_and_reruns(
+    project: Project, tmp_path: Path
+) -> None:
+    """A batch dir of the release that recorded absolute paths, its orchestrator killed, then
+    moved: the attempt left running is closed (its record kept as it was written), the new
+    one is recorded relative, and both are found where the batch dir is now."""
+    path = jobs(project, TWO_SCRIPTS)
+    batch = run(path, FakeBackend()).batch_dir
+    write_as_version_1(batch)
+    crash(batch, "j-b")
+    moved = move(batch, tmp_path / "archive" / "renamed")
+
+    outcome = rerun_batch(moved, FakeBackend(), CollectingReporter())
+
+    assert outcome.exit_code == EXIT_OK
+    data = manifest_json(moved)
+    assert data["manifest_version"] == 2  # written by this tool now; it reads both kinds
+    runs = {r["run_id"]: r for r in data["runs"]}
+    closed, again = runs["j-b"]["attempts"]
+    assert (closed["status"], closed["error"]) == ("error", INTERRUPTED_REASON)
+    assert closed["log_dir"] == str(batch / "runs" / "j-b" / "attempt-1")
+    assert again["log_dir"] == "runs/j-b/attempt-2"
+    assert runs["j-a"]["log_dir"] == str(batch / "runs" / "j-a" / "attempt-1")
+    view = open_batch(moved)
+    found = [view.local(a.log_dir) for a in view.manifest.runs["j-b"].attempts]
+    assert found == [moved / "runs" / "j-b" / f"attempt-{k}" for k in (1, 2)]
+    assert all(p is not None and (p / "console.log").is_file() for p in found)
 
 
 # -- an edited jobs file ---------------------------------------------------------------

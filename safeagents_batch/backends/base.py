@@ -14,7 +14,7 @@ from typing import Protocol
 
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.model import DEFAULT_ARTIFACT_LIMIT, Hardening, Resources
-from safeagents_batch.records import ImageRecord, ImageStatus, Status
+from safeagents_batch.records import ImageRecord, ImageStatus, Status, recorded_path
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,15 @@ class ImageOutcome:
     def ok(self) -> bool:
         return self.status != "failed"
 
-    def record(self) -> ImageRecord:
-        """The manifest's record of this image (paths as strings)."""
+    def record(self, batch_dir: Path) -> ImageRecord:
+        """The manifest's record of this image, its build log named as the records of the batch
+        at `batch_dir` name paths (relative when inside it)."""
         return ImageRecord(
             self.tag,
             self.framework,
             self.status,
             self.build_seconds,
-            str(self.build_log) if self.build_log else None,
+            recorded_path(self.build_log, batch_dir) if self.build_log else None,
             self.error,
             self.packages,
             self.azure_cli_packages,
