@@ -404,7 +404,10 @@ class AttachedOutput:
         self._response = api._post(
             api._url("/containers/{0}/attach", container_id),
             headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-            params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
+            # Live output only, attached before the start (as `docker run` does): with
+            # `logs=1` the engine also replays its log file, and output written while that
+            # replay runs arrives twice.
+            params={"logs": 0, "stdout": 1, "stderr": 1, "stream": 1},
             stream=True,
         )
         chunks = api._read_from_socket(self._response, stream=True, tty=False, demux=True)
