@@ -110,6 +110,20 @@ def streamed_while_running(batch_dir: Path) -> dict[str, str]:
     return seen
 
 
+def describe(batch_dir: Path) -> str:
+    """Each run's state and log files as the test saw them (for a failure's message)."""
+    lines = []
+    for run in load_manifest(batch_dir).runs.values():
+        attempt = run.latest
+        if attempt is None:
+            lines.append(f"{run.run_id}: {run.status}, no attempt")
+            continue
+        log_dir = batch_dir / attempt.log_dir
+        files = {name: read(log_dir / name) for name in sorted(LOG_NAMES)}
+        lines.append(f"{run.run_id}: {attempt.status} {files!r}")
+    return "\n".join(lines)
+
+
 def test_output_reaches_the_driver_while_the_script_runs_on_every_node(
     ray_cluster: LocalRayCluster,
     ray_image: SessionImage,
@@ -129,13 +143,18 @@ def test_output_reaches_the_driver_while_the_script_runs_on_every_node(
     proc = start_ray_cli(ray_cluster, ["run", str(jobs), "-o", str(output), "-j", "4"])
     seen: dict[str, str] = {}
     try:
+        looked: list[str] = []
 
         def all_streamed() -> bool:
             batch_dir = next((p.parent for p in output.glob("*/manifest.json")), None)
             seen.update(streamed_while_running(batch_dir) if batch_dir else {})
+            looked[:] = [describe(batch_dir)] if batch_dir else []
             return len(seen) == 4
 
-        wait_for(all_streamed, "the first lines of 4 held runs in the driver's files", proc)
+        try:
+            wait_for(all_streamed, "the first lines of 4 held runs in the driver's files", proc)
+        except pytest.fail.Exception as failure:
+            pytest.fail(f"{failure}\nseen while running: {seen}\nlast looked at: {looked}")
     finally:
         code, out, err = release_and_finish(ray_cluster, output, proc)
 
