@@ -104,7 +104,10 @@ def streamed_while_running(batch_dir: Path) -> dict[str, str]:
         if (
             read(log_dir / "stdout.log") == "first out line\n"
             and read(log_dir / "stderr.log") == "first err line\n"
-            and {"first out line", "first err line"} <= set(console.splitlines())
+            # Both streams merged in arrival order, chunk by chunk: an unbuffered print's
+            # newline can be its own chunk, with the other stream's line between them.
+            and "first out line" in console
+            and "first err line" in console
         ):
             seen[run.run_id] = attempt.log_dir
     return seen
