@@ -232,6 +232,8 @@ def _run(argv: list[str]) -> None:
     subprocess.run(argv, capture_output=True, check=True, timeout=30)
 
 
+# free_port and processes_naming repeat ray_cluster's: this file also runs as the forwarder
+# script inside a network namespace, which must import nothing of the test suite.
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -58,15 +58,7 @@ def test_pure_commands_load_no_engine_client_http_stack_or_progress_bar(argv: li
         f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(code, loaded, file=sys.stderr)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=PACKAGE.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
+    assert last_stderr_line(probe) == "0 []"
 
 
 def test_the_command_line_loads_no_report_machinery_before_a_batch_starts() -> None:
@@ -79,6 +71,11 @@ def test_the_command_line_loads_no_report_machinery_before_a_batch_starts() -> N
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'\n"
         "             or m == 'safeagents_batch.report'), file=sys.stderr)\n"
     )
+    assert last_stderr_line(probe) == "[]"
+
+
+def last_stderr_line(probe: str) -> str:
+    """What `probe` printed last on stderr, run in a fresh interpreter (nothing imported yet)."""
     done = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=PACKAGE.parent,
@@ -87,4 +84,6 @@ def test_the_command_line_loads_no_report_machinery_before_a_batch_starts() -> N
         timeout=60,
         check=False,
     )
-    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines, done.stderr
+    return lines[-1]
