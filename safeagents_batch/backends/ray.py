@@ -141,12 +141,18 @@ def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
 
 def on_every_node(function: Callable[..., T], *args: Any) -> dict[str, T]:
     """`function(*args)` on each live docker node at once; by node id."""
-    task = ray.remote(num_cpus=0, max_retries=0)(function)
-    refs = {
-        n["NodeID"]: task.options(scheduling_strategy=on_node(n["NodeID"])).remote(*args)
-        for n in docker_nodes()
-    }
-    return {node_id: ray.get(ref) for node_id, ref in refs.items()}
+    return on_nodes([n["NodeID"] for n in docker_nodes()], function, *args)
+
+
+def on_nodes(node_ids: Sequence[str], function: Callable[..., T], *args: Any) -> dict[str, T]:
+    """`function(*args)` on each of `node_ids` at once; by node id. A failure raised on a
+    node is re-raised here as its own one line, without the node's traceback."""
+    task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
+    refs = {n: task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids}
+    try:
+        return {node_id: ray.get(ref) for node_id, ref in refs.items()}
+    except ray.exceptions.RayTaskError as exc:
+        raise RuntimeError(one_line(exc.cause)) from None
 
 
 def tar_tree(root: Path) -> bytes:
@@ -283,12 +289,7 @@ class RayBackend:
             # One object for all nodes; each node's load task fetches it once.
             image = ray.put(b"".join(api.get_image(tag, chunk_size=1 << 20)))
             function, args = ray_node.load_image, (tag, image)
-        task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
-        try:
-            ray.get([task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids])
-        except ray.exceptions.RayTaskError as exc:
-            # Its text is the node's traceback; the node's own error is the one line to show.
-            raise RuntimeError(one_line(exc.cause)) from None
+        on_nodes(node_ids, function, *args)
 
     def _ship_late(self, tag: str, node_id: str) -> str | None:
         """The image to one node that lacked it when an attempt arrived (a node that joined
@@ -298,16 +299,11 @@ class RayBackend:
             lock = self._shipping.setdefault((tag, node_id), threading.Lock())
         with lock:
             try:
-                if not self._has_image_on(node_id, tag):
+                if not on_nodes([node_id], ray_node.has_image, tag)[node_id]:
                     self._ship(tag, [node_id])
             except Exception as exc:
                 return f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"
         return None
-
-    def _has_image_on(self, node_id: str, tag: str) -> bool:
-        task: Any = ray.remote(num_cpus=0, max_retries=0)(ray_node.has_image)
-        present: bool = ray.get(task.options(scheduling_strategy=on_node(node_id)).remote(tag))
-        return present
 
     def _push(self, tag: str, registry: str) -> str:
         """Pushes the driver's image to the registry once; returns its name there. That name
