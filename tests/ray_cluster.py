@@ -190,7 +190,8 @@ class LocalRayCluster:
             str(RAY),
             "start",
             f"--address={self.address}",
-            "--num-cpus=1",
+            # Ray's default CPU count, as README starts a node: a raylet starts at most that
+            # many worker processes at once, and a node's slots each need one.
             f"--resources={resources}",
             *self._common_args(),
         ]

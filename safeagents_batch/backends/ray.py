@@ -1,5 +1,6 @@
-"""The Ray backend: each attempt is a streaming Ray task on a node that offers the custom
-resource `docker`, run there by the node's own DockerBackend (backends/ray_node.py).
+"""The Ray backend: each attempt is a streaming call on the batch's agent on a node that offers
+the custom resource `docker` (backends/ray_agents.py), run there by the node's own
+DockerBackend (backends/ray_node.py).
 
 Images are built once, on the driver's engine, and reach the nodes that lack them through Ray
 (`docker save`, put in the object store once, `docker load` once per node) or, with a
@@ -19,6 +20,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +28,6 @@ from typing import Any, TypeVar
 
 import ray
 import ray.exceptions
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import safeagents_batch
 from safeagents_batch.backends import ray_node
@@ -38,15 +39,21 @@ from safeagents_batch.backends.base import (
     StagedCode,
 )
 from safeagents_batch.backends.docker import ENGINE_ERRORS, DockerBackend
+from safeagents_batch.backends.ray_agents import (
+    RESOURCE,
+    Agent,
+    AgentBoard,
+    NoAgent,
+    docker_nodes,
+    live_nodes,
+    on_node,
+)
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.units import format_size
 
-RESOURCE = "docker"
-# How often an attempt may land on a node without its image (which is then shipped there)
-# before it ends an error: more than the nodes that can join during one attempt's wait.
-SHIP_ROUNDS = 4
+AGENT_START_SECONDS = 120.0  # for the agents to start before the images go out; later ones join
 SPOOL_IN_MEMORY = 8 << 20  # an attempt's artifacts beyond this wait on disk, not in memory
 SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
@@ -79,6 +86,9 @@ def connect(options: RayOptions) -> str:
     if address != "auto":
         require_answer(address)
     package = Path(safeagents_batch.__file__).resolve().parent
+    # Task events feed Ray's dashboard; flushing them makes the driver's exit wait a quarter
+    # of a second. The user's own setting wins.
+    os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
     try:
         ray.init(
             address=address,
@@ -124,31 +134,31 @@ def node_gone(node_id: str, wait: float = NODE_DEATH_SECONDS) -> bool:
     return True
 
 
-def live_nodes() -> list[dict[str, Any]]:
-    # Through a typed name: `ray.nodes` is untyped, and the type check runs with and without Ray.
-    listing: Callable[[], list[dict[str, Any]]] = ray.nodes
-    return [n for n in listing() if n.get("Alive")]
-
-
-def docker_nodes() -> list[dict[str, Any]]:
-    """Live nodes that offer container slots."""
-    return [n for n in live_nodes() if n["Resources"].get(RESOURCE, 0) > 0]
-
-
-def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-
-
-def on_every_node(function: Callable[..., T], *args: Any) -> dict[str, T]:
+def on_every_node(
+    function: Callable[..., T], *args: Any, board: AgentBoard | None = None
+) -> dict[str, T]:
     """`function(*args)` on each live docker node at once; by node id."""
-    return on_nodes([n["NodeID"] for n in docker_nodes()], function, *args)
+    return on_nodes([n["NodeID"] for n in docker_nodes()], function, *args, board=board)
 
 
-def on_nodes(node_ids: Sequence[str], function: Callable[..., T], *args: Any) -> dict[str, T]:
-    """`function(*args)` on each of `node_ids` at once; by node id. A failure raised on a
-    node is re-raised here as its own one line, without the node's traceback."""
+def on_nodes(
+    node_ids: Sequence[str],
+    function: Callable[..., T],
+    *args: Any,
+    board: AgentBoard | None = None,
+) -> dict[str, T]:
+    """`function(*args)` on each of `node_ids` at once; by node id. On a node where the
+    batch's agent runs, in the agent; elsewhere as a task (a command without a batch, a node
+    whose agent has not started). A failure raised on a node is re-raised here as its own one
+    line, without the node's traceback."""
     task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
-    refs = {n: task.options(scheduling_strategy=on_node(n)).remote(*args) for n in node_ids}
+    refs = {}
+    for node_id in node_ids:
+        agent = board.ready_agent(node_id) if board is not None else None
+        if agent is not None:
+            refs[node_id] = agent.handle.call.remote(function, *args)
+        else:
+            refs[node_id] = task.options(scheduling_strategy=on_node(node_id)).remote(*args)
     try:
         return {node_id: ray.get(ref) for node_id, ref in refs.items()}
     except ray.exceptions.RayTaskError as exc:
@@ -193,11 +203,10 @@ class RayBackend:
         self._azure = _PutOnce()
         self._shipping_lock = threading.Lock()
         self._shipping: dict[tuple[str, str], threading.Lock] = {}
+        self._ship_failures: dict[tuple[str, str], str] = {}  # (tag, node id) -> why
         self._push_lock = threading.Lock()
         self._pushed: dict[str, str] = {}  # image tag -> its name in the registry
-        self._attempt = ray.remote(
-            num_cpus=0, resources={RESOURCE: 1}, max_retries=0, num_returns="streaming"
-        )(ray_node.run_attempt)
+        self._board = AgentBoard()
 
     @classmethod
     def connect(cls, local: DockerBackend, options: RayOptions) -> RayBackend:
@@ -211,8 +220,10 @@ class RayBackend:
     def ensure_images(
         self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
     ) -> dict[str, ImageOutcome]:
+        self._board.start()  # the agents start while the driver's engine builds
         outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild)
-        return {tag: self._distribute(outcome) for tag, outcome in outcomes.items()}
+        ready = self._board.wait_ready(AGENT_START_SECONDS)
+        return {tag: self._distribute(outcome, ready) for tag, outcome in outcomes.items()}
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         started = now_iso()
@@ -224,21 +235,51 @@ class RayBackend:
         azure_box = [self._azure.get("azure", lambda: tar_tree(azure))] if azure else []
         # No driver path travels: the node puts its own cache path in.
         remote = replace(request, code=StagedCode(code.digest, Path(code.digest)), azure_dir=None)
-        for _ in range(SHIP_ROUNDS):
-            attempt = RemoteAttempt(
-                self._attempt.remote(remote, [code_ref], azure_box), sink, cancel, started
-            )
-            outcome = attempt.follow()
-            node_id = (attempt.node or {}).get("node_id")
-            if not attempt.image_missing or node_id is None or cancel.is_set():
-                return outcome
-            shipped = self._ship_late(request.image, node_id)
-            if shipped is not None:
-                return replace(outcome, error=shipped)
-        return outcome
+        boxes = ([code_ref], azure_box)  # refs inside lists: the node gets them unresolved
+        try:
+            agent = self._board.acquire(cancel)
+        except NoAgent as exc:
+            return AttemptOutcome("error", None, started, now_iso(), f"no node agent: {exc}")
+        if agent is None:
+            return AttemptOutcome("cancelled", None, started, now_iso(), "cancelled by the user")
+        try:
+            for _ in range(2):  # again only once the image was shipped to the node
+                outcome = self._on_agent(agent, remote, boxes, sink, cancel, started)
+                if outcome is not None:
+                    return outcome
+        finally:
+            self._board.release(agent)
+        error = f"image {request.image} is still not on node {agent.node_id[:12]} once shipped"
+        return AttemptOutcome("error", None, started, now_iso(), error)
+
+    def _on_agent(
+        self,
+        agent: Agent,
+        request: AttemptRequest,
+        boxes: tuple[list[Any], list[Any]],
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+    ) -> AttemptOutcome | None:
+        """One attempt on `agent`; None when the node lacked the image and it was shipped
+        there (a node that joined after the images went out, or lost them)."""
+        key = uuid.uuid4().hex
+        stream = agent.handle.run_attempt.options(num_returns="streaming").remote(
+            key, request, *boxes
+        )
+        attempt = RemoteAttempt(
+            stream, sink, cancel, started, lambda: agent.handle.cancel.remote(key), agent.node_id
+        )
+        outcome = attempt.follow()
+        if attempt.agent_lost:
+            self._board.drop(agent)
+        if not attempt.image_missing or cancel.is_set():
+            return outcome
+        shipped = self._ship_late(request.image, agent.node_id)
+        return replace(outcome, error=shipped) if shipped is not None else None
 
     def sweep(self, batch_id: str) -> int:
-        return sum(on_every_node(ray_node.sweep, batch_id).values())
+        return sum(on_every_node(ray_node.sweep, batch_id, board=self._board).values())
 
     def available(self) -> bool:
         try:
@@ -265,12 +306,13 @@ class RayBackend:
 
     # -- images --------------------------------------------------------------------------
 
-    def _distribute(self, outcome: ImageOutcome) -> ImageOutcome:
-        """The image on every docker node that lacks it; a failure fails the image."""
+    def _distribute(self, outcome: ImageOutcome, node_ids: list[str]) -> ImageOutcome:
+        """The image on each of the nodes that lacks it; a failure fails the image. A node
+        whose agent starts later gets it when its first attempt arrives."""
         if not outcome.ok:
             return outcome
         try:
-            present = on_every_node(ray_node.has_image, outcome.tag)
+            present = on_nodes(node_ids, ray_node.has_image, outcome.tag, board=self._board)
             missing = [node_id for node_id, has in present.items() if not has]
             if missing:
                 self._ship(outcome.tag, missing)
@@ -289,20 +331,24 @@ class RayBackend:
             # One object for all nodes; each node's load task fetches it once.
             image = ray.put(b"".join(api.get_image(tag, chunk_size=1 << 20)))
             function, args = ray_node.load_image, (tag, image)
-        on_nodes(node_ids, function, *args)
+        on_nodes(node_ids, function, *args, board=self._board)
 
     def _ship_late(self, tag: str, node_id: str) -> str | None:
         """The image to one node that lacked it when an attempt arrived (a node that joined
         after the images went out): once per node and tag, whichever attempts ask at once.
-        Returns why it could not be shipped."""
+        Returns why it could not be shipped; a failure is remembered, not tried per run."""
         with self._shipping_lock:
             lock = self._shipping.setdefault((tag, node_id), threading.Lock())
         with lock:
+            if (tag, node_id) in self._ship_failures:
+                return self._ship_failures[tag, node_id]
             try:
-                if not on_nodes([node_id], ray_node.has_image, tag)[node_id]:
+                if not on_nodes([node_id], ray_node.has_image, tag, board=self._board)[node_id]:
                     self._ship(tag, [node_id])
             except Exception as exc:
-                return f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"
+                error = f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"
+                self._ship_failures[tag, node_id] = error
+                return error
         return None
 
     def _push(self, tag: str, registry: str) -> str:
@@ -329,8 +375,8 @@ class RayBackend:
 
 
 class RemoteAttempt:
-    """Follows one attempt's streaming task: output into the sink as it arrives, artifacts at
-    the end, the node's outcome (with where it ran); Ctrl-C cancels the task."""
+    """Follows one attempt's streaming call: output into the sink as it arrives, artifacts at
+    the end, the node's outcome (with where it ran); Ctrl-C asks the node to cancel it."""
 
     def __init__(
         self,
@@ -338,12 +384,17 @@ class RemoteAttempt:
         sink: Sink,
         cancel: threading.Event,
         started: str,
+        ask_cancel: Callable[[], object] = lambda: None,
+        node_id: str | None = None,
     ) -> None:
         self.stream = stream
         self.sink = sink
         self.cancel = cancel
         self.started = started
+        self.ask_cancel = ask_cancel
+        self.node_id = node_id  # where it was sent, until the node says where it runs
         self.node: dict[str, str] | None = None
+        self.agent_lost = False
         # The archive of /safeagents/logs as it arrives, kept until the outcome says the run
         # ended: in memory up to a few MB, on the driver's disk beyond (it may be GBs).
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
@@ -359,6 +410,7 @@ class RemoteAttempt:
         except ray.exceptions.TaskCancelledError:
             outcome = self._ended("cancelled", "cancelled by the user")
         except ray.exceptions.RayError as exc:
+            self.agent_lost = isinstance(exc, ray.exceptions.RayActorError)
             outcome = self._lost(exc)
         finally:
             self.finished.set()
@@ -370,8 +422,8 @@ class RemoteAttempt:
     def _cancel_when_asked(self) -> None:
         while not self.finished.wait(0.25):
             if self.cancel.is_set():
-                # Not forced: the node's task unwinds, killing and removing its container.
-                ray.cancel(self.stream, force=False)
+                # The node kills and removes the container; the outcome then says `cancelled`.
+                self.ask_cancel()
                 return
 
     def _consume(self) -> AttemptOutcome:
@@ -425,7 +477,7 @@ class RemoteAttempt:
     def _lost(self, exc: ray.exceptions.RayError) -> AttemptOutcome:
         """A task that died with its node (raylet gone) is `node lost`; the run may retry on
         another node. One that died while the node lives is a crash of its worker."""
-        node_id = (self.node or {}).get("node_id")
+        node_id = (self.node or {}).get("node_id") or self.node_id
         try:
             gone = node_id is None or node_gone(node_id)
         except Exception as unanswered:  # the head does not answer: no node can be reached

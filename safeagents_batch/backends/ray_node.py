@@ -1,10 +1,11 @@
-"""What runs on a Ray node: each attempt on the node's own Docker engine through the very same
-DockerBackend as a local run, with a sink that hands chunks back to the driver as the items of
-a streaming task. Code, images and Azure credentials arrive through Ray and are cached on the
-node, once per digest (or tag), under a lock that is checked again once taken.
+"""What runs on a Ray node: the batch's agent there (one actor per node), and each attempt on
+the node's own Docker engine through the very same DockerBackend as a local run, with a sink
+that hands chunks back to the driver as the items of a streaming call. Code, images and Azure
+credentials arrive through Ray and are cached on the node, once per digest (or tag), under a
+lock that is checked again once taken.
 
 Nothing here reads a driver path: a node may be another machine. Env values arrive inside the
-task's arguments (never in a task name, a runtime env or a log line) and go to the engine's
+call's arguments (never in a task name, a runtime env or a log line) and go to the engine's
 API as the container's environment.
 """
 
@@ -20,7 +21,7 @@ import socket
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -236,12 +237,57 @@ class QueueSink:
         pass
 
 
+class NodeAgent:
+    """The batch's worker on one node: a threaded Ray actor that holds the node's container
+    slots while the batch runs and runs each attempt as a streaming method call. One process
+    per node and batch, started once: a Ray task per attempt would start a Python worker per
+    slot (Ray, this package and the Docker SDK imported in each) and ask the raylet for a
+    lease every attempt, and on a small node that CPU is taken from the containers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancels: dict[str, threading.Event] = {}
+
+    def ready(self) -> dict[str, str]:
+        """Where it runs, once its engine client is made (before the first attempt needs it)."""
+        node_backend()
+        return node_info()
+
+    def run_attempt(
+        self, key: str, request: AttemptRequest, code_box: list[Any], azure_box: list[Any]
+    ) -> Iterator[Item]:
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[key] = cancel
+        try:
+            yield from run_attempt(request, code_box, azure_box, cancel)
+        finally:
+            with self._lock:
+                del self._cancels[key]
+
+    def cancel(self, key: str) -> None:
+        """Ctrl-C on the driver: the attempt kills and removes its container, then ends
+        `cancelled`. An explicit call, because Ray does not interrupt a threaded actor's call."""
+        with self._lock:
+            cancel = self._cancels.get(key)
+        if cancel is not None:
+            cancel.set()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """One of this module's node functions (an image check, a load, a sweep) in this
+        process, so the batch starts no other worker on the node."""
+        return function(*args)
+
+
 def run_attempt(
-    request: AttemptRequest, code_box: list[Any], azure_box: list[Any]
+    request: AttemptRequest,
+    code_box: list[Any],
+    azure_box: list[Any],
+    cancel: threading.Event | None = None,
 ) -> Iterator[Item]:
-    """The body of a streaming Ray task: yields where it runs, the output as it comes, then
-    the outcome. A cancelled task (Ctrl-C on the driver) kills and removes its container
-    before it ends: the `finally` runs while Ray's interruption unwinds the generator."""
+    """The body of a streaming Ray call: yields where it runs, the output as it comes, then
+    the outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
+    generator, the attempt kills and removes its container before it ends."""
     yield ("node", node_info())
     started = now_iso()
     azure_dir: Path | None = None
@@ -256,7 +302,7 @@ def run_attempt(
             yield ("outcome", _error(started, f"image {request.image} is not on this node"))
             return
         local = replace(request, code=code, azure_dir=azure_dir)
-        yield from _supervised(backend, local)
+        yield from _supervised(backend, local, cancel or threading.Event())
     except (EngineUnavailable, *ENGINE_ERRORS) as exc:
         yield ("outcome", _error(started, f"node engine unavailable: {one_line(exc)}"))
     finally:
@@ -264,9 +310,10 @@ def run_attempt(
             shutil.rmtree(azure_dir, ignore_errors=True)
 
 
-def _supervised(backend: DockerBackend, request: AttemptRequest) -> Iterator[Item]:
+def _supervised(
+    backend: DockerBackend, request: AttemptRequest, cancel: threading.Event
+) -> Iterator[Item]:
     items: queue.Queue[Item] = queue.Queue()
-    cancel = threading.Event()
     sink = QueueSink(items, request.artifact_limit + TAR_SLACK)
 
     def attempt() -> None:
@@ -291,7 +338,7 @@ def _drain(items: queue.Queue[Item]) -> Iterator[Item]:
     held: Item | None = None
     while True:
         try:
-            # Never an unbounded wait: Ray's cancellation interrupts Python code, not a lock.
+            # Never an unbounded wait: a generator the driver closed must reach its `finally`.
             item = items.get(timeout=POLL_SECONDS if held is None else 0)
         except queue.Empty:
             if held is not None:

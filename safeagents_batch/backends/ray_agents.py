@@ -1,0 +1,163 @@
+"""The batch's node agents (backends/ray_node.NodeAgent): one Ray actor per docker node, made
+when the batch needs its nodes, holding all of that node's `docker` slots while it lives, so a
+node never runs more containers than it offers, whichever batches share the cluster. The
+board hands out slots: an attempt takes one on the ready agent with the most free slots (the
+batch spreads over its nodes), waiting while every slot is taken.
+
+The board follows the cluster: a node that joins gets an agent on the next look (about once
+a second, when an attempt asks for a slot), an agent whose node is gone leaves, and
+one that died on a live node is replaced. The agents die with the driver (they are its
+actors, not detached): nothing of a batch outlives it on the cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.exceptions
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from safeagents_batch.backends import ray_node
+from safeagents_batch.errors import one_line
+
+RESOURCE = "docker"
+LOOK_SECONDS = 1.0  # how often the board asks the cluster for its nodes
+WAIT_SECONDS = 0.5  # how often an attempt that waits for a slot looks again
+HELPER_THREADS = 4  # an agent's calls beside its attempts: image checks, loads, a sweep
+
+
+def live_nodes() -> list[dict[str, Any]]:
+    # Through a typed name: `ray.nodes` is untyped, and the type check runs with and without Ray.
+    listing: Callable[[], list[dict[str, Any]]] = ray.nodes
+    return [n for n in listing() if n.get("Alive")]
+
+
+def docker_nodes() -> list[dict[str, Any]]:
+    """Live nodes that offer container slots."""
+    return [n for n in live_nodes() if n["Resources"].get(RESOURCE, 0) > 0]
+
+
+def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+@dataclass
+class Agent:
+    node_id: str
+    slots: int
+    handle: Any  # the actor handle (Ray's handles are untyped)
+    ready_ref: ray.ObjectRef[Any]
+    ready: bool = False
+    busy: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.busy if self.ready else 0
+
+
+class NoAgent(Exception):
+    """No node can take an attempt: every agent failed to start, or the cluster has none."""
+
+
+class AgentBoard:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._agents: dict[str, Agent] = {}
+        self._failed: dict[str, str] = {}  # node id -> why its agent did not start
+        self._looked = 0.0
+        self._actor: Any = ray.remote(ray_node.NodeAgent)
+
+    def start(self) -> None:
+        """Agents on every docker node, started at once; returns without waiting for them."""
+        with self._cond:
+            self._look()
+
+    def wait_ready(self, timeout: float) -> list[str]:
+        """Waits until every agent started or failed, or `timeout`; returns the ready nodes.
+        One whose node is taken by another batch may stay pending: it joins when it starts."""
+        with self._cond:
+            pending = [a.ready_ref for a in self._agents.values() if not a.ready]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=timeout)
+        with self._cond:
+            self._settle()
+            return [a.node_id for a in self._agents.values() if a.ready]
+
+    def acquire(self, cancel: threading.Event) -> Agent | None:
+        """A slot on the ready agent with the most free; None once `cancel` is set."""
+        with self._cond:
+            while not cancel.is_set():
+                if time.monotonic() - self._looked >= LOOK_SECONDS:
+                    self._look()
+                self._settle()
+                best = max(self._agents.values(), key=lambda a: a.free, default=None)
+                if best is not None and best.free > 0:
+                    best.busy += 1
+                    return best
+                if not self._agents and self._failed:
+                    raise NoAgent("; ".join(sorted(set(self._failed.values()))))
+                self._cond.wait(WAIT_SECONDS)
+        return None
+
+    def release(self, agent: Agent) -> None:
+        with self._cond:
+            agent.busy -= 1
+            self._cond.notify_all()
+
+    def drop(self, agent: Agent) -> None:
+        """An agent whose calls failed as dead: its node gets a new one if it is still live."""
+        with self._cond:
+            if self._agents.get(agent.node_id) is agent:
+                del self._agents[agent.node_id]
+            self._looked = 0.0
+
+    def ready_agent(self, node_id: str) -> Agent | None:
+        with self._cond:
+            agent = self._agents.get(node_id)
+            return agent if agent is not None and agent.ready else None
+
+    # -- under the lock --------------------------------------------------------------------
+
+    def _look(self) -> None:
+        """Agents for docker nodes that have none; those of nodes that left, dropped."""
+        self._looked = time.monotonic()
+        nodes = {n["NodeID"]: int(n["Resources"][RESOURCE]) for n in docker_nodes()}
+        for node_id in list(self._agents):
+            if node_id not in nodes:
+                del self._agents[node_id]
+        for node_id, slots in nodes.items():
+            if node_id not in self._agents and node_id not in self._failed and slots > 0:
+                self._agents[node_id] = self._make(node_id, slots)
+
+    def _make(self, node_id: str, slots: int) -> Agent:
+        handle = self._actor.options(
+            num_cpus=0,
+            resources={RESOURCE: slots},
+            max_concurrency=slots + HELPER_THREADS,
+            max_restarts=0,
+            max_task_retries=0,
+            scheduling_strategy=on_node(node_id),
+        ).remote()
+        return Agent(node_id, slots, handle, handle.ready.remote())
+
+    def _settle(self) -> None:
+        """Marks the agents that started; an agent that failed to start leaves the board."""
+        pending = {a.ready_ref: a for a in self._agents.values() if not a.ready}
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in done:
+            agent = pending[ref]
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                del self._agents[agent.node_id]
+                self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {one_line(exc, 300)}"
+                continue
+            agent.ready = True
+            self._cond.notify_all()
