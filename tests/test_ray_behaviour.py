@@ -1,12 +1,14 @@
 """What a batch on the real local cluster (tests/ray_cluster.py) does while and after it runs:
 output reaches the driver's log files while the script still runs, on either node; the
 artifact cap holds end to end; `max_parallel` and `pools` hold across the cluster, not per
-node. Marked `ray` and `docker` (the nodes run real containers); never skipped."""
+node; a node's slots hold across two batches at once. Marked `ray` and `docker` (the nodes
+run real containers); never skipped."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -349,3 +351,73 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
     }
     assert held_nodes == {"host", "private"}, held
     assert_no_container(ray_cluster, docker_client, batch_dir)
+
+
+# -- 4. a node's slots hold across batches ----------------------------------------------
+
+
+def test_two_batches_on_one_cluster_never_run_more_containers_on_a_node_than_its_slots(
+    ray_cluster: LocalRayCluster,
+    ray_image: SessionImage,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """Batch A holds every slot of the cluster (2 nodes x 2) with held runs; batch B starts
+    meanwhile. B's runs wait for A's slots: on each node, the containers of both batches,
+    by their recorded intervals, never number more than the node's 2 slots."""
+    held_jobs = ray_image.project(
+        tmp_path / "a",
+        "holder",
+        "  - {name: h, framework: plain, scripts: held.py, repeat: 4, network: none}\n",
+        {"held.py": HELD},
+        held=True,
+    )
+    quick_jobs = ray_image.project(
+        tmp_path / "b",
+        "second",
+        "  - {name: q, framework: plain, scripts: q.py, repeat: 4, network: none}\n",
+        {"q.py": "print('quick')\n"},
+    )
+    out_a, out_b = tmp_path / "out-a", tmp_path / "out-b"
+    first = start_ray_cli(ray_cluster, ["run", str(held_jobs), "-o", str(out_a), "-j", "4"])
+    second: subprocess.Popen[str] | None = None
+    try:
+
+        def holding_every_slot() -> bool:
+            batch_dir = next((p.parent for p in out_a.glob("*/manifest.json")), None)
+            if batch_dir is None:
+                return False
+            runs = load_manifest(batch_dir).runs.values()
+            return [r.status for r in runs] == ["running"] * 4 and all(
+                "first out line" in read(batch_dir / r.latest.log_dir / "stdout.log")
+                for r in runs
+                if r.latest is not None
+            )
+
+        wait_for(holding_every_slot, "batch A's 4 runs to hold every slot", first)
+        second = start_ray_cli(ray_cluster, ["run", str(quick_jobs), "-o", str(out_b), "-j", "4"])
+        wait_for(lambda: any(out_b.glob("*/manifest.json")), "batch B to begin", second)
+        # Not a timing check: the pause only gives a scheduler that ignored A's slots the
+        # chance to run B (4 quick runs) beside A; B must not end while A holds.
+        for _ in range(50):
+            if second.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert second.poll() is None, "batch B ended while A held every slot"
+    finally:
+        code_a, out_a_text, err_a = release_and_finish(ray_cluster, out_a, first)
+        code_b, out_b_text, err_b = finish(second) if second is not None else (0, "", "")
+    assert code_a == 0, out_a_text + err_a
+    assert code_b == 0, out_b_text + err_b
+
+    runs = [
+        *valid_manifest(only_batch(out_a))["runs"],
+        *valid_manifest(only_batch(out_b))["runs"],
+    ]
+    assert {r["status"] for r in runs} == {"succeeded"}
+    nodes = node_names(ray_cluster)
+    for name in ("host", "private"):
+        on_node = [r for r in runs if nodes[r["attempts"][0]["node"]["node_id"]] == name]
+        assert most_at_once(spans(on_node)) <= 2, (name, spans(on_node))
+    assert_no_container(ray_cluster, docker_client, only_batch(out_a))
+    assert_no_container(ray_cluster, docker_client, only_batch(out_b))
