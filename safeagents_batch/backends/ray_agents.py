@@ -28,6 +28,7 @@ from safeagents_batch.errors import one_line
 RESOURCE = "docker"
 LOOK_SECONDS = 1.0  # how often the board asks the cluster for its nodes
 WAIT_SECONDS = 0.5  # how often an attempt that waits for a slot looks again
+GRACE_SECONDS = 5.0  # for the other agents once one is ready: the rest join when they start
 HELPER_THREADS = 4  # an agent's calls beside its attempts: image checks, loads, a sweep
 
 
@@ -78,12 +79,15 @@ class AgentBoard:
             self._look()
 
     def wait_ready(self, timeout: float) -> list[str]:
-        """Waits until every agent started or failed, or `timeout`; returns the ready nodes.
-        One whose node is taken by another batch may stay pending: it joins when it starts."""
+        """Waits for the agents to start (or fail): for the first one up to `timeout`, then
+        for the others a little longer; returns the nodes whose agent is ready. An agent whose
+        node another batch holds stays pending, and joins when it starts."""
         with self._cond:
             pending = [a.ready_ref for a in self._agents.values() if not a.ready]
         if pending:
-            ray.wait(pending, num_returns=len(pending), timeout=timeout)
+            _, rest = ray.wait(pending, num_returns=1, timeout=timeout)
+            if rest:
+                ray.wait(rest, num_returns=len(rest), timeout=GRACE_SECONDS)
         with self._cond:
             self._settle()
             return [a.node_id for a in self._agents.values() if a.ready]
