@@ -1,0 +1,195 @@
+"""The agent board's choices (backends/ray_agents.py), without a cluster: Ray's few calls it
+makes (the node listing, the actor, `ray.wait`, `ray.get`) are replaced by stand-ins that
+say which agents started. The cluster tests run the real thing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import ray
+import ray.exceptions
+
+from safeagents_batch.backends import ray_agents
+from safeagents_batch.backends.ray_agents import AgentBoard, NoAgent
+
+# Ray checks that node ids are hex, of its length.
+N1, N2 = "a1" * 28, "b2" * 28
+
+
+@dataclass(eq=False)  # hashable by identity, as Ray's refs are keys of a dict
+class Ref:
+    node_id: str
+    started: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Handle:
+    ref: Ref
+
+    @property
+    def ready(self) -> Any:
+        return self
+
+    def remote(self) -> Ref:
+        return self.ref
+
+
+@dataclass
+class Cluster:
+    """The nodes (id -> slots) and the agents the board made there, by node id."""
+
+    nodes: dict[str, int]
+    refs: dict[str, list[Ref]] = field(default_factory=dict)
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [{"NodeID": n, "Resources": {"docker": s}} for n, s in self.nodes.items()]
+
+    def start(self, node_id: str, error: str | None = None) -> None:
+        ref = self.refs[node_id][-1]
+        ref.started, ref.error = True, error
+
+
+class Actor:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.pending: dict[str, Any] = {}
+
+    def options(self, **options: Any) -> Actor:
+        self.cluster.options.append(options)
+        self.pending = options
+        return self
+
+    def remote(self) -> Handle:
+        node_id = self.pending["scheduling_strategy"].node_id
+        ref = Ref(node_id)
+        self.cluster.refs.setdefault(node_id, []).append(ref)
+        return Handle(ref)
+
+
+def fake_wait(refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> Any:
+    done = [r for r in refs if r.started]
+    return done, [r for r in refs if not r.started]
+
+
+def fake_get(ref: Ref) -> dict[str, str]:
+    if ref.error is not None:
+        raise ray.exceptions.RayError(ref.error)
+    return {"node_id": ref.node_id}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    cluster = Cluster({N1: 2, N2: 1})
+    monkeypatch.setattr(ray_agents, "docker_nodes", cluster.listing)
+    monkeypatch.setattr(ray, "wait", fake_wait)
+    monkeypatch.setattr(ray, "get", fake_get)
+    monkeypatch.setattr(ray_agents, "LOOK_SECONDS", 0.0)  # every ask looks at the cluster
+    monkeypatch.setattr(ray_agents, "WAIT_SECONDS", 0.01)
+    return cluster
+
+
+def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Polls for at most 10 s: a bound for a hang, not a timing check."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def board_on(cluster: Cluster) -> AgentBoard:
+    board = AgentBoard()
+    board._actor = Actor(cluster)
+    board.start()
+    return board
+
+
+def test_each_agent_holds_all_its_nodes_slots_and_the_most_free_takes_the_attempt(
+    cluster: Cluster,
+) -> None:
+    board = board_on(cluster)
+    assert {o["scheduling_strategy"].node_id: o["resources"] for o in cluster.options} == {
+        N1: {"docker": 2},
+        N2: {"docker": 1},
+    }
+    cluster.start(N1)
+    cluster.start(N2)
+    assert board.wait_ready(0) == [N1, N2]
+    never = threading.Event()
+    taken = [board.acquire(never) for _ in range(3)]
+    nodes = [a.node_id for a in taken if a is not None]
+    assert nodes[0] == N1  # 2 free against 1
+    assert sorted(nodes) == [N1, N1, N2]  # then every slot, none twice
+
+
+def test_a_full_board_waits_until_a_slot_is_released_or_the_batch_is_cancelled(
+    cluster: Cluster,
+) -> None:
+    cluster.nodes = {N1: 1}
+    board = board_on(cluster)
+    cluster.start(N1)
+    never = threading.Event()
+    first = board.acquire(never)
+    assert first is not None
+
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(board.acquire(never)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and got == []  # still waiting: the one slot is taken
+    board.release(first)
+    waiter.join(10)
+    assert got and got[0] is first
+
+    cancelled = threading.Event()
+    cancelled.set()
+    assert board.acquire(cancelled) is None
+
+
+def test_agents_not_started_take_nothing_and_a_failed_start_says_why(cluster: Cluster) -> None:
+    cluster.nodes = {N1: 1}
+    board = board_on(cluster)
+    cluster.start(N1, error="runtime env setup failed")
+    with pytest.raises(NoAgent, match=f"node {N1[:12]}: runtime env setup failed"):
+        board.acquire(threading.Event())
+
+
+def test_a_node_that_joins_gets_an_agent_and_one_that_leaves_loses_it(cluster: Cluster) -> None:
+    cluster.nodes = {N1: 1}
+    board = board_on(cluster)
+    cluster.start(N1)
+    first = board.acquire(threading.Event())
+    assert first is not None and first.node_id == N1
+
+    cluster.nodes = {N2: 1}  # N1 left, N2 joined
+    done: list[Any] = []
+    waiter = threading.Thread(target=lambda: done.append(board.acquire(threading.Event())))
+    waiter.start()
+    eventually(lambda: bool(cluster.refs.get(N2)), "an agent on the node that joined")
+    cluster.start(N2)
+    waiter.join(10)
+    assert done and done[0].node_id == N2
+    assert board.ready_agent(N1) is None
+
+
+def test_a_dropped_agent_of_a_live_node_is_replaced(cluster: Cluster) -> None:
+    cluster.nodes = {N1: 1}
+    board = board_on(cluster)
+    cluster.start(N1)
+    agent = board.acquire(threading.Event())
+    assert agent is not None
+    board.release(agent)
+    board.drop(agent)  # its calls failed: the actor died
+    replacement: list[Any] = []
+    waiter = threading.Thread(target=lambda: replacement.append(board.acquire(threading.Event())))
+    waiter.start()
+    eventually(lambda: len(cluster.refs[N1]) == 2, "a second agent on the node")
+    cluster.start(N1)
+    waiter.join(10)
+    assert replacement and replacement[0] is not agent
