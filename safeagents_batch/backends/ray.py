@@ -53,7 +53,7 @@ from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.units import format_size
 
-AGENT_START_SECONDS = 120.0  # for the agents to start before the images go out; later ones join
+AGENT_START_SECONDS = 120.0  # for a first agent before the images go out; later ones join
 SPOOL_IN_MEMORY = 8 << 20  # an attempt's artifacts beyond this wait on disk, not in memory
 SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
