@@ -1,6 +1,7 @@
 """The agent board's choices (backends/ray_agents.py), without a cluster: Ray's few calls it
 makes (the node listing, the actor, `ray.wait`, `ray.get`) are replaced by stand-ins that
-say which agents started. The cluster tests run the real thing."""
+say which agents started. The cluster tests run the real thing. Marked `ray`: they import
+Ray."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import ray.exceptions
 
 from safeagents_batch.backends import ray_agents
 from safeagents_batch.backends.ray_agents import AgentBoard, NoAgent
+
+pytestmark = pytest.mark.ray
 
 # Ray checks that node ids are hex, of its length.
 N1, N2 = "a1" * 28, "b2" * 28

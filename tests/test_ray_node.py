@@ -1,10 +1,12 @@
 """The node side's pure parts, without a cluster: output coalescing and order, the artifact
-cap, and code tars that unpack to the same tree. Marked `ray`: they import Ray."""
+cap, code tars that unpack to the same tree, an agent's early cancel. Marked `ray`: they
+import Ray."""
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -13,7 +15,8 @@ import ray
 import ray.exceptions
 
 from safeagents_batch.backends import ray as ray_backend
-from safeagents_batch.backends.base import AttemptOutcome, Sink
+from safeagents_batch.backends import ray_node
+from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, Sink
 from safeagents_batch.backends.ray import tar_tree
 from safeagents_batch.backends.ray_node import CHUNK_BYTES, Item, QueueSink, _drain, unpack
 
@@ -92,3 +95,25 @@ def test_a_task_lost_while_the_head_does_not_answer_is_an_engine_loss(
     outcome = attempt._lost(ray.exceptions.RayError("worker died"))
     assert outcome.engine_lost and outcome.status == "error"
     assert outcome.error is not None and outcome.error.startswith("cluster lost"), outcome
+
+
+def test_a_cancel_that_arrives_before_its_attempt_still_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C right after an attempt was sent: the agent's `cancel` call may run before the
+    attempt's own call has begun; the attempt must start cancelled, not run to its end."""
+    seen: list[bool] = []
+
+    def attempt(*args: object) -> Iterator[Item]:
+        cancel = args[-1]
+        assert isinstance(cancel, threading.Event)
+        seen.append(cancel.is_set())
+        yield ("outcome", OUTCOME)
+
+    monkeypatch.setattr(ray_node, "run_attempt", attempt)
+    agent = ray_node.NodeAgent()
+    agent.cancel("early")
+    list(agent.run_attempt("early", cast(AttemptRequest, None), [], []))
+    list(agent.run_attempt("other", cast(AttemptRequest, None), [], []))
+    assert seen == [True, False]
+    assert agent._cancels == {} and agent._cancelled_early == set()

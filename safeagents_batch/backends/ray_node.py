@@ -247,6 +247,8 @@ class NodeAgent:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
+        # Cancels that came before their attempt's call began (Ctrl-C right after it was sent).
+        self._cancelled_early: set[str] = set()
 
     def ready(self) -> dict[str, str]:
         """Where it runs, once its engine client is made (before the first attempt needs it)."""
@@ -259,6 +261,9 @@ class NodeAgent:
         cancel = threading.Event()
         with self._lock:
             self._cancels[key] = cancel
+            if key in self._cancelled_early:
+                self._cancelled_early.discard(key)
+                cancel.set()
         try:
             yield from run_attempt(request, code_box, azure_box, cancel)
         finally:
@@ -270,6 +275,8 @@ class NodeAgent:
         `cancelled`. An explicit call, because Ray does not interrupt a threaded actor's call."""
         with self._lock:
             cancel = self._cancels.get(key)
+            if cancel is None:
+                self._cancelled_early.add(key)
         if cancel is not None:
             cancel.set()
 
