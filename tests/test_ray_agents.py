@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import ray
 import ray.exceptions
 
 from safeagents_batch.backends import ray_agents
-from safeagents_batch.backends.ray_agents import AgentBoard, NoAgent
+from safeagents_batch.backends.ray_agents import AgentBoard, ClusterUnanswered, NoAgent
 
 pytestmark = pytest.mark.ray
 
@@ -88,6 +88,15 @@ def fake_get(ref: Ref) -> dict[str, str]:
 
 
 @pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    """The batch's cancel flag, set when a test ends: a waiter a broken board never serves
+    ends with the test instead of hanging the session."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     cluster = Cluster({N1: 2, N2: 1})
     monkeypatch.setattr(ray_agents, "docker_nodes", cluster.listing)
@@ -113,86 +122,114 @@ def board_on(cluster: Cluster) -> AgentBoard:
     return board
 
 
+def waiting(board: AgentBoard, cancel: threading.Event) -> tuple[threading.Thread, list[Any]]:
+    """An attempt asking for a slot in its own thread; what it got lands in the list."""
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(board.acquire(cancel)), daemon=True)
+    thread.start()
+    return thread, got
+
+
 def test_each_agent_holds_all_its_nodes_slots_and_the_most_free_takes_the_attempt(
-    cluster: Cluster,
+    cluster: Cluster, stop: threading.Event
 ) -> None:
+    cluster.nodes = {N1: 1, N2: 2}
     board = board_on(cluster)
     assert {o["scheduling_strategy"].node_id: o["resources"] for o in cluster.options} == {
-        N1: {"docker": 2},
-        N2: {"docker": 1},
+        N1: {"docker": 1},
+        N2: {"docker": 2},
     }
     cluster.start(N1)
     cluster.start(N2)
     assert board.wait_ready(0) == [N1, N2]
-    never = threading.Event()
-    taken = [board.acquire(never) for _ in range(3)]
+    taken = [board.acquire(stop) for _ in range(3)]
     nodes = [a.node_id for a in taken if a is not None]
-    assert nodes[0] == N1  # 2 free against 1
-    assert sorted(nodes) == [N1, N1, N2]  # then every slot, none twice
+    assert nodes[0] == N2  # 2 free against 1, though N1 comes first
+    assert sorted(nodes) == sorted([N1, N2, N2])  # then every slot, none twice
 
 
 def test_a_full_board_waits_until_a_slot_is_released_or_the_batch_is_cancelled(
-    cluster: Cluster,
+    cluster: Cluster, stop: threading.Event
 ) -> None:
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     cluster.start(N1)
-    never = threading.Event()
-    first = board.acquire(never)
+    first = board.acquire(stop)
     assert first is not None
 
-    got: list[Any] = []
-    waiter = threading.Thread(target=lambda: got.append(board.acquire(never)))
-    waiter.start()
-    waiter.join(0.2)
-    assert waiter.is_alive() and got == []  # still waiting: the one slot is taken
+    thread, got = waiting(board, stop)
+    thread.join(0.2)
+    assert thread.is_alive() and got == []  # still waiting: the one slot is taken
     board.release(first)
-    waiter.join(10)
-    assert got and got[0] is first
+    thread.join(10)
+    assert got == [first]
 
-    cancelled = threading.Event()
-    cancelled.set()
-    assert board.acquire(cancelled) is None
+    board.release(first)
+    again = board.acquire(stop)  # the one slot taken again
+    cancel = threading.Event()
+    thread, got = waiting(board, cancel)
+    thread.join(0.2)
+    assert thread.is_alive() and got == []
+    cancel.set()  # Ctrl-C while it waits
+    thread.join(10)
+    assert got == [None]
+    assert again is not None
 
 
-def test_agents_not_started_take_nothing_and_a_failed_start_says_why(cluster: Cluster) -> None:
+def test_agents_not_started_take_nothing_and_a_failed_start_says_why(
+    cluster: Cluster, stop: threading.Event
+) -> None:
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     cluster.start(N1, error="runtime env setup failed")
     with pytest.raises(NoAgent, match=f"node {N1[:12]}: runtime env setup failed"):
-        board.acquire(threading.Event())
+        board.acquire(stop)
 
 
-def test_a_node_that_joins_gets_an_agent_and_one_that_leaves_loses_it(cluster: Cluster) -> None:
+def test_a_head_that_does_not_answer_is_its_own_error(
+    cluster: Cluster, stop: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    board = board_on(cluster)
+
+    def unanswered() -> list[dict[str, Any]]:
+        raise ConnectionError("GCS at 127.0.0.1:6379\nunreachable")
+
+    monkeypatch.setattr(ray_agents, "docker_nodes", unanswered)
+    with pytest.raises(ClusterUnanswered, match=r"^GCS at 127\.0\.0\.1:6379 unreachable$"):
+        board.acquire(stop)
+
+
+def test_a_node_that_joins_gets_an_agent_and_one_that_leaves_loses_it(
+    cluster: Cluster, stop: threading.Event
+) -> None:
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     cluster.start(N1)
-    first = board.acquire(threading.Event())
+    first = board.acquire(stop)
     assert first is not None and first.node_id == N1
 
     cluster.nodes = {N2: 1}  # N1 left, N2 joined
-    done: list[Any] = []
-    waiter = threading.Thread(target=lambda: done.append(board.acquire(threading.Event())))
-    waiter.start()
+    thread, got = waiting(board, stop)
     eventually(lambda: bool(cluster.refs.get(N2)), "an agent on the node that joined")
     cluster.start(N2)
-    waiter.join(10)
-    assert done and done[0].node_id == N2
+    thread.join(10)
+    assert [a.node_id for a in got] == [N2]
     assert board.ready_agent(N1) is None
 
 
-def test_a_dropped_agent_of_a_live_node_is_replaced(cluster: Cluster) -> None:
+def test_a_dropped_agent_of_a_live_node_is_replaced_at_once(
+    cluster: Cluster, stop: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_agents, "LOOK_SECONDS", 3600.0)  # no look is due but the drop's
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     cluster.start(N1)
-    agent = board.acquire(threading.Event())
+    agent = board.acquire(stop)
     assert agent is not None
+    board.drop(agent)  # its call failed as dead, while the attempt still holds its slot
     board.release(agent)
-    board.drop(agent)  # its calls failed: the actor died
-    replacement: list[Any] = []
-    waiter = threading.Thread(target=lambda: replacement.append(board.acquire(threading.Event())))
-    waiter.start()
+    thread, got = waiting(board, stop)
     eventually(lambda: len(cluster.refs[N1]) == 2, "a second agent on the node")
     cluster.start(N1)
-    waiter.join(10)
-    assert replacement and replacement[0] is not agent
+    thread.join(10)
+    assert len(got) == 1 and got[0] is not agent and got[0].node_id == N1

@@ -43,6 +43,7 @@ from safeagents_batch.backends.ray_agents import (
     RESOURCE,
     Agent,
     AgentBoard,
+    ClusterUnanswered,
     NoAgent,
     docker_nodes,
     live_nodes,
@@ -53,7 +54,9 @@ from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
 from safeagents_batch.units import format_size
 
-AGENT_START_SECONDS = 120.0  # for a first agent before the images go out; later ones join
+# For a first agent before the images go out (Python, Ray and this package start on the
+# node); one that starts later gets the image when its first attempt arrives.
+AGENT_START_SECONDS = 10.0
 SPOOL_IN_MEMORY = 8 << 20  # an attempt's artifacts beyond this wait on disk, not in memory
 SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
@@ -239,7 +242,11 @@ class RayBackend:
         try:
             agent = self._board.acquire(cancel)
         except NoAgent as exc:
-            return AttemptOutcome("error", None, started, now_iso(), f"no node agent: {exc}")
+            error = f"no node agent: {one_line(exc, 300)}"
+            return AttemptOutcome("error", None, started, now_iso(), error)
+        except ClusterUnanswered as exc:
+            reason = f"cluster lost: the head does not answer ({exc})"
+            return AttemptOutcome("error", None, started, now_iso(), reason, engine_lost=True)
         if agent is None:
             return AttemptOutcome("cancelled", None, started, now_iso(), "cancelled by the user")
         try:
@@ -410,8 +417,13 @@ class RemoteAttempt:
         except ray.exceptions.TaskCancelledError:
             outcome = self._ended("cancelled", "cancelled by the user")
         except ray.exceptions.RayError as exc:
-            self.agent_lost = isinstance(exc, ray.exceptions.RayActorError)
             outcome = self._lost(exc)
+        except BaseException:
+            # The driver cannot take the attempt's output (a full disk, ...): its container
+            # must not run on in a slot the batch is about to give to another attempt.
+            with contextlib.suppress(Exception):  # the error that goes up is the one above
+                self.ask_cancel()
+            raise
         finally:
             self.finished.set()
         try:
@@ -475,18 +487,25 @@ class RemoteAttempt:
             self.spool = None
 
     def _lost(self, exc: ray.exceptions.RayError) -> AttemptOutcome:
-        """A task that died with its node (raylet gone) is `node lost`; the run may retry on
-        another node. One that died while the node lives is a crash of its worker."""
+        """A call that died with its node (raylet gone) is `node lost`; the run may retry on
+        another node. One that failed while the node lives is the agent's failure; the agent
+        is asked to cancel it, in case its container still runs there."""
         node_id = (self.node or {}).get("node_id") or self.node_id
         try:
             gone = node_id is None or node_gone(node_id)
         except Exception as unanswered:  # the head does not answer: no node can be reached
             reason = f"cluster lost: the head does not answer ({one_line(unanswered, 200)})"
             return replace(self._ended("error", reason), engine_lost=True)
+        # The agent is of no more use when its node is gone or it died; a call it could not
+        # answer for a moment (ActorUnavailableError) leaves it, as its container may run on.
+        transient = isinstance(exc, ray.exceptions.ActorUnavailableError)
+        self.agent_lost = gone or (isinstance(exc, ray.exceptions.RayActorError) and not transient)
         if gone:
             where = f" ({(self.node or {}).get('host', '?')} {node_id or '?'})"
             return self._ended("error", f"node lost{where}: {one_line(exc, 200)}")
-        return self._ended("error", f"ray task failed: {one_line(exc, 300)}")
+        with contextlib.suppress(Exception):  # an agent that is gone has no container to stop
+            self.ask_cancel()
+        return self._ended("error", f"ray call failed: {one_line(exc, 300)}")
 
     def _ended(self, status: str, reason: str) -> AttemptOutcome:
         if status == "cancelled":

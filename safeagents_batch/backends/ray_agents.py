@@ -65,6 +65,10 @@ class NoAgent(Exception):
     """No node can take an attempt: every agent failed to start, or the cluster has none."""
 
 
+class ClusterUnanswered(Exception):
+    """The head did not answer the board's look at the cluster."""
+
+
 class AgentBoard:
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -75,16 +79,17 @@ class AgentBoard:
 
     def start(self) -> None:
         """Agents on every docker node, started at once; returns without waiting for them."""
-        with self._cond:
-            self._look()
+        self._look()
 
     def wait_ready(self, timeout: float) -> list[str]:
-        """Waits for the agents to start (or fail): for the first one up to `timeout`, then
-        for the others a little longer; returns the nodes whose agent is ready. An agent whose
-        node another batch holds stays pending, and joins when it starts."""
+        """The nodes whose agent is ready. While none is, waits for the first one (up to
+        `timeout`), then a little longer for the others. An agent that is not ready by then
+        (its node held by another batch, a slow start) joins when it starts."""
         with self._cond:
+            self._settle()
             pending = [a.ready_ref for a in self._agents.values() if not a.ready]
-        if pending:
+            anyone = any(a.ready for a in self._agents.values())
+        if pending and not anyone:
             _, rest = ray.wait(pending, num_returns=1, timeout=timeout)
             if rest:
                 ray.wait(rest, num_returns=len(rest), timeout=GRACE_SECONDS)
@@ -94,10 +99,10 @@ class AgentBoard:
 
     def acquire(self, cancel: threading.Event) -> Agent | None:
         """A slot on the ready agent with the most free; None once `cancel` is set."""
-        with self._cond:
-            while not cancel.is_set():
-                if time.monotonic() - self._looked >= LOOK_SECONDS:
-                    self._look()
+        while not cancel.is_set():
+            if time.monotonic() - self._looked >= LOOK_SECONDS:
+                self._look()
+            with self._cond:
                 self._settle()
                 best = max(self._agents.values(), key=lambda a: a.free, default=None)
                 if best is not None and best.free > 0:
@@ -125,12 +130,22 @@ class AgentBoard:
             agent = self._agents.get(node_id)
             return agent if agent is not None and agent.ready else None
 
+    def _look(self) -> None:
+        """Agents for docker nodes that have none; those of nodes that left, dropped. The
+        cluster is asked outside the lock: a head that does not answer must not hold up the
+        attempts that release slots meanwhile."""
+        self._looked = time.monotonic()
+        try:
+            listed = docker_nodes()
+        except Exception as exc:
+            raise ClusterUnanswered(one_line(exc, 200)) from None
+        with self._cond:
+            self._apply(listed)
+
     # -- under the lock --------------------------------------------------------------------
 
-    def _look(self) -> None:
-        """Agents for docker nodes that have none; those of nodes that left, dropped."""
-        self._looked = time.monotonic()
-        nodes = {n["NodeID"]: int(n["Resources"][RESOURCE]) for n in docker_nodes()}
+    def _apply(self, listed: list[dict[str, Any]]) -> None:
+        nodes = {n["NodeID"]: int(n["Resources"][RESOURCE]) for n in listed}
         for node_id in list(self._agents):
             if node_id not in nodes:
                 del self._agents[node_id]
