@@ -277,6 +277,7 @@ class RayBackend:
         attempt = RemoteAttempt(
             stream, sink, cancel, started, lambda: agent.handle.cancel.remote(key), agent.node_id
         )
+        attempt.node = agent.info
         outcome = attempt.follow()
         if attempt.agent_lost:
             self._board.drop(agent)
@@ -460,8 +461,6 @@ class RemoteAttempt:
         elif kind == "art_over":
             self._drop_spool()
             self.artifacts_over = payload
-        elif kind == "node":
-            self.node = payload
         elif kind == "no_image":
             self.image_missing = True
 

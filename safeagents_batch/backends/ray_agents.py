@@ -5,7 +5,7 @@ board hands out slots: an attempt takes one on the ready agent with the most fre
 batch spreads over its nodes), waiting while every slot is taken.
 
 The board follows the cluster: a node that joins gets an agent on the next look (about once
-a second, when an attempt asks for a slot), an agent whose node is gone leaves, and
+a second while an attempt waits for a slot), an agent whose node is gone leaves, and
 one that died on a live node is replaced. The agents die with the driver (they are its
 actors, not detached): nothing of a batch outlives it on the cluster.
 """
@@ -55,6 +55,7 @@ class Agent:
     ready_ref: ray.ObjectRef[Any]
     ready: bool = False
     busy: int = 0
+    info: dict[str, str] | None = None  # where it runs: node id, host name, engine
 
     @property
     def free(self) -> int:
@@ -98,10 +99,10 @@ class AgentBoard:
             return [a.node_id for a in self._agents.values() if a.ready]
 
     def acquire(self, cancel: threading.Event) -> Agent | None:
-        """A slot on the ready agent with the most free; None once `cancel` is set."""
+        """A slot on the ready agent with the most free; None once `cancel` is set. Only an
+        attempt that finds no free slot looks at the cluster (at most once a second): a node
+        that joined may take it."""
         while not cancel.is_set():
-            if time.monotonic() - self._looked >= LOOK_SECONDS:
-                self._look()
             with self._cond:
                 self._settle()
                 best = max(self._agents.values(), key=lambda a: a.free, default=None)
@@ -110,7 +111,10 @@ class AgentBoard:
                     return best
                 if not self._agents and self._failed:
                     raise NoAgent("; ".join(sorted(set(self._failed.values()))))
-                self._cond.wait(WAIT_SECONDS)
+                if time.monotonic() - self._looked < LOOK_SECONDS:
+                    self._cond.wait(WAIT_SECONDS)
+                    continue
+            self._look()
         return None
 
     def release(self, agent: Agent) -> None:
@@ -173,7 +177,7 @@ class AgentBoard:
         for ref in done:
             agent = pending[ref]
             try:
-                ray.get(ref)
+                agent.info = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 del self._agents[agent.node_id]
                 self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {one_line(exc, 300)}"

@@ -51,7 +51,7 @@ JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container onc
 _backend: DockerBackend | None = None
 _backend_lock = threading.Lock()
 
-Item = tuple[str, Any]  # (kind, payload): node, out, err, art, art_over, no_image, outcome
+Item = tuple[str, Any]  # (kind, payload): out, err, art, art_over, no_image, outcome
 
 
 def node_backend() -> DockerBackend:
@@ -294,8 +294,8 @@ def run_attempt(
 ) -> Iterator[Item]:
     """The body of a streaming Ray call: yields where it runs, the output as it comes, then
     the outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
-    generator, the attempt kills and removes its container before it ends."""
-    yield ("node", node_info())
+    generator, the attempt kills and removes its container before it ends. Where it runs the
+    driver knows from the agent's `ready`."""
     started = now_iso()
     azure_dir: Path | None = None
     try:
