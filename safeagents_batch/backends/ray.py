@@ -275,9 +275,8 @@ class RayBackend:
             key, request, *boxes
         )
         attempt = RemoteAttempt(
-            stream, sink, cancel, started, lambda: agent.handle.cancel.remote(key), agent.node_id
+            stream, sink, cancel, started, lambda: agent.handle.cancel.remote(key), agent.info
         )
-        attempt.node = agent.info
         outcome = attempt.follow()
         if attempt.agent_lost:
             self._board.drop(agent)
@@ -393,15 +392,14 @@ class RemoteAttempt:
         cancel: threading.Event,
         started: str,
         ask_cancel: Callable[[], object] = lambda: None,
-        node_id: str | None = None,
+        node: dict[str, str] | None = None,
     ) -> None:
         self.stream = stream
         self.sink = sink
         self.cancel = cancel
         self.started = started
         self.ask_cancel = ask_cancel
-        self.node_id = node_id  # where it was sent, until the node says where it runs
-        self.node: dict[str, str] | None = None
+        self.node = node  # where it runs: its agent's node id, host name and engine
         self.agent_lost = False
         # The archive of /safeagents/logs as it arrives, kept until the outcome says the run
         # ended: in memory up to a few MB, on the driver's disk beyond (it may be GBs).
@@ -415,15 +413,12 @@ class RemoteAttempt:
         watcher.start()
         try:
             outcome = self._consume()
-        except ray.exceptions.TaskCancelledError:
-            outcome = self._ended("cancelled", "cancelled by the user")
         except ray.exceptions.RayError as exc:
             outcome = self._lost(exc)
         except BaseException:
             # The driver cannot take the attempt's output (a full disk, ...): its container
             # must not run on in a slot the batch is about to give to another attempt.
-            with contextlib.suppress(Exception):  # the error that goes up is the one above
-                self.ask_cancel()
+            self._stop_remote()
             raise
         finally:
             self.finished.set()
@@ -431,6 +426,13 @@ class RemoteAttempt:
             return replace(self._with_artifacts(outcome), node=self.node)
         finally:
             self._drop_spool()
+
+    def _stop_remote(self) -> None:
+        """Asks the agent to cancel an attempt this driver gives up on. Its own failure is
+        not the error: the agent is gone, and with it what it ran, or the error that made us
+        give up goes up instead."""
+        with contextlib.suppress(Exception):
+            self.ask_cancel()
 
     def _cancel_when_asked(self) -> None:
         while not self.finished.wait(0.25):
@@ -446,7 +448,7 @@ class RemoteAttempt:
                 outcome: AttemptOutcome = payload
                 return outcome
             self._take(kind, payload)
-        return self._ended("error", "the node's task ended without an outcome")
+        return self._ended("the node's call ended without an outcome")
 
     def _take(self, kind: str, payload: Any) -> None:
         if kind == "out":
@@ -489,24 +491,21 @@ class RemoteAttempt:
         """A call that died with its node (raylet gone) is `node lost`; the run may retry on
         another node. One that failed while the node lives is the agent's failure; the agent
         is asked to cancel it, in case its container still runs there."""
-        node_id = (self.node or {}).get("node_id") or self.node_id
+        node_id = (self.node or {}).get("node_id")
         try:
             gone = node_id is None or node_gone(node_id)
         except Exception as unanswered:  # the head does not answer: no node can be reached
             reason = f"cluster lost: the head does not answer ({one_line(unanswered, 200)})"
-            return replace(self._ended("error", reason), engine_lost=True)
+            return replace(self._ended(reason), engine_lost=True)
         # The agent is of no more use when its node is gone or it died; a call it could not
         # answer for a moment (ActorUnavailableError) leaves it, as its container may run on.
         transient = isinstance(exc, ray.exceptions.ActorUnavailableError)
         self.agent_lost = gone or (isinstance(exc, ray.exceptions.RayActorError) and not transient)
         if gone:
             where = f" ({(self.node or {}).get('host', '?')} {node_id or '?'})"
-            return self._ended("error", f"node lost{where}: {one_line(exc, 200)}")
-        with contextlib.suppress(Exception):  # an agent that is gone has no container to stop
-            self.ask_cancel()
-        return self._ended("error", f"ray call failed: {one_line(exc, 300)}")
+            return self._ended(f"node lost{where}: {one_line(exc, 200)}")
+        self._stop_remote()
+        return self._ended(f"ray call failed: {one_line(exc, 300)}")
 
-    def _ended(self, status: str, reason: str) -> AttemptOutcome:
-        if status == "cancelled":
-            return AttemptOutcome("cancelled", None, self.started, now_iso(), reason)
+    def _ended(self, reason: str) -> AttemptOutcome:
         return AttemptOutcome("error", None, self.started, now_iso(), reason)

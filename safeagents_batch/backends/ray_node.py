@@ -287,15 +287,11 @@ class NodeAgent:
 
 
 def run_attempt(
-    request: AttemptRequest,
-    code_box: list[Any],
-    azure_box: list[Any],
-    cancel: threading.Event | None = None,
+    request: AttemptRequest, code_box: list[Any], azure_box: list[Any], cancel: threading.Event
 ) -> Iterator[Item]:
-    """The body of a streaming Ray call: yields where it runs, the output as it comes, then
-    the outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
-    generator, the attempt kills and removes its container before it ends. Where it runs the
-    driver knows from the agent's `ready`."""
+    """The body of an agent's streaming call: yields the output as it comes, then the
+    outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
+    generator, the attempt kills and removes its container before it ends."""
     started = now_iso()
     azure_dir: Path | None = None
     try:
@@ -309,7 +305,7 @@ def run_attempt(
             yield ("outcome", _error(started, f"image {request.image} is not on this node"))
             return
         local = replace(request, code=code, azure_dir=azure_dir)
-        yield from _supervised(backend, local, cancel or threading.Event())
+        yield from _supervised(backend, local, cancel)
     except (EngineUnavailable, *ENGINE_ERRORS) as exc:
         yield ("outcome", _error(started, f"node engine unavailable: {one_line(exc)}"))
     finally:
