@@ -122,6 +122,15 @@ def board_on(cluster: Cluster) -> AgentBoard:
     return board
 
 
+def ready_board(cluster: Cluster, nodes: dict[str, int]) -> AgentBoard:
+    """A board on `nodes` (node id -> slots) whose agents all started."""
+    cluster.nodes = nodes
+    board = board_on(cluster)
+    for node_id in nodes:
+        cluster.start(node_id)
+    return board
+
+
 def waiting(board: AgentBoard, cancel: threading.Event) -> tuple[threading.Thread, list[Any]]:
     """An attempt asking for a slot in its own thread; what it got lands in the list."""
     got: list[Any] = []
@@ -151,9 +160,7 @@ def test_each_agent_holds_all_its_nodes_slots_and_the_most_free_takes_the_attemp
 def test_a_full_board_waits_until_a_slot_is_released_or_the_batch_is_cancelled(
     cluster: Cluster, stop: threading.Event
 ) -> None:
-    cluster.nodes = {N1: 1}
-    board = board_on(cluster)
-    cluster.start(N1)
+    board = ready_board(cluster, {N1: 1})
     first = board.acquire(stop)
     assert first is not None
 
@@ -202,9 +209,7 @@ def test_a_head_that_does_not_answer_is_its_own_error(
 def test_a_node_that_joins_gets_an_agent_and_one_that_leaves_loses_it(
     cluster: Cluster, stop: threading.Event
 ) -> None:
-    cluster.nodes = {N1: 1}
-    board = board_on(cluster)
-    cluster.start(N1)
+    board = ready_board(cluster, {N1: 1})
     first = board.acquire(stop)
     assert first is not None and first.node_id == N1
 
@@ -221,9 +226,7 @@ def test_a_dropped_agent_of_a_live_node_is_replaced_at_once(
     cluster: Cluster, stop: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ray_agents, "LOOK_SECONDS", 3600.0)  # no look is due but the drop's
-    cluster.nodes = {N1: 1}
-    board = board_on(cluster)
-    cluster.start(N1)
+    board = ready_board(cluster, {N1: 1})
     agent = board.acquire(stop)
     assert agent is not None
     board.drop(agent)  # its call failed as dead, while the attempt still holds its slot

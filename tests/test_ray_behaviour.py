@@ -275,6 +275,23 @@ LIMITED = (
 )
 
 
+def batch_runs(output: Path) -> tuple[Path, list[RunRecord]] | None:
+    """The batch dir under `output` and its runs, once its manifest is written."""
+    batch_dir = next((p.parent for p in output.glob("*/manifest.json")), None)
+    if batch_dir is None:
+        return None
+    return batch_dir, list(load_manifest(batch_dir).runs.values())
+
+
+def all_holding(batch_dir: Path, runs: Iterable[RunRecord]) -> bool:
+    """Every one of `runs` printed its first line: its script is held, not starting."""
+    return all(
+        "first out line" in read(batch_dir / r.latest.log_dir / "stdout.log")
+        for r in runs
+        if r.latest is not None
+    )
+
+
 def of_jobs(runs: Iterable[RunRecord], *names: str) -> list[RunRecord]:
     return [r for r in runs if r.job in names]
 
@@ -304,18 +321,14 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
 
         def steady() -> bool:
             """Both free runs done while three limited ones hold; or a limit broken."""
-            batch_dir = next((p.parent for p in output.glob("*/manifest.json")), None)
-            if batch_dir is None:
+            found = batch_runs(output)
+            if found is None:
                 return False
-            runs = load_manifest(batch_dir).runs.values()
+            batch_dir, runs = found
             held[:] = [r for r in runs if r.status == "running"]
             if len(of_jobs(held, "one")) > 1 or len(of_jobs(held, "x", "y")) > 2:
                 return True  # the assertions below say which
-            holding = all(
-                "first out line" in read(batch_dir / r.latest.log_dir / "stdout.log")
-                for r in held
-                if r.latest is not None
-            )
+            holding = all_holding(batch_dir, held)
             free_done = [r.status for r in of_jobs(runs, "free")] == ["succeeded"] * 2
             return free_done and holding and len(held) == 3
 
@@ -384,15 +397,11 @@ def test_two_batches_on_one_cluster_never_run_more_containers_on_a_node_than_its
     try:
 
         def holding_every_slot() -> bool:
-            batch_dir = next((p.parent for p in out_a.glob("*/manifest.json")), None)
-            if batch_dir is None:
+            found = batch_runs(out_a)
+            if found is None:
                 return False
-            runs = load_manifest(batch_dir).runs.values()
-            return [r.status for r in runs] == ["running"] * 4 and all(
-                "first out line" in read(batch_dir / r.latest.log_dir / "stdout.log")
-                for r in runs
-                if r.latest is not None
-            )
+            batch_dir, runs = found
+            return [r.status for r in runs] == ["running"] * 4 and all_holding(batch_dir, runs)
 
         wait_for(holding_every_slot, "batch A's 4 runs to hold every slot", first)
         second = start_ray_cli(ray_cluster, ["run", str(quick_jobs), "-o", str(out_b), "-j", "4"])

@@ -77,6 +77,12 @@ def has_image(client: docker.DockerClient, tag: str) -> bool:
     return True
 
 
+def napping_jobs(image: SessionImage, root: Path, name: str, runs: int) -> Path:
+    """A jobs file of `runs` runs of NAPPER on the session's plain image."""
+    job = f"  - {{name: nap, framework: plain, scripts: nap.py, repeat: {runs}, network: none}}\n"
+    return image.project(root, name, job, {"nap.py": NAPPER})
+
+
 def without_image(client: docker.DockerClient, tag: str) -> None:
     if has_image(client, tag):
         client.api.remove_image(tag)
@@ -114,12 +120,7 @@ def test_the_image_is_pushed_once_and_the_node_that_lacks_it_pulls_it_from_the_r
     registry: LocalRegistry,
     tmp_path: Path,
 ) -> None:
-    jobs = ray_image.project(
-        tmp_path / "p",
-        "registry",
-        f"  - {{name: nap, framework: plain, scripts: nap.py, repeat: {RUNS}, network: none}}\n",
-        {"nap.py": NAPPER},
-    )
+    jobs = napping_jobs(ray_image, tmp_path / "p", "registry", RUNS)
     output = tmp_path / "out"
     without_image(private, session_tag)
     assert ray_cluster.private_engine.pid is not None
@@ -181,12 +182,7 @@ def test_an_unreachable_registry_ends_the_runs_error_in_one_line_naming_it(
     session_tag: str,
     tmp_path: Path,
 ) -> None:
-    jobs = ray_image.project(
-        tmp_path / "p",
-        "noregistry",
-        "  - {name: nap, framework: plain, scripts: nap.py, repeat: 2, network: none}\n",
-        {"nap.py": NAPPER},
-    )
+    jobs = napping_jobs(ray_image, tmp_path / "p", "noregistry", 2)
     output = tmp_path / "out"
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     without_image(private, session_tag)  # so that the image must go out through the registry
@@ -216,13 +212,8 @@ def test_a_registry_the_node_cannot_reach_ends_the_runs_error_in_one_line_naming
     registry: LocalRegistry,
     tmp_path: Path,
 ) -> None:
-    """Not bridged: the push works, the private node's pull fails inside its Ray task."""
-    jobs = ray_image.project(
-        tmp_path / "p",
-        "unbridged",
-        "  - {name: nap, framework: plain, scripts: nap.py, repeat: 2, network: none}\n",
-        {"nap.py": NAPPER},
-    )
+    """Not bridged: the push works, the private node's pull fails inside its agent."""
+    jobs = napping_jobs(ray_image, tmp_path / "p", "unbridged", 2)
     output = tmp_path / "out"
     without_image(private, session_tag)
     args = ["run", str(jobs), "-o", str(output), "--no-progress", "--registry", registry.address]
