@@ -5,8 +5,9 @@ container slots and two worker nodes that have them.
 * ``private``: its own Docker engine (:class:`private_engine.PrivateEngine`, in its own network
   namespace, so the host's ``docker0`` survives) and its own mount namespace, where tmpfs hides
   ``/work`` and pytest's temp root: it sees none of the driver's files (the venv
-  alone is bound back in, so it has Python, Ray and the Docker SDK; this package reaches it
-  through Ray's ``py_modules``, as on a real cluster).
+  alone is bound back in, so it has Python, Ray and the Docker SDK; the CLI ships this
+  package to it through Ray, as on a real cluster, and the test driver's own probes get it
+  through Ray's ``py_modules``).
 
 Every Ray process of a node descends from one ``ray start --block`` in a session of its own,
 so killing that session's process group ends the node; :meth:`LocalRayCluster.close` does

@@ -17,6 +17,7 @@ import ray.exceptions
 
 from safeagents_batch.backends import ray_agents
 from safeagents_batch.backends.ray_agents import AgentBoard, ClusterUnanswered, NoAgent
+from safeagents_batch.backends.ray_boot import Shipment
 
 pytestmark = pytest.mark.ray
 
@@ -69,7 +70,7 @@ class Actor:
         self.pending = options
         return self
 
-    def remote(self) -> Handle:
+    def remote(self, shipment: Shipment) -> Handle:
         node_id = self.pending["scheduling_strategy"].node_id
         ref = Ref(node_id)
         self.cluster.refs.setdefault(node_id, []).append(ref)
@@ -116,7 +117,7 @@ def eventually(condition: Callable[[], bool], what: str) -> None:
 
 
 def board_on(cluster: Cluster) -> AgentBoard:
-    board = AgentBoard()
+    board = AgentBoard(Shipment("digest", []))
     board._actor = Actor(cluster)
     board.start()
     return board

@@ -105,6 +105,9 @@ def test_the_isolated_node_sees_no_driver_file_and_caches_code_by_digest(
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    import safeagents_batch
+    from safeagents_batch.backends import ray_boot
+
     jobs = ray_image.project(
         tmp_path / "p",
         "seen",
@@ -127,12 +130,17 @@ def test_the_isolated_node_sees_no_driver_file_and_caches_code_by_digest(
     )
     batch_code = str(only_batch(output) / "code" / digest)
     cached = str(private.cache / "code" / digest)
-    seen = ray.get(probe.remote([str(tmp_path), batch_code, "/work/main/README.md", cached]))
+    # The package came the same way, unpacked once into the node's cache.
+    package_digest, _ = ray_boot.pack(Path(safeagents_batch.__file__).resolve().parent)
+    package = str(private.cache / "package" / package_digest / "safeagents_batch")
+    paths = [str(tmp_path), batch_code, "/work/main/README.md", cached, package]
+    seen = ray.get(probe.remote(paths))
     assert seen == {
         str(tmp_path): False,
         batch_code: False,
         "/work/main/README.md": False,
         cached: True,
+        package: True,
     }
     assert Path(batch_code).is_dir()  # the driver has it, of course
 

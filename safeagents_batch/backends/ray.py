@@ -5,8 +5,9 @@ DockerBackend (backends/ray_node.py).
 Images are built once, on the driver's engine, and reach the nodes that lack them through Ray
 (`docker save`, put in the object store once, `docker load` once per node) or, with a
 registry, by one push and a pull per node. Code goes as one tar per digest, put once; each
-node unpacks it once into its cache. This package itself reaches the nodes as a Ray
-`py_modules` entry, so a node needs only Python, `ray` and the Docker SDK.
+node unpacks it once into its cache. This package itself reaches the nodes the same way, as
+one zip per batch (backends/ray_boot.py), so a node needs only Python, `ray` and the Docker
+SDK.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import ray
+import ray.cloudpickle
 import ray.exceptions
 
 import safeagents_batch
-from safeagents_batch.backends import ray_node
+from safeagents_batch.backends import ray_boot, ray_node
 from safeagents_batch.backends.base import (
     AttemptOutcome,
     AttemptRequest,
@@ -49,6 +52,7 @@ from safeagents_batch.backends.ray_agents import (
     live_nodes,
     on_node,
 )
+from safeagents_batch.backends.ray_boot import Shipment
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
@@ -67,6 +71,9 @@ AZURE_NEEDS_OPT_IN = (
     "--ship-azure; run not started"
 )
 T = TypeVar("T")
+PACKAGE_DIR = Path(safeagents_batch.__file__).resolve().parent
+# A node function as a task: the package is installed in the task's worker first.
+_NODE_TASK: Any = ray.remote(num_cpus=0, max_retries=0)(ray_boot.call_function)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,9 @@ def connect(options: RayOptions) -> str:
         )
     if address != "auto":
         require_answer(address)
-    package = Path(safeagents_batch.__file__).resolve().parent
+    # What the nodes get whole: the node cannot import it before it has the package.
+    by_value: Callable[[ModuleType], None] = ray.cloudpickle.register_pickle_by_value
+    by_value(ray_boot)
     # Task events feed Ray's dashboard; flushing them makes the driver's exit wait a quarter
     # of a second. The user's own setting wins.
     os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
@@ -96,7 +105,6 @@ def connect(options: RayOptions) -> str:
         ray.init(
             address=address,
             namespace=NAMESPACE,
-            runtime_env={"py_modules": [str(package)], "excludes": ["__pycache__"]},
             log_to_driver=False,  # task output is the runs' output: it goes to their sinks
             logging_level=logging.WARNING,
             configure_logging=False,
@@ -137,37 +145,6 @@ def node_gone(node_id: str, wait: float = NODE_DEATH_SECONDS) -> bool:
     return True
 
 
-def on_every_node(
-    function: Callable[..., T], *args: Any, board: AgentBoard | None = None
-) -> dict[str, T]:
-    """`function(*args)` on each live docker node at once; by node id."""
-    return on_nodes([n["NodeID"] for n in docker_nodes()], function, *args, board=board)
-
-
-def on_nodes(
-    node_ids: Sequence[str],
-    function: Callable[..., T],
-    *args: Any,
-    board: AgentBoard | None = None,
-) -> dict[str, T]:
-    """`function(*args)` on each of `node_ids` at once; by node id. On a node where the
-    batch's agent runs, in the agent; elsewhere as a task (a command without a batch, a node
-    whose agent has not started). A failure raised on a node is re-raised here as its own one
-    line, without the node's traceback."""
-    task: Any = ray.remote(num_cpus=0, max_retries=0)(function)
-    refs = {}
-    for node_id in node_ids:
-        agent = board.ready_agent(node_id) if board is not None else None
-        if agent is not None:
-            refs[node_id] = agent.handle.call.remote(function, *args)
-        else:
-            refs[node_id] = task.options(scheduling_strategy=on_node(node_id)).remote(*args)
-    try:
-        return {node_id: ray.get(ref) for node_id, ref in refs.items()}
-    except ray.exceptions.RayTaskError as exc:
-        raise RuntimeError(one_line(exc.cause)) from None
-
-
 def tar_tree(root: Path) -> bytes:
     """A directory as an uncompressed tar, members relative to it (regular files, dirs)."""
     buffer = io.BytesIO()
@@ -198,10 +175,13 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, local: DockerBackend, options: RayOptions, address: str) -> None:
+    def __init__(
+        self, local: DockerBackend, options: RayOptions, address: str, package: Shipment
+    ) -> None:
         self.local = local
         self.options = options
         self.address = address
+        self._package = package
         self._code = _PutOnce()
         self._azure = _PutOnce()
         self._shipping_lock = threading.Lock()
@@ -209,11 +189,12 @@ class RayBackend:
         self._ship_failures: dict[tuple[str, str], str] = {}  # (tag, node id) -> why
         self._push_lock = threading.Lock()
         self._pushed: dict[str, str] = {}  # image tag -> its name in the registry
-        self._board = AgentBoard()
+        self._board = AgentBoard(package)
 
     @classmethod
     def connect(cls, local: DockerBackend, options: RayOptions) -> RayBackend:
-        return cls(local, options, connect(options))
+        address = connect(options)
+        return cls(local, options, address, ray_boot.ship(PACKAGE_DIR))
 
     def close(self) -> None:
         ray.shutdown()
@@ -286,7 +267,7 @@ class RayBackend:
         return replace(outcome, error=shipped) if shipped is not None else None
 
     def sweep(self, batch_id: str) -> int:
-        return sum(on_every_node(ray_node.sweep, batch_id, board=self._board).values())
+        return sum(self._on_every_node(ray_node.sweep, batch_id).values())
 
     def available(self) -> bool:
         try:
@@ -306,10 +287,38 @@ class RayBackend:
 
     def clean(self, *, dry_run: bool) -> list[str]:
         """`clean` on every live docker node's engine; each line names its node."""
-        found = on_every_node(ray_node.clean_lines, dry_run)
+        found = self._on_every_node(ray_node.clean_lines, dry_run)
         return [
             f"node {node_id[:12]}: {line}" for node_id, lines in found.items() for line in lines
         ]
+
+    # -- node functions ------------------------------------------------------------------
+
+    def _on_every_node(self, function: Callable[..., T], *args: Any) -> dict[str, T]:
+        """`function(*args)` on each live docker node at once; by node id."""
+        return self._on_nodes([n["NodeID"] for n in docker_nodes()], function, *args)
+
+    def _on_nodes(
+        self, node_ids: Sequence[str], function: Callable[..., T], *args: Any
+    ) -> dict[str, T]:
+        """`function(*args)` (one of ray_node's, with plain arguments) on each of `node_ids`
+        at once; by node id. On a node where the batch's agent runs, in the agent; elsewhere
+        as a task (a command without a batch, a node whose agent has not started). A failure
+        raised on a node is re-raised here as its own one line, without the node's
+        traceback."""
+        refs = {}
+        for node_id in node_ids:
+            agent = self._board.ready_agent(node_id)
+            if agent is not None:
+                refs[node_id] = agent.handle.call.remote(function, *args)
+            else:
+                refs[node_id] = _NODE_TASK.options(scheduling_strategy=on_node(node_id)).remote(
+                    self._package, function.__module__, function.__name__, *args
+                )
+        try:
+            return {node_id: ray.get(ref) for node_id, ref in refs.items()}
+        except ray.exceptions.RayTaskError as exc:
+            raise RuntimeError(one_line(exc.cause)) from None
 
     # -- images --------------------------------------------------------------------------
 
@@ -319,7 +328,7 @@ class RayBackend:
         if not outcome.ok:
             return outcome
         try:
-            present = on_nodes(node_ids, ray_node.has_image, outcome.tag, board=self._board)
+            present = self._on_nodes(node_ids, ray_node.has_image, outcome.tag)
             missing = [node_id for node_id, has in present.items() if not has]
             if missing:
                 self._ship(outcome.tag, missing)
@@ -338,7 +347,7 @@ class RayBackend:
             # One object for all nodes; each node's load task fetches it once.
             image = ray.put(b"".join(api.get_image(tag, chunk_size=1 << 20)))
             function, args = ray_node.load_image, (tag, image)
-        on_nodes(node_ids, function, *args, board=self._board)
+        self._on_nodes(node_ids, function, *args)
 
     def _ship_late(self, tag: str, node_id: str) -> str | None:
         """The image to one node that lacked it when an attempt arrived (a node that joined
@@ -350,7 +359,7 @@ class RayBackend:
             if (tag, node_id) in self._ship_failures:
                 return self._ship_failures[tag, node_id]
             try:
-                if not on_nodes([node_id], ray_node.has_image, tag, board=self._board)[node_id]:
+                if not self._on_nodes([node_id], ray_node.has_image, tag)[node_id]:
                     self._ship(tag, [node_id])
             except Exception as exc:
                 error = f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"

@@ -1,4 +1,5 @@
-"""The batch's node agents (backends/ray_node.NodeAgent): one Ray actor per docker node, made
+"""The batch's node agents (backends/ray_node.NodeAgent, started through ray_boot.BootedAgent,
+which gives the node this package first): one Ray actor per docker node, made
 when the batch needs its nodes, holding all of that node's `docker` slots while it lives, so a
 node never runs more containers than it offers, whichever batches share the cluster. The
 board hands out slots: an attempt takes one on the ready agent with the most free slots (the
@@ -22,7 +23,8 @@ import ray
 import ray.exceptions
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from safeagents_batch.backends import ray_node
+from safeagents_batch.backends import ray_boot
+from safeagents_batch.backends.ray_boot import Shipment
 from safeagents_batch.errors import one_line
 
 RESOURCE = "docker"
@@ -71,12 +73,13 @@ class ClusterUnanswered(Exception):
 
 
 class AgentBoard:
-    def __init__(self) -> None:
+    def __init__(self, shipment: Shipment) -> None:
+        self._shipment = shipment  # the package, for each agent's worker
         self._cond = threading.Condition()
         self._agents: dict[str, Agent] = {}
         self._failed: dict[str, str] = {}  # node id -> why its agent did not start
         self._looked = 0.0
-        self._actor: Any = ray.remote(ray_node.NodeAgent)
+        self._actor: Any = ray.remote(ray_boot.BootedAgent)
 
     def start(self) -> None:
         """Agents on every docker node, started at once; returns without waiting for them."""
@@ -165,7 +168,7 @@ class AgentBoard:
             max_restarts=0,
             max_task_retries=0,
             scheduling_strategy=on_node(node_id),
-        ).remote()
+        ).remote(self._shipment)
         return Agent(node_id, slots, handle, handle.ready.remote())
 
     def _settle(self) -> None:

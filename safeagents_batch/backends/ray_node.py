@@ -11,8 +11,6 @@ API as the container's environment.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import os
 import queue
@@ -37,10 +35,10 @@ from safeagents_batch.backends.docker import (
     engine_url,
     remove_container,
 )
+from safeagents_batch.backends.ray_boot import file_lock, node_cache
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, one_line
 
-NODE_CACHE_ENV = "SAFEAGENTS_NODE_CACHE"
 CHUNK_BYTES = 256 * 1024  # output is coalesced up to this much per streamed item
 TAR_SLACK = 1 << 20  # tar headers and padding on top of the artifact limit
 POLL_SECONDS = 0.2
@@ -68,24 +66,6 @@ def node_info() -> dict[str, str]:
         "host": socket.gethostname(),
         "engine": engine_url(),
     }
-
-
-def node_cache() -> Path:
-    default = Path(tempfile.gettempdir()) / f"safeagents-batch-node-{os.getuid()}"
-    path = Path(os.environ.get(NODE_CACHE_ENV) or default)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Serializes the Ray workers of one node (separate processes) on one cache entry."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- code -------------------------------------------------------------------------------
