@@ -74,7 +74,7 @@ def ray_backend(args: argparse.Namespace) -> Iterator[RayBackend]:
         registry=getattr(args, "registry", None),
     )
     with docker_backend() as local:
-        backend = RayBackend.connect(local, options)
+        backend = RayBackend.connect(local, options, warn=ConsoleReporter().warning)
         try:
             yield backend
         finally:

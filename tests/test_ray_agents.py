@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import ray
@@ -237,3 +237,40 @@ def test_a_dropped_agent_of_a_live_node_is_replaced_at_once(
     cluster.start(N1)
     thread.join(10)
     assert len(got) == 1 and got[0] is not agent and got[0].node_id == N1
+
+
+def warning_backend(said: list[str]) -> Any:
+    """A Ray backend only for its word on waiting nodes (no engine, no cluster); what it
+    warns lands in `said`."""
+    from safeagents_batch.backends.ray import RayBackend, RayOptions
+
+    return RayBackend(
+        cast(Any, None), RayOptions(), "127.0.0.1:1", Shipment("digest", []), said.append
+    )
+
+
+def test_a_batch_whose_nodes_are_not_free_says_so_once(cluster: Cluster) -> None:
+    said: list[str] = []
+    backend = warning_backend(said)
+    cluster.nodes = {N1: 2, N2: 1}
+    backend._board = board = board_on(cluster)
+    cluster.start(N1)  # N2's slots are held elsewhere: its agent does not start
+    ready = board.wait_ready(0)
+    assert ready == [N1] and board.starting() == 1
+    backend._tell_waiting(len(ready))
+    backend._tell_waiting(len(ready))  # another image of the batch: not said again
+    assert len(said) == 1
+    assert "1 docker node(s) not free yet" in said[0] and "held by another batch" in said[0]
+
+    cluster.start(N2)
+    board.wait_ready(0)
+    assert board.starting() == 0
+
+
+def test_a_batch_with_no_free_node_says_it_waits(cluster: Cluster) -> None:
+    said: list[str] = []
+    backend = warning_backend(said)
+    cluster.nodes = {N1: 1}
+    backend._board = board = board_on(cluster)
+    backend._tell_waiting(len(board.wait_ready(0)))
+    assert len(said) == 1 and said[0].startswith("no docker node is free yet"), said

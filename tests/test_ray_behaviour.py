@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from engine_cli import (
     SessionImage,
     containers_of,
     finish,
+    read_stderr_until,
     runs_by_id,
     valid_manifest,
     wait_for,
@@ -406,13 +406,13 @@ def test_two_batches_on_one_cluster_never_run_more_containers_on_a_node_than_its
         wait_for(holding_every_slot, "batch A's 4 runs to hold every slot", first)
         second = start_ray_cli(ray_cluster, ["run", str(quick_jobs), "-o", str(out_b), "-j", "4"])
         wait_for(lambda: any(out_b.glob("*/manifest.json")), "batch B to begin", second)
-        # Not a timing check: the pause only gives a scheduler that ignored A's slots the
-        # chance to run B (4 quick runs) beside A; B must not end while A holds.
-        for _ in range(50):
-            if second.poll() is not None:
-                break
-            time.sleep(0.1)
+        # B says why it waits, once its agents did not start in their time (10 s): time a
+        # scheduler that ignored A's slots would have used to run B (4 quick runs) beside A.
+        said = read_stderr_until(second, "no docker node is free yet")
+        assert "held by another batch" in said, said
         assert second.poll() is None, "batch B ended while A held every slot"
+        found = batch_runs(out_b)
+        assert found is not None and "succeeded" not in {r.status for r in found[1]}, found
     finally:
         code_a, out_a_text, err_a = release_and_finish(ray_cluster, out_a, first)
         code_b, out_b_text, err_b = finish(second) if second is not None else (0, "", "")

@@ -176,12 +176,20 @@ class RayBackend:
     name = "ray"
 
     def __init__(
-        self, local: DockerBackend, options: RayOptions, address: str, package: Shipment
+        self,
+        local: DockerBackend,
+        options: RayOptions,
+        address: str,
+        package: Shipment,
+        warn: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.local = local
         self.options = options
         self.address = address
         self._package = package
+        self._warn = warn
+        self._told_lock = threading.Lock()
+        self._told_waiting = False
         self._code = _PutOnce()
         self._azure = _PutOnce()
         self._shipping_lock = threading.Lock()
@@ -192,9 +200,14 @@ class RayBackend:
         self._board = AgentBoard(package)
 
     @classmethod
-    def connect(cls, local: DockerBackend, options: RayOptions) -> RayBackend:
+    def connect(
+        cls,
+        local: DockerBackend,
+        options: RayOptions,
+        warn: Callable[[str], None] = lambda text: None,
+    ) -> RayBackend:
         address = connect(options)
-        return cls(local, options, address, ray_boot.ship(PACKAGE_DIR))
+        return cls(local, options, address, ray_boot.ship(PACKAGE_DIR), warn)
 
     def close(self) -> None:
         ray.shutdown()
@@ -207,7 +220,25 @@ class RayBackend:
         self._board.start()  # the agents start while the driver's engine builds
         outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild)
         ready = self._board.wait_ready(AGENT_START_SECONDS)
+        self._tell_waiting(len(ready))
         return {tag: self._distribute(outcome, ready) for tag, outcome in outcomes.items()}
+
+    def _tell_waiting(self, ready: int) -> None:
+        """Once per batch, why runs do not start on every node: without it a batch whose
+        nodes another batch holds would wait without a word."""
+        waiting = self._board.starting()
+        with self._told_lock:
+            if not waiting or self._told_waiting:
+                return
+            self._told_waiting = True
+        why = "their slots are held by another batch, or their agent is slow to start"
+        if ready:
+            self._warn(
+                f"{waiting} docker node(s) not free yet ({why}): runs start on the other "
+                f"{ready}, and on those once they are free"
+            )
+        else:
+            self._warn(f"no docker node is free yet ({why}): the batch waits for one")
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         started = now_iso()

@@ -132,6 +132,11 @@ class AgentBoard:
                 del self._agents[agent.node_id]
             self._looked = 0.0
 
+    def starting(self) -> int:
+        """How many agents have not started yet (their node's slots held, or slow)."""
+        with self._cond:
+            return sum(not a.ready for a in self._agents.values())
+
     def ready_agent(self, node_id: str) -> Agent | None:
         with self._cond:
             agent = self._agents.get(node_id)
