@@ -298,6 +298,11 @@ class RayBackend:
         return replace(outcome, error=shipped) if shipped is not None else None
 
     def sweep(self, batch_id: str) -> int:
+        if not self._board.started:
+            # A rerun sweeps before it needs an image: its agents start now and sweep, rather
+            # than a task worker started on each node for this one call.
+            self._board.start()
+            self._board.wait_ready(AGENT_START_SECONDS)
         return sum(self._on_every_node(ray_node.sweep, batch_id).values())
 
     def available(self) -> bool:

@@ -79,10 +79,12 @@ class AgentBoard:
         self._agents: dict[str, Agent] = {}
         self._failed: dict[str, str] = {}  # node id -> why its agent did not start
         self._looked = 0.0
+        self.started = False
         self._actor: Any = ray.remote(ray_boot.BootedAgent)
 
     def start(self) -> None:
         """Agents on every docker node, started at once; returns without waiting for them."""
+        self.started = True
         self._look()
 
     def wait_ready(self, timeout: float) -> list[str]:
