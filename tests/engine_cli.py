@@ -83,7 +83,8 @@ class SessionImage:
 
 
 def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionImage]:
-    """Builds the session image through `safeagents-batch build`, pins it, removes it after."""
+    """Builds the session image through `safeagents-batch build`, pins it; after, removes every
+    image under its name."""
     image = SessionImage(f"sab-rerun-test-{secrets.token_hex(4)}", secrets.token_hex(16))
     jobs = image.project(
         root, "build", "  - {name: b, framework: plain, scripts: b.py}\n", {"b.py": "print('b')\n"}
@@ -96,7 +97,11 @@ def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionIm
         yield image
     finally:
         pin.remove(force=True)
-        client.images.remove(tag)
+        # Every image under the session's own name: tests may build more there (other
+        # framework configs), and none may outlive the session.
+        for left in client.images.list(name=image.image_name):
+            client.images.remove(left.id, force=True)
+        assert not client.images.list(name=image.image_name), image.image_name
 
 
 def cli(args: list[str], timeout: float = EXIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
