@@ -100,7 +100,9 @@ def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionIm
         # Every image under the session's own name: tests may build more there (other
         # framework configs), and none may outlive the session.
         for left in client.images.list(name=image.image_name):
-            client.images.remove(left.id, force=True)
+            for name in left.tags:
+                if name.startswith(f"{image.image_name}:"):
+                    client.images.remove(name, force=True)
         assert not client.images.list(name=image.image_name), image.image_name
 
 

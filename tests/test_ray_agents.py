@@ -274,3 +274,25 @@ def test_a_batch_with_no_free_node_says_it_waits(cluster: Cluster) -> None:
     backend._board = board = board_on(cluster)
     backend._tell_waiting(len(board.wait_ready(0)))
     assert len(said) == 1 and said[0].startswith("no docker node is free yet"), said
+
+
+def test_waiting_for_agents_counts_from_the_boards_start_and_never_adds_the_grace_alone(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float | None] = []
+
+    def recording_wait(refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> Any:
+        waits.append(timeout)
+        return fake_wait(refs, num_returns, timeout)
+
+    monkeypatch.setattr(ray, "wait", recording_wait)
+    cluster.nodes = {N1: 1, N2: 1}
+    board = board_on(cluster)  # no agent will start: both nodes are held elsewhere
+    waits.clear()
+    assert board.wait_ready(10.0) == []
+    [first] = [w for w in waits if w != 0]  # the settle's look costs nothing; no grace after
+    assert first is not None and 0 < first <= 10.0
+    monkeypatch.setattr(board, "_started_at", time.monotonic() - 60)  # a sweep waited before
+    waits.clear()
+    assert board.wait_ready(10.0) == []
+    assert all(w == 0 for w in waits), waits  # nothing is left of the agents' time

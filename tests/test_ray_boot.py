@@ -5,11 +5,13 @@ no other copy of the package). Marked `ray`: it imports Ray."""
 from __future__ import annotations
 
 import ast
-import subprocess
+import importlib
 import sys
 import zipfile
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -52,41 +54,82 @@ def test_the_zip_holds_the_sources_without_bytecode_and_its_digest_follows_them(
     assert zipfile.ZipFile(BytesIO(data)).namelist() == [f"{PACKAGE}/__init__.py"]
 
 
-def test_a_node_unpacks_a_digest_once_and_imports_from_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class Node:
+    """A node's view for install(): its cache, and the zip's fetches from the object store.
+    This process stands in for the node's fresh worker: the package is not imported in it
+    (restored after the test), and its import path is a copy."""
+
+    cache: Path
+    digest: str
+    data: bytes
+    fetched: list[Any] = field(default_factory=list)
+
+    @property
+    def target(self) -> Path:
+        return self.cache / "package" / self.digest
+
+    def install(self) -> None:
+        ray_boot.install(Shipment(self.digest, [f"ref-{len(self.fetched)}"]))
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
     digest, data = ray_boot.pack(tiny_package(tmp_path / "driver", "shipped"))
-    cache = tmp_path / "node"
-    fetched: list[Any] = []
+    node = Node(tmp_path / "node", digest, data)
 
     def fetch(ref: Any) -> bytes:
-        fetched.append(ref)
+        node.fetched.append(ref)
         return data
 
-    monkeypatch.setenv(ray_boot.NODE_CACHE_ENV, str(cache))
+    monkeypatch.setenv(ray_boot.NODE_CACHE_ENV, str(node.cache))
     monkeypatch.setattr(ray, "get", fetch)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    shipment = Shipment(digest, ["the zip's ref"])
-    ray_boot.install(shipment)
-    ray_boot.install(shipment)
-    assert fetched == ["the zip's ref"]  # the second worker found it cached
-    target = cache / "package" / digest
-    assert sys.path[0] == str(target) and sys.path.count(str(target)) == 1
-    assert (target / PACKAGE / "__init__.py").read_text(encoding="utf-8") == "WORD = 'shipped'\n"
-    # A fresh worker with only that path imports the shipped copy, not this checkout.
-    seen = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-c",
-            f"import sys; sys.path.insert(0, {str(target)!r}); "
-            f"import {PACKAGE}; print({PACKAGE}.WORD)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert seen.stdout.strip() == "shipped"
+    monkeypatch.delitem(sys.modules, PACKAGE)
+    return node
+
+
+def test_a_node_unpacks_a_digest_once_and_imports_from_it(node: Node) -> None:
+    node.install()
+    node.install()  # the next worker of the node
+    assert node.fetched == ["ref-0"]  # the second found it cached
+    assert sys.path[0] == str(node.target) and sys.path.count(str(node.target)) == 1
+    assert importlib.import_module(PACKAGE).WORD == "shipped"  # not this checkout's
+
+
+def test_a_copy_left_incomplete_is_unpacked_again(node: Node) -> None:
+    (node.target / PACKAGE).mkdir(parents=True)  # a crash, or a temp-dir cleaner, left this
+    (node.target / PACKAGE / "stale.py").write_text("", encoding="utf-8")
+    node.install()
+    assert node.fetched == ["ref-0"]
+    assert sorted(p.name for p in (node.target / PACKAGE).iterdir()) == ["__init__.py"]
+    assert not [p for p in node.target.parent.iterdir() if p.name.startswith(".")]  # no staging
+
+
+def test_a_worker_that_has_another_copy_imported_refuses(node: Node) -> None:
+    sys.modules[PACKAGE] = ModuleType(PACKAGE)
+    sys.modules[PACKAGE].__file__ = "/elsewhere/safeagents_batch/__init__.py"
+    with pytest.raises(RuntimeError, match="already imported here from /elsewhere"):
+        node.install()
+
+
+def test_a_cache_others_may_write_to_or_a_link_is_refused(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.cache.mkdir()
+    node.cache.chmod(0o777)
+    with pytest.raises(RuntimeError, match="not this user's own"):
+        node.install()
+    node.cache.chmod(0o700)
+    node.install()  # its own again: fine
+
+    elsewhere = tmp_path / "planted"
+    elsewhere.mkdir(mode=0o700)
+    monkeypatch.setenv(ray_boot.NODE_CACHE_ENV, str(tmp_path / "link"))
+    (tmp_path / "link").symlink_to(elsewhere)
+    with pytest.raises(RuntimeError, match="not this user's own"):
+        node.install()
+    assert node.fetched == ["ref-0"]
 
 
 def test_the_real_package_goes_whole_data_files_included() -> None:

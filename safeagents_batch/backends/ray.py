@@ -302,8 +302,11 @@ class RayBackend:
             # A rerun sweeps before it needs an image: its agents start now and sweep, rather
             # than a task worker started on each node for this one call.
             self._board.start()
-            self._board.wait_ready(AGENT_START_SECONDS)
-        return sum(self._on_every_node(ray_node.sweep, batch_id).values())
+            self._tell_waiting(len(self._board.wait_ready(AGENT_START_SECONDS)))
+        try:
+            return sum(self._on_every_node(ray_node.sweep, batch_id).values())
+        except RuntimeError as exc:  # a node's engine, or the node, failed it
+            raise EngineUnavailable(f"could not sweep the cluster's nodes: {exc}") from None
 
     def available(self) -> bool:
         try:
@@ -323,7 +326,10 @@ class RayBackend:
 
     def clean(self, *, dry_run: bool) -> list[str]:
         """`clean` on every live docker node's engine; each line names its node."""
-        found = self._on_every_node(ray_node.clean_lines, dry_run)
+        try:
+            found = self._on_every_node(ray_node.clean_lines, dry_run)
+        except RuntimeError as exc:
+            raise EngineUnavailable(f"could not clean the cluster's nodes: {exc}") from None
         return [
             f"node {node_id[:12]}: {line}" for node_id, lines in found.items() for line in lines
         ]
@@ -355,6 +361,8 @@ class RayBackend:
             return {node_id: ray.get(ref) for node_id, ref in refs.items()}
         except ray.exceptions.RayTaskError as exc:
             raise RuntimeError(one_line(exc.cause)) from None
+        except ray.exceptions.RayError as exc:  # the node or its agent died meanwhile
+            raise RuntimeError(one_line(exc, 300)) from None
 
     # -- images --------------------------------------------------------------------------
 

@@ -79,25 +79,33 @@ class AgentBoard:
         self._agents: dict[str, Agent] = {}
         self._failed: dict[str, str] = {}  # node id -> why its agent did not start
         self._looked = 0.0
-        self.started = False
+        self._started_at: float | None = None  # the first start(): agents' time runs from it
         self._actor: Any = ray.remote(ray_boot.BootedAgent)
 
     def start(self) -> None:
         """Agents on every docker node, started at once; returns without waiting for them."""
-        self.started = True
+        if self._started_at is None:
+            self._started_at = time.monotonic()
         self._look()
 
+    @property
+    def started(self) -> bool:
+        return self._started_at is not None
+
     def wait_ready(self, timeout: float) -> list[str]:
-        """The nodes whose agent is ready. While none is, waits for the first one (up to
-        `timeout`), then a little longer for the others. An agent that is not ready by then
-        (its node held by another batch, a slow start) joins when it starts."""
+        """The nodes whose agent is ready. While none is, waits for the first one, until
+        `timeout` seconds after the board started (a later call waits only for what is left),
+        then a little longer for the others. An agent that is not ready by then (its node
+        held by another batch, a slow start) joins when it starts."""
         with self._cond:
             self._settle()
             pending = [a.ready_ref for a in self._agents.values() if not a.ready]
             anyone = any(a.ready for a in self._agents.values())
+        started = self._started_at if self._started_at is not None else time.monotonic()
+        left = max(0.0, started + timeout - time.monotonic())
         if pending and not anyone:
-            _, rest = ray.wait(pending, num_returns=1, timeout=timeout)
-            if rest:
+            first, rest = ray.wait(pending, num_returns=1, timeout=left)
+            if first and rest:
                 ray.wait(rest, num_returns=len(rest), timeout=GRACE_SECONDS)
         with self._cond:
             self._settle()
@@ -189,8 +197,11 @@ class AgentBoard:
             try:
                 agent.info = ray.get(ref)
             except ray.exceptions.RayError as exc:
+                # A failure the agent raised (its package could not be installed, no engine)
+                # is its own line; Ray's wrapping of it would cut the cause off.
+                cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
                 del self._agents[agent.node_id]
-                self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {one_line(exc, 300)}"
+                self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {one_line(cause, 300)}"
                 continue
             agent.ready = True
             self._cond.notify_all()

@@ -19,6 +19,8 @@ import hashlib
 import importlib
 import io
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -31,6 +33,8 @@ import ray
 
 PACKAGE = "safeagents_batch"
 NODE_CACHE_ENV = "SAFEAGENTS_NODE_CACHE"
+COMPLETE = ".complete"  # written last into an unpacked copy: without it the copy is redone
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def pack(package_dir: Path) -> tuple[str, bytes]:
             data = path.read_bytes()
             digest.update(f"{name}\0{len(data)}\0".encode())
             digest.update(data)
-            archive.writestr(name, data)
+            # A fixed date: the same files make the same zip.
+            archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), data)
     return digest.hexdigest()[:32], buffer.getvalue()
 
 
@@ -68,9 +73,18 @@ def ship(package_dir: Path) -> Shipment:
 
 
 def node_cache() -> Path:
+    """The node's cache of packages, code and locks. Its code is imported and run there, so
+    it must be this user's own: a dir another user made first (the default is under the
+    shared temp dir) or may write to is refused."""
     default = Path(tempfile.gettempdir()) / f"safeagents-batch-node-{os.getuid()}"
     path = Path(os.environ.get(NODE_CACHE_ENV) or default)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    seen = path.lstat()
+    if stat.S_ISLNK(seen.st_mode) or seen.st_uid != os.geteuid() or seen.st_mode & 0o022:
+        raise RuntimeError(
+            f"node cache {path} is not this user's own (owner uid {seen.st_uid}, mode "
+            f"{stat.S_IMODE(seen.st_mode):o}): remove it, or set {NODE_CACHE_ENV} on the node"
+        )
     return path
 
 
@@ -90,17 +104,33 @@ def install(shipment: Shipment) -> None:
     root = node_cache() / "package"
     root.mkdir(exist_ok=True)
     target = root / shipment.digest
-    if not (target / PACKAGE).is_dir():
+    if not (target / COMPLETE).is_file():
         with file_lock(root / f"{shipment.digest}.lock"):
-            if not (target / PACKAGE).is_dir():  # another worker unpacked it meanwhile
-                data: bytes = ray.get(shipment.box[0])
-                staging = Path(tempfile.mkdtemp(prefix=f".{shipment.digest[:12]}-", dir=root))
-                with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                    archive.extractall(staging)
-                staging.rename(target)
+            if not (target / COMPLETE).is_file():  # another worker unpacked it meanwhile
+                unpack(ray.get(shipment.box[0]), target)
     if str(target) not in sys.path:
         sys.path.insert(0, str(target))
         importlib.invalidate_caches()
+    imported = sys.modules.get(PACKAGE)
+    if imported is not None and not str(imported.__file__).startswith(f"{target}{os.sep}"):
+        # A worker that had another copy imported would run that one, not the driver's.
+        raise RuntimeError(f"{PACKAGE} is already imported here from {imported.__file__}")
+
+
+def unpack(data: bytes, target: Path) -> None:
+    """The zip into `target`, whole or not at all: unpacked beside it, marked complete, then
+    renamed into place. A copy left incomplete (a crash, a temp-dir cleaner) is replaced."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            archive.extractall(staging)
+        (staging / COMPLETE).write_bytes(b"")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def call_function(shipment: Shipment, module: str, name: str, *args: Any) -> Any:
@@ -117,12 +147,21 @@ class BootedAgent:
     the package's classes) after this constructor ran, so they find the package."""
 
     def __init__(self, shipment: Shipment) -> None:
-        install(shipment)
-        from safeagents_batch.backends.ray_node import NodeAgent
+        # A failure here is kept for ready(), which the driver waits on: raised from the
+        # constructor it would reach the driver only inside Ray's text of a dead actor.
+        self._agent: Any = None
+        self._failure: str | None = None
+        try:
+            install(shipment)
+            from safeagents_batch.backends.ray_node import NodeAgent
 
-        self._agent = NodeAgent()
+            self._agent = NodeAgent()
+        except Exception as exc:
+            self._failure = f"the package could not be installed here: {type(exc).__name__}: {exc}"
 
     def ready(self) -> dict[str, str]:
+        if self._failure is not None:
+            raise RuntimeError(self._failure)
         info: dict[str, str] = self._agent.ready()
         return info
 
