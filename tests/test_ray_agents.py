@@ -18,6 +18,7 @@ import ray.exceptions
 from safeagents_batch.backends import ray_agents
 from safeagents_batch.backends.ray_agents import AgentBoard, ClusterUnanswered, NoAgent
 from safeagents_batch.backends.ray_boot import Shipment
+from safeagents_batch.errors import EngineUnavailable
 
 pytestmark = pytest.mark.ray
 
@@ -30,6 +31,7 @@ class Ref:
     node_id: str
     started: bool = False
     error: str | None = None
+    raised: Exception | None = None
 
 
 @dataclass
@@ -85,6 +87,9 @@ def fake_wait(refs: list[Ref], num_returns: int = 1, timeout: float | None = Non
 def fake_get(ref: Ref) -> dict[str, str]:
     if ref.error is not None:
         raise ray.exceptions.RayError(ref.error)
+    if ref.raised is not None:  # what the agent's ready() raised, as Ray hands it over
+        task_error: Any = ray.exceptions.RayTaskError  # untyped in Ray
+        raise task_error("ready", "Traceback (most recent call last): ...", ref.raised)
     return {"node_id": ref.node_id}
 
 
@@ -194,6 +199,21 @@ def test_agents_not_started_take_nothing_and_a_failed_start_says_why(
         board.acquire(stop)
 
 
+def test_an_agent_that_raised_in_ready_is_its_own_line_without_rays_traceback(
+    cluster: Cluster, stop: threading.Event
+) -> None:
+    cluster.nodes = {N1: 1}
+    board = board_on(cluster)
+    ref = cluster.refs[N1][-1]
+    ref.raised = RuntimeError("the package could not be installed here: OSError: disk full")
+    cluster.start(N1)
+    with pytest.raises(NoAgent) as raised:
+        board.acquire(stop)
+    assert str(raised.value) == (
+        f"node {N1[:12]}: the package could not be installed here: OSError: disk full"
+    )
+
+
 def test_a_head_that_does_not_answer_is_its_own_error(
     cluster: Cluster, stop: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,3 +316,19 @@ def test_waiting_for_agents_counts_from_the_boards_start_and_never_adds_the_grac
     waits.clear()
     assert board.wait_ready(10.0) == []
     assert all(w == 0 for w in waits), waits  # nothing is left of the agents' time
+
+
+def test_a_sweep_or_clean_a_node_failed_is_one_line_of_an_unavailable_cluster(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = warning_backend([])
+    backend._board = ready_board(cluster, {N1: 1})
+
+    def failing(function: Any, *args: Any) -> dict[str, Any]:
+        raise RuntimeError("docker engine on the node: connection refused")
+
+    monkeypatch.setattr(backend, "_on_every_node", failing)
+    with pytest.raises(EngineUnavailable, match=r"^could not sweep the cluster's nodes: docker"):
+        backend.sweep("batch-1")
+    with pytest.raises(EngineUnavailable, match=r"^could not clean the cluster's nodes: docker"):
+        backend.clean(dry_run=True)

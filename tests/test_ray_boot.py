@@ -138,3 +138,13 @@ def test_the_real_package_goes_whole_data_files_included() -> None:
     assert f"{PACKAGE}/backends/ray_node.py" in names
     assert f"{PACKAGE}/schemas/jobs.schema.json" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_an_agent_that_cannot_install_says_why_when_asked_if_ready(node: Node) -> None:
+    node.cache.mkdir()
+    node.cache.chmod(0o777)  # planted by someone else, say
+    agent = ray_boot.BootedAgent(Shipment(node.digest, ["ref"]))  # no raise: Ray would bury it
+    with pytest.raises(RuntimeError) as raised:
+        agent.ready()
+    assert str(raised.value).startswith("the package could not be installed here: RuntimeError:")
+    assert "not this user's own" in str(raised.value)
