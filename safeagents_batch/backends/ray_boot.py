@@ -24,7 +24,7 @@ import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import ray
 
 PACKAGE = "safeagents_batch"
 NODE_CACHE_ENV = "SAFEAGENTS_NODE_CACHE"
-COMPLETE = ".complete"  # written last into an unpacked copy: without it the copy is redone
+COMPLETE = ".complete"  # beside a cache entry once it is whole: without it the entry is redone
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -103,11 +103,12 @@ def install(shipment: Shipment) -> None:
     """The shipped package first on this worker's import path, unpacked on first use."""
     root = node_cache() / "package"
     root.mkdir(exist_ok=True)
-    target = root / shipment.digest
-    if not (target / COMPLETE).is_file():
-        with file_lock(root / f"{shipment.digest}.lock"):
-            if not (target / COMPLETE).is_file():  # another worker unpacked it meanwhile
-                unpack(ray.get(shipment.box[0]), target)
+
+    def unzip(staging: Path) -> None:
+        with zipfile.ZipFile(io.BytesIO(ray.get(shipment.box[0]))) as archive:
+            archive.extractall(staging)
+
+    target = unpacked_once(root, shipment.digest, unzip)
     if str(target) not in sys.path:
         sys.path.insert(0, str(target))
         importlib.invalidate_caches()
@@ -117,20 +118,29 @@ def install(shipment: Shipment) -> None:
         raise RuntimeError(f"{PACKAGE} is already imported here from {imported.__file__}")
 
 
-def unpack(data: bytes, target: Path) -> None:
-    """The zip into `target`, whole or not at all: unpacked beside it, marked complete, then
-    renamed into place. A copy left incomplete (a crash, a temp-dir cleaner) is replaced."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            archive.extractall(staging)
-        (staging / COMPLETE).write_bytes(b"")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def unpacked_once(root: Path, digest: str, fill: Callable[[Path], None]) -> Path:
+    """`root/digest`, made once per node by `fill(dir)` (the package, a code snapshot):
+    under a lock the node's workers share, checked again once taken; filled beside its place
+    and renamed into it, then marked complete next to it. A copy without its mark (a crash,
+    a temp-dir cleaner) is made again."""
+    target = root / digest
+    done = root / f"{digest}{COMPLETE}"
+    if done.is_file():
+        return target
+    with file_lock(root / f"{digest}.lock"):
+        if done.is_file():  # another worker of this node made it meanwhile
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
+        try:
+            fill(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        done.write_bytes(b"")
+    return target
 
 
 def call_function(shipment: Shipment, module: str, name: str, *args: Any) -> Any:

@@ -35,7 +35,7 @@ from safeagents_batch.backends.docker import (
     engine_url,
     remove_container,
 )
-from safeagents_batch.backends.ray_boot import file_lock, node_cache
+from safeagents_batch.backends.ray_boot import file_lock, node_cache, unpacked_once
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, one_line
 
@@ -78,18 +78,12 @@ def code_dir(digest: str, tar_box: list[Any]) -> Path:
     # World-traversable: the container user (not root) must reach the snapshot.
     os.chmod(root, 0o755)
     os.chmod(root.parent, 0o755)
-    target = root / digest
-    if target.is_dir():
-        return target
-    with file_lock(root / f"{digest}.lock"):
-        if target.is_dir():  # another worker of this node unpacked it meanwhile
-            return target
-        data: bytes = ray.get(tar_box[0])
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
-        unpack(data, staging)
+
+    def untar(staging: Path) -> None:
+        unpack(ray.get(tar_box[0]), staging)
         os.chmod(staging, 0o755)
-        staging.rename(target)
-    return target
+
+    return unpacked_once(root, digest, untar)
 
 
 def unpack(data: bytes, target: Path) -> None:
