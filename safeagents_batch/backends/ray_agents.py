@@ -101,9 +101,8 @@ class AgentBoard:
             self._settle()
             pending = [a.ready_ref for a in self._agents.values() if not a.ready]
             anyone = any(a.ready for a in self._agents.values())
-        started = self._started_at if self._started_at is not None else time.monotonic()
-        left = max(0.0, started + timeout - time.monotonic())
-        if pending and not anyone:
+        if pending and not anyone:  # pending agents: the board started
+            left = max(0.0, (self._started_at or 0.0) + timeout - time.monotonic())
             first, rest = ray.wait(pending, num_returns=1, timeout=left)
             if first and rest:
                 ray.wait(rest, num_returns=len(rest), timeout=GRACE_SECONDS)
