@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
@@ -283,6 +283,17 @@ def batch_runs(output: Path) -> tuple[Path, list[RunRecord]] | None:
     return batch_dir, list(load_manifest(batch_dir).runs.values())
 
 
+def on_runs(output: Path, check: Callable[[Path, list[RunRecord]], bool]) -> Callable[[], bool]:
+    """A wait_for condition on the batch dir under `output` and its runs: false until its
+    manifest is written."""
+
+    def condition() -> bool:
+        found = batch_runs(output)
+        return found is not None and check(*found)
+
+    return condition
+
+
 def all_holding(batch_dir: Path, runs: Iterable[RunRecord]) -> bool:
     """Every one of `runs` printed its first line: its script is held, not starting."""
     return all(
@@ -319,12 +330,8 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
     held: list[RunRecord] = []
     try:
 
-        def steady() -> bool:
+        def steady(batch_dir: Path, runs: list[RunRecord]) -> bool:
             """Both free runs done while three limited ones hold; or a limit broken."""
-            found = batch_runs(output)
-            if found is None:
-                return False
-            batch_dir, runs = found
             held[:] = [r for r in runs if r.status == "running"]
             if len(of_jobs(held, "one")) > 1 or len(of_jobs(held, "x", "y")) > 2:
                 return True  # the assertions below say which
@@ -332,7 +339,7 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
             free_done = [r.status for r in of_jobs(runs, "free")] == ["succeeded"] * 2
             return free_done and holding and len(held) == 3
 
-        wait_for(steady, "both free runs done while 3 limited runs hold", proc)
+        wait_for(on_runs(output, steady), "both free runs done while 3 limited runs hold", proc)
         # A worker of -j 4 and a slot stood idle: the runs left wait for their limits alone.
         running = sorted(r.run_id for r in held)
         assert len(of_jobs(held, "one")) == 1, running
@@ -396,14 +403,10 @@ def test_two_batches_on_one_cluster_never_run_more_containers_on_a_node_than_its
     second: subprocess.Popen[str] | None = None
     try:
 
-        def holding_every_slot() -> bool:
-            found = batch_runs(out_a)
-            if found is None:
-                return False
-            batch_dir, runs = found
+        def holding_every_slot(batch_dir: Path, runs: list[RunRecord]) -> bool:
             return [r.status for r in runs] == ["running"] * 4 and all_holding(batch_dir, runs)
 
-        wait_for(holding_every_slot, "batch A's 4 runs to hold every slot", first)
+        wait_for(on_runs(out_a, holding_every_slot), "batch A's 4 runs to hold every slot", first)
         second = start_ray_cli(ray_cluster, ["run", str(quick_jobs), "-o", str(out_b), "-j", "4"])
         wait_for(lambda: any(out_b.glob("*/manifest.json")), "batch B to begin", second)
         # B says why it waits, once its agents did not start in their time (10 s): time a
