@@ -9,9 +9,10 @@ import os
 import secrets
 import shutil
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from safeagents_batch.backends.base import (
@@ -238,7 +239,7 @@ def pending_images(work: Work) -> dict[str, ImageRecord]:
 
 
 def new_batch_id(name: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 
 
@@ -437,7 +438,11 @@ class BatchRunner:
         started = Attempt(number, "running", recorded, now_iso(), code_digest=code.digest)
         self.store.record_attempt(spec.run_id, started)
         with LocalSink(log_dir, spec.job.max_artifacts_size) as sink:
-            outcome = self.backend.run(self._request(spec, number, code), sink, cancel)
+            try:
+                outcome = self.backend.run(self._request(spec, number, code), sink, cancel)
+            except Exception as exc:  # recorded by run_one as an internal error
+                sink.traceback("".join(traceback.format_exception(exc)))
+                raise
         self.store.record_attempt(spec.run_id, _finished(started, outcome, sink.dropped))
         return outcome
 

@@ -29,7 +29,7 @@ from safeagents_batch.manifest import Manifest, load_manifest
 from safeagents_batch.matrix import job_matrices
 from safeagents_batch.records import STATUSES, RunRecord, located
 from safeagents_batch.results import ResultRow, read_result, write_results
-from safeagents_batch.sink import LOG_NAMES
+from safeagents_batch.sink import RESERVED_NAMES
 
 REPORT_NAME = "report.html"
 REPORT_FORMAT = 1
@@ -146,7 +146,7 @@ def artifact_names(attempt_dir: Path | None) -> tuple[list[str], int]:
     if attempt_dir is None or not attempt_dir.is_dir():
         return [], 0
     names = sorted(_files_under(attempt_dir))
-    names = [n for n in names if n not in LOG_NAMES]
+    names = [n for n in names if n not in RESERVED_NAMES]
     return names[:MAX_ARTIFACTS_LISTED], len(names)
 
 

@@ -28,6 +28,9 @@ class ListSink:
     def stderr(self, chunk: bytes) -> None:
         self.seen.append(("err", chunk))
 
+    def traceback(self, text: str) -> None:
+        raise AssertionError("not expected here")
+
     def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
         raise AssertionError("not expected here")
 

@@ -25,7 +25,7 @@ from safeagents_batch.errors import EXIT_OK
 from safeagents_batch.manifest import load_manifest
 from safeagents_batch.records import RunRecord
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.scale]
 
 RUNS = 1000
 FINAL_TIMEOUT = 900  # a bound for a hang (the last rerun runs ~650 runs), not a timing check

@@ -22,6 +22,17 @@ from safeagents_batch.errors import EngineUnavailable
 
 pytestmark = pytest.mark.ray
 
+# What Ray hands over of an agent whose package could not be unpacked: its header, colour
+# codes, the frames on the node (its cache's path of the package), the cause.
+AGENT_TRACEBACK = """\x1b[36mray::BootedAgent.ready()\x1b[39m (pid=41, ip=127.0.0.1, actor_id=ab)
+  File "/tmp/safeagents-batch-node-0/package/4f2e/safeagents_batch/backends/ray_boot.py", \
+line 186, in ready
+    raise self._failure
+  File "/tmp/safeagents-batch-node-0/package/4f2e/safeagents_batch/backends/ray_boot.py", \
+line 120, in unzip
+    archive.extractall(staging)
+OSError: [Errno 28] No space left on device"""
+
 # Ray checks that node ids are hex, of its length.
 N1, N2 = "a1" * 28, "b2" * 28
 
@@ -32,6 +43,7 @@ class Ref:
     started: bool = False
     error: str | None = None
     raised: Exception | None = None
+    traceback: str = "Traceback (most recent call last): ..."
 
 
 @dataclass
@@ -89,7 +101,7 @@ def fake_get(ref: Ref) -> dict[str, str]:
         raise ray.exceptions.RayError(ref.error)
     if ref.raised is not None:  # what the agent's ready() raised, as Ray hands it over
         task_error: Any = ray.exceptions.RayTaskError  # untyped in Ray
-        raise task_error("ready", "Traceback (most recent call last): ...", ref.raised)
+        raise task_error("ready", ref.traceback, ref.raised)
     return {"node_id": ref.node_id}
 
 
@@ -195,7 +207,8 @@ def test_agents_not_started_take_nothing_and_a_failed_start_says_why(
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     cluster.start(N1, error="runtime env setup failed")
-    with pytest.raises(NoAgent, match=f"node {N1[:12]}: runtime env setup failed"):
+    why = f"node {N1[:12]}: the agent could not start: RayError: runtime env setup failed"
+    with pytest.raises(NoAgent, match=why):
         board.acquire(stop)
 
 
@@ -205,12 +218,14 @@ def test_an_agent_that_raised_in_ready_is_its_own_line_without_rays_traceback(
     cluster.nodes = {N1: 1}
     board = board_on(cluster)
     ref = cluster.refs[N1][-1]
-    ref.raised = RuntimeError("the package could not be installed here: OSError: disk full")
+    ref.raised = OSError(28, "No space left on device")
+    ref.traceback = AGENT_TRACEBACK
     cluster.start(N1)
     with pytest.raises(NoAgent) as raised:
         board.acquire(stop)
     assert str(raised.value) == (
-        f"node {N1[:12]}: the package could not be installed here: OSError: disk full"
+        f"node {N1[:12]}: the agent could not start: OSError: [Errno 28] No space left on "
+        "device (raised at safeagents_batch/backends/ray_boot.py:120 in unzip)"
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import sys
+import traceback
 import zipfile
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -144,7 +145,17 @@ def test_an_agent_that_cannot_install_says_why_when_asked_if_ready(node: Node) -
     node.cache.mkdir()
     node.cache.chmod(0o777)  # planted by someone else, say
     agent = ray_boot.BootedAgent(Shipment(node.digest, ["ref"]))  # no raise: Ray would bury it
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(RuntimeError, match="not this user's own") as raised:
         agent.ready()
-    assert str(raised.value).startswith("the package could not be installed here: RuntimeError:")
-    assert "not this user's own" in str(raised.value)
+    # Raised as itself, with where it was raised: the driver reads that from Ray's text.
+    frames = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+    assert frames[1] == "ready" and frames[-1] == "node_cache"
+
+
+def test_a_node_below_the_floor_refuses_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import safeagents_batch
+
+    assert ray_boot.MIN_PYTHON == safeagents_batch.MIN_PYTHON  # its own copy: it ships alone
+    monkeypatch.setattr(sys, "version_info", (3, 10, 12, "final", 0))
+    with pytest.raises(RuntimeError, match=r"^safeagents_batch needs Python >= 3\.11; this node"):
+        ray_boot.install(Shipment("digest", []))

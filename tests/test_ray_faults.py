@@ -5,12 +5,14 @@ completes the batch; and env values reach no file of Ray's. Marked `ray` and `do
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -239,3 +241,53 @@ def _holds(path: Path, needle: bytes) -> bool:
         return needle in path.read_bytes()
     except OSError:  # a socket, or gone meanwhile
         return False
+
+
+@contextlib.contextmanager
+def code_caches_broken(cluster: LocalRayCluster) -> Iterator[None]:
+    """On every node, a file where the node's cache of code snapshots goes: unpacking any
+    snapshot raises there (FileExistsError). Put back as it was afterwards."""
+    caches = [node.cache for node in cluster.nodes.values() if node.cache is not None]
+    moved = []
+    try:
+        for cache in caches:
+            cache.mkdir(mode=0o700, exist_ok=True)  # a node makes it on first use
+            code = cache / "code"
+            if code.exists():
+                moved.append((code, code.rename(cache / "code.kept")))
+            code.write_text("not a directory\n")
+        yield
+    finally:
+        for cache in caches:
+            (cache / "code").unlink(missing_ok=True)
+        for code, kept in moved:
+            kept.rename(code)
+
+
+def test_an_attempt_whose_code_cannot_be_unpacked_fails_at_once_with_its_cause(
+    ray_cluster: LocalRayCluster, ray_image: SessionImage, tmp_path: Path
+) -> None:
+    jobs = ray_image.project(
+        tmp_path / "p",
+        "unpack",
+        "  - {name: u, framework: plain, scripts: u.py, repeat: 2, network: none}\n",
+        {"u.py": "print('never runs')\n"},
+    )
+    with code_caches_broken(ray_cluster):
+        done = ray_cli(ray_cluster, ["run", str(jobs), "-o", str(tmp_path / "out")])
+    assert done.returncode == 1, done.stdout + done.stderr
+    batch_dir = only_batch(tmp_path / "out")
+    for run in runs_by_id(valid_manifest(batch_dir)).values():
+        [attempt] = run["attempts"]
+        # The node's own outcome (its node named), not Ray's text of a failed call after the
+        # node-death wait: the cause, and where it was raised.
+        assert attempt["node"]["node_id"] in {n.node_id for n in ray_cluster.nodes.values()}
+        assert attempt["error"].startswith(
+            "on the node, before the container started: FileExistsError: [Errno 17] File exists:"
+        ), attempt["error"]
+        assert "called from safeagents_batch/backends/ray_node.py:" in attempt["error"]
+        assert "in code_dir)" in attempt["error"]
+        trace = (batch_dir / attempt["log_dir"] / "traceback.log").read_text()
+        assert trace.startswith("Traceback (most recent call last):")
+        assert trace.rstrip().splitlines()[-1].startswith("FileExistsError: [Errno 17]")
+        assert (batch_dir / attempt["log_dir"] / "stdout.log").read_text() == ""

@@ -8,7 +8,8 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import ray
@@ -117,3 +118,66 @@ def test_a_cancel_that_arrives_before_its_attempt_still_cancels_it(
     list(agent.run_attempt("other", cast(AttemptRequest, None), [], []))
     assert seen == [True, False]
     assert agent._cancels == {} and agent._cancelled_early == set()
+
+
+class TraceSink:
+    def __init__(self) -> None:
+        self.traces: list[str] = []
+
+    def traceback(self, text: str) -> None:
+        self.traces.append(text)
+
+
+def test_an_error_the_agent_raised_ends_the_attempt_at_once_with_its_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node lives (its code raised): no wait for the cluster to declare it dead."""
+
+    def never(node_id: str, wait: float = 0.0) -> bool:
+        raise AssertionError("waited for the node's death")
+
+    monkeypatch.setattr(ray_backend, "node_gone", never)
+    sink = TraceSink()
+    stream = cast(ray.ObjectRefGenerator, None)
+    asked: list[bool] = []
+    attempt = ray_backend.RemoteAttempt(
+        stream, cast(Sink, sink), threading.Event(), "t0", lambda: asked.append(True)
+    )
+    attempt.node = {"node_id": "abc", "host": "n1"}
+    text = (
+        "\x1b[36mray::BootedAgent.run_attempt()\x1b[39m (pid=1, ip=127.0.0.1)\n"
+        '  File "/tmp/c/package/d/safeagents_batch/backends/ray_node.py", line 9, in unpack\n'
+        "    archive.extractall(target)\n"
+        "TypeError: TarFile.extractall() got an unexpected keyword argument 'filter'\n"
+    )
+    task_error: Any = ray.exceptions.RayTaskError  # untyped in Ray
+    cause = TypeError("TarFile.extractall() got an unexpected keyword argument 'filter'")
+    outcome = attempt._lost(task_error("run_attempt", text, cause))
+    assert outcome.status == "error" and not outcome.engine_lost
+    assert outcome.error == (
+        "ray call failed on the node: TypeError: TarFile.extractall() got an unexpected "
+        "keyword argument 'filter' (raised at safeagents_batch/backends/ray_node.py:9 in unpack)"
+    )
+    [trace] = sink.traces
+    assert "\x1b" not in trace and trace.rstrip().endswith("keyword argument 'filter'")
+    assert asked == [True]  # the agent is asked to stop it, in case anything runs on
+
+
+def test_a_failure_before_the_container_starts_is_the_attempts_outcome_with_its_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(digest: str, box: list[object]) -> Path:
+        raise FileExistsError(17, "File exists", "/cache/code")
+
+    monkeypatch.setattr(ray_node, "node_backend", lambda: None)
+    monkeypatch.setattr(ray_node, "code_dir", broken)
+    request = cast(AttemptRequest, SimpleNamespace(code=SimpleNamespace(digest="d")))
+    items = list(ray_node.run_attempt(request, [], [], threading.Event()))
+    assert [kind for kind, _ in items] == ["trace", "outcome"]
+    assert items[0][1].startswith("Traceback (most recent call last):")
+    outcome = items[1][1]
+    assert outcome.status == "error"
+    assert outcome.error.startswith(
+        "on the node, before the container started: FileExistsError: [Errno 17] File exists: "
+        "'/cache/code' (raised at tests/test_ray_node.py:"
+    )

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.sink import LOG_NAMES, LocalSink, _StreamingTar
+from safeagents_batch.sink import LOG_NAMES, TRACEBACK_NAME, LocalSink
+from safeagents_batch.tarsafe import StreamingTar
 from safeagents_batch.units import format_size
 
 CHUNK = 1000
@@ -313,6 +314,7 @@ def test_unsafe_and_reserved_names_are_dropped(tmp_path: Path) -> None:
         file("other/x", b"not under the top dir"),
         file("logs/stdout.log", b"forged log"),
         entry("logs/console.log", tarfile.DIRTYPE),
+        file("logs/traceback.log", b"a forged traceback"),
     )
     with LocalSink(tmp_path / "attempt") as sink:
         sink.stdout(b"real log")
@@ -325,6 +327,7 @@ def test_unsafe_and_reserved_names_are_dropped(tmp_path: Path) -> None:
         "other/x: outside the archive's top directory",
         "stdout.log: reserved name",
         "console.log: reserved name",
+        "traceback.log: reserved name",
     ]
     assert sorted(os.listdir(tmp_path)) == ["attempt"]
     assert (tmp_path / "attempt" / "stdout.log").read_bytes() == b"real log"
@@ -460,7 +463,7 @@ def test_a_huge_metadata_header_is_refused_unread(tmp_path: Path) -> None:
 
 def test_headers_already_read_are_not_kept_in_memory() -> None:
     stream = archive(*(file(f"logs/f{i}", b"") for i in range(50)))
-    with _StreamingTar.open(fileobj=io.BytesIO(stream), mode="r|") as tar:
+    with StreamingTar.open(fileobj=io.BytesIO(stream), mode="r|") as tar:
         while tar.next() is not None:
             assert len(tar.members) == 0
 
@@ -570,3 +573,22 @@ def test_sizes_read_in_binary_units() -> None:
         "5.0 GiB",
         "3.0 TiB",
     ]
+
+
+def test_a_traceback_is_kept_beside_the_logs_never_through_a_planted_link(
+    tmp_path: Path,
+) -> None:
+    attempt = tmp_path / "a"
+    with LocalSink(attempt) as sink:
+        sink.traceback("Traceback (most recent call last):\n  ...\nValueError: x")
+    assert (attempt / TRACEBACK_NAME).read_text() == (
+        "Traceback (most recent call last):\n  ...\nValueError: x\n"
+    )
+    target = tmp_path / "host-file"
+    target.write_bytes(b"precious")
+    (attempt / TRACEBACK_NAME).unlink()
+    (attempt / TRACEBACK_NAME).symlink_to(target)
+    with LocalSink(attempt) as sink, pytest.raises(OSError) as raised:
+        sink.traceback("again")
+    assert raised.value.errno == errno.ELOOP
+    assert target.read_bytes() == b"precious"

@@ -101,6 +101,11 @@ class Sink(Protocol):
 
     def stderr(self, chunk: bytes) -> None: ...
 
+    def traceback(self, text: str) -> None:
+        """The whole traceback of an error raised where the attempt ran, kept beside its logs
+        (the attempt's record has the one-line cause)."""
+        ...
+
     def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
         """The files the script left in /safeagents/logs, as a tar stream whose members are
         under one top directory (what `docker cp` of that directory gives)."""

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -340,7 +340,7 @@ def go_time(text: str) -> float:
     `datetime` does not take on every Python this supports)."""
     whole, _, rest = text.rstrip("Z").partition(".")
     fraction = rest.split("+")[0].split("-")[0]
-    moment = datetime.fromisoformat(whole).replace(tzinfo=timezone.utc)
+    moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
     return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 

@@ -48,11 +48,13 @@ from safeagents_batch.backends.ray_agents import (
     AgentBoard,
     ClusterUnanswered,
     NoAgent,
+    described,
     docker_nodes,
     live_nodes,
     on_node,
 )
 from safeagents_batch.backends.ray_boot import Shipment
+from safeagents_batch.backends.remote_error import RemoteError
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.images import ImageSpec
@@ -221,7 +223,9 @@ class RayBackend:
         outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild)
         ready = self._board.wait_ready(AGENT_START_SECONDS)
         self._tell_waiting(len(ready))
-        return {tag: self._distribute(outcome, ready) for tag, outcome in outcomes.items()}
+        return {
+            tag: self._distribute(outcome, ready, build_logs) for tag, outcome in outcomes.items()
+        }
 
     def _tell_waiting(self, ready: int) -> None:
         """Once per batch, why runs do not start on every node: without it a batch whose
@@ -254,7 +258,7 @@ class RayBackend:
         try:
             agent = self._board.acquire(cancel)
         except NoAgent as exc:
-            error = f"no node agent: {one_line(exc, 300)}"
+            error = f"no node agent: {one_line(exc, 2000)}"
             return AttemptOutcome("error", None, started, now_iso(), error)
         except ClusterUnanswered as exc:
             reason = f"cluster lost: the head does not answer ({exc})"
@@ -359,16 +363,17 @@ class RayBackend:
                 )
         try:
             return {node_id: ray.get(ref) for node_id, ref in refs.items()}
-        except ray.exceptions.RayTaskError as exc:
-            raise RuntimeError(one_line(exc.cause)) from None
-        except ray.exceptions.RayError as exc:  # the node or its agent died meanwhile
-            raise RuntimeError(one_line(exc, 300)) from None
+        except ray.exceptions.RayError as exc:  # raised there, or the node or agent died
+            raise NodeFailure(described(exc)) from None
 
     # -- images --------------------------------------------------------------------------
 
-    def _distribute(self, outcome: ImageOutcome, node_ids: list[str]) -> ImageOutcome:
-        """The image on each of the nodes that lacks it; a failure fails the image. A node
-        whose agent starts later gets it when its first attempt arrives."""
+    def _distribute(
+        self, outcome: ImageOutcome, node_ids: list[str], build_logs: Path
+    ) -> ImageOutcome:
+        """The image on each of the nodes that lacks it; a failure fails the image (a node's
+        traceback beside its build log). A node whose agent starts later gets it when its
+        first attempt arrives."""
         if not outcome.ok:
             return outcome
         try:
@@ -377,7 +382,13 @@ class RayBackend:
             if missing:
                 self._ship(outcome.tag, missing)
         except Exception as exc:
-            error = f"image {outcome.tag} not shipped to the nodes: {one_line(exc)}"
+            error = f"image {outcome.tag} not shipped to the nodes: {one_line(exc, 600)}"
+            if isinstance(exc, NodeFailure):
+                name = outcome.tag.replace("/", "_").replace(":", "_")
+                build_logs.mkdir(parents=True, exist_ok=True)
+                trace = build_logs / f"{name}.shipping-traceback.log"
+                trace.write_text(exc.remote.traceback, encoding="utf-8")
+                error = f"{error} (the node's traceback: {trace.name}, beside the build logs)"
             return replace(outcome, status="failed", error=error)
         return outcome
 
@@ -406,7 +417,7 @@ class RayBackend:
                 if not self._on_nodes([node_id], ray_node.has_image, tag)[node_id]:
                     self._ship(tag, [node_id])
             except Exception as exc:
-                error = f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc)}"
+                error = f"image {tag} not shipped to node {node_id[:12]}: {one_line(exc, 600)}"
                 self._ship_failures[tag, node_id] = error
                 return error
         return None
@@ -432,6 +443,15 @@ class RayBackend:
                     api.remove_image(remote_tag)
             self._pushed[tag] = remote_tag
             return remote_tag
+
+
+class NodeFailure(RuntimeError):
+    """A node function failed on its node: the message is its cause in one line; `remote`
+    has its traceback."""
+
+    def __init__(self, remote: RemoteError) -> None:
+        super().__init__(remote.line())
+        self.remote = remote
 
 
 class RemoteAttempt:
@@ -508,6 +528,8 @@ class RemoteAttempt:
             self.sink.stdout(payload)
         elif kind == "err":
             self.sink.stderr(payload)
+        elif kind == "trace":
+            self.sink.traceback(payload)
         elif kind == "art":
             if self.spool is None:
                 # Closed by _drop_spool, in follow()'s finally.
@@ -543,7 +565,10 @@ class RemoteAttempt:
     def _lost(self, exc: ray.exceptions.RayError) -> AttemptOutcome:
         """A call that died with its node (raylet gone) is `node lost`; the run may retry on
         another node. One that failed while the node lives is the agent's failure; the agent
-        is asked to cancel it, in case its container still runs there."""
+        is asked to cancel it, in case its container still runs there. An error the agent's
+        code raised says so at once: its node lives, and its cause and traceback come along."""
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            return self._raised(described(exc))
         node_id = (self.node or {}).get("node_id")
         try:
             gone = node_id is None or node_gone(node_id)
@@ -554,11 +579,17 @@ class RemoteAttempt:
         # answer for a moment (ActorUnavailableError) leaves it, as its container may run on.
         transient = isinstance(exc, ray.exceptions.ActorUnavailableError)
         self.agent_lost = gone or (isinstance(exc, ray.exceptions.RayActorError) and not transient)
+        error = described(exc)
         if gone:
             where = f" ({(self.node or {}).get('host', '?')} {node_id or '?'})"
-            return self._ended(f"node lost{where}: {one_line(exc, 200)}")
+            return self._ended(f"node lost{where}: {error.line(200)}")
         self._stop_remote()
-        return self._ended(f"ray call failed: {one_line(exc, 300)}")
+        return self._ended(f"ray call failed: {error.line(300)}")
+
+    def _raised(self, error: RemoteError) -> AttemptOutcome:
+        self._stop_remote()
+        self.sink.traceback(error.traceback)
+        return self._ended(f"ray call failed on the node: {error.line()}")
 
     def _ended(self, reason: str) -> AttemptOutcome:
         return AttemptOutcome("error", None, self.started, now_iso(), reason)

@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from safeagents_batch.backends import ray_boot
 from safeagents_batch.backends.ray_boot import Shipment
+from safeagents_batch.backends.remote_error import RemoteError, from_text, strip_escapes
 from safeagents_batch.errors import one_line
 
 RESOURCE = "docker"
@@ -32,6 +33,9 @@ LOOK_SECONDS = 1.0  # how often the board asks the cluster for its nodes
 WAIT_SECONDS = 0.5  # how often an attempt that waits for a slot looks again
 GRACE_SECONDS = 5.0  # for the other agents once one is ready: the rest join when they start
 HELPER_THREADS = 4  # an agent's calls beside its attempts: image checks, loads, a sweep
+# "Never looked": not 0.0, as the monotonic clock starts near zero at boot (a fresh CI
+# machine) and a look at 0.0 would seem recent.
+NEVER = float("-inf")
 
 
 def live_nodes() -> list[dict[str, Any]]:
@@ -43,6 +47,17 @@ def live_nodes() -> list[dict[str, Any]]:
 def docker_nodes() -> list[dict[str, Any]]:
     """Live nodes that offer container slots."""
     return [n for n in live_nodes() if n["Resources"].get(RESOURCE, 0) > 0]
+
+
+def described(exc: BaseException) -> RemoteError:
+    """A failed Ray call as the user should read it. An error raised on the node (a task's,
+    an actor method's) is its cause: type, message, where it was raised, and its traceback;
+    Ray's header before it (task, pid, ip, actor id and repr, colour codes) is left out."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        return from_text(str(exc), type(cause).__name__, str(cause))
+    text = strip_escapes(str(exc))
+    return RemoteError(type(exc).__name__, " ".join(text.split())[:300], None, text)
 
 
 def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
@@ -78,7 +93,7 @@ class AgentBoard:
         self._cond = threading.Condition()
         self._agents: dict[str, Agent] = {}
         self._failed: dict[str, str] = {}  # node id -> why its agent did not start
-        self._looked = 0.0
+        self._looked = NEVER  # monotonic time of the last look
         self._started_at: float | None = None  # the first start(): agents' time runs from it
         self._actor: Any = ray.remote(ray_boot.BootedAgent)
 
@@ -139,7 +154,7 @@ class AgentBoard:
         with self._cond:
             if self._agents.get(agent.node_id) is agent:
                 del self._agents[agent.node_id]
-            self._looked = 0.0
+            self._looked = NEVER
 
     def starting(self) -> int:
         """How many agents have not started yet (their node's slots held, or slow)."""
@@ -198,9 +213,9 @@ class AgentBoard:
             except ray.exceptions.RayError as exc:
                 # A failure the agent raised (its package could not be installed, no engine)
                 # is its own line; Ray's wrapping of it would cut the cause off.
-                cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
                 del self._agents[agent.node_id]
-                self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {one_line(cause, 300)}"
+                why = f"the agent could not start: {described(exc).line()}"
+                self._failed[agent.node_id] = f"node {agent.node_id[:12]}: {why}"
                 continue
             agent.ready = True
             self._cond.notify_all()

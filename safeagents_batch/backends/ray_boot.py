@@ -35,6 +35,7 @@ PACKAGE = "safeagents_batch"
 NODE_CACHE_ENV = "SAFEAGENTS_NODE_CACHE"
 COMPLETE = ".complete"  # beside a cache entry once it is whole: without it the entry is redone
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+MIN_PYTHON = (3, 11)  # as pyproject.toml's requires-python; kept here: this module ships alone
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ def ship(package_dir: Path) -> Shipment:
 # -- on the node ------------------------------------------------------------------------
 
 
+def require_python() -> None:
+    """The node's Python is one the package supports (Ray itself insists on the driver's
+    minor version; this says so for a driver on an unsupported one too)."""
+    if sys.version_info < MIN_PYTHON:
+        found = ".".join(map(str, sys.version_info[:3]))
+        floor = ".".join(map(str, MIN_PYTHON))
+        raise RuntimeError(f"{PACKAGE} needs Python >= {floor}; this node runs {found}")
+
+
 def node_cache() -> Path:
     """The node's cache of packages, code and locks. Its code is imported and run there, so
     it must be this user's own: a dir another user made first (the default is under the
@@ -101,6 +111,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def install(shipment: Shipment) -> None:
     """The shipped package first on this worker's import path, unpacked on first use."""
+    require_python()
     root = node_cache() / "package"
     root.mkdir(exist_ok=True)
 
@@ -159,19 +170,20 @@ class BootedAgent:
     def __init__(self, shipment: Shipment) -> None:
         # A failure here is kept for ready(), which the driver waits on: raised from the
         # constructor it would reach the driver only inside Ray's text of a dead actor.
+        # Raised again there as itself, its traceback (where it was raised) goes along.
         self._agent: Any = None
-        self._failure: str | None = None
+        self._failure: Exception | None = None
         try:
             install(shipment)
             from safeagents_batch.backends.ray_node import NodeAgent
 
             self._agent = NodeAgent()
         except Exception as exc:
-            self._failure = f"the package could not be installed here: {type(exc).__name__}: {exc}"
+            self._failure = exc
 
     def ready(self) -> dict[str, str]:
         if self._failure is not None:
-            raise RuntimeError(self._failure)
+            raise self._failure
         info: dict[str, str] = self._agent.ready()
         return info
 

@@ -11,12 +11,12 @@ API as the container's environment.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
 import shutil
 import socket
-import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -36,8 +36,10 @@ from safeagents_batch.backends.docker import (
     remove_container,
 )
 from safeagents_batch.backends.ray_boot import file_lock, node_cache, unpacked_once
+from safeagents_batch.backends.remote_error import from_exception
 from safeagents_batch.clock import now_iso
 from safeagents_batch.errors import EngineUnavailable, one_line
+from safeagents_batch.tarsafe import extract
 
 CHUNK_BYTES = 256 * 1024  # output is coalesced up to this much per streamed item
 TAR_SLACK = 1 << 20  # tar headers and padding on top of the artifact limit
@@ -49,7 +51,7 @@ JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container onc
 _backend: DockerBackend | None = None
 _backend_lock = threading.Lock()
 
-Item = tuple[str, Any]  # (kind, payload): out, err, art, art_over, no_image, outcome
+Item = tuple[str, Any]  # (kind, payload): out, err, trace, art, art_over, no_image, outcome
 
 
 def node_backend() -> DockerBackend:
@@ -87,21 +89,28 @@ def code_dir(digest: str, tar_box: list[Any]) -> Path:
 
 
 def unpack(data: bytes, target: Path) -> None:
-    """Regular files and directories only, nothing outside `target` (the `data` filter)."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        archive.extractall(target, filter="data")
+    """Regular files and directories only, nothing outside `target`, on every Python the
+    package supports (tarfile's `data` filter is missing from Debian 12's 3.11.2)."""
+    extract(io.BytesIO(data), target)
 
 
-def azure_copy(tar_box: list[Any], request: AttemptRequest) -> Path:
-    """A copy of the driver's ~/.azure for one attempt, private to the container's user (mode
-    0700, owned by that uid) and removed after it."""
+@contextlib.contextmanager
+def azure_copy(tar_box: list[Any], request: AttemptRequest) -> Iterator[Path | None]:
+    """A copy of the driver's ~/.azure for one attempt (None when none was shipped), private
+    to the container's user (mode 0700, owned by that uid) and removed after it."""
+    if not tar_box:
+        yield None
+        return
     target = Path(tempfile.mkdtemp(prefix="azure-", dir=node_cache()))
-    unpack(ray.get(tar_box[0]), target)
-    uid, gid = (int(part) for part in container_user(request).split(":"))
-    if os.getuid() == 0:
-        for path in [target, *target.rglob("*")]:
-            os.chown(path, uid, gid, follow_symlinks=False)
-    return target
+    try:
+        unpack(ray.get(tar_box[0]), target)
+        uid, gid = (int(part) for part in container_user(request).split(":"))
+        if os.getuid() == 0:
+            for path in [target, *target.rglob("*")]:
+                os.chown(path, uid, gid, follow_symlinks=False)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 # -- images -----------------------------------------------------------------------------
@@ -198,6 +207,9 @@ class QueueSink:
     def stderr(self, chunk: bytes) -> None:
         self.items.put(("err", chunk))
 
+    def traceback(self, text: str) -> None:
+        self.items.put(("trace", text))
+
     def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
         total = 0
         for chunk in tar_chunks:
@@ -265,14 +277,23 @@ def run_attempt(
 ) -> Iterator[Item]:
     """The body of an agent's streaming call: yields the output as it comes, then the
     outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
-    generator, the attempt kills and removes its container before it ends."""
+    generator, the attempt kills and removes its container before it ends. A failure before
+    the container starts (code, Azure copy, image check) ends the attempt at once, with its
+    cause and its traceback."""
     started = now_iso()
-    azure_dir: Path | None = None
-    try:
-        backend = node_backend()
-        code = StagedCode(request.code.digest, code_dir(request.code.digest, code_box))
-        azure_dir = azure_copy(azure_box, request) if azure_box else None
-        if not has_image(request.image):
+    with contextlib.ExitStack() as stack:
+        try:
+            backend = node_backend()
+            code = StagedCode(request.code.digest, code_dir(request.code.digest, code_box))
+            azure_dir = stack.enter_context(azure_copy(azure_box, request))
+            image_here = has_image(request.image)
+        except (EngineUnavailable, *ENGINE_ERRORS) as exc:
+            yield ("outcome", _error(started, f"node engine unavailable: {one_line(exc)}"))
+            return
+        except Exception as exc:
+            yield from _failed(started, "on the node, before the container started", exc)
+            return
+        if not image_here:
             # The driver ships it here and submits the attempt again: this node joined, or
             # lost the image, after the batch's images went out.
             yield ("no_image", request.image)
@@ -280,11 +301,13 @@ def run_attempt(
             return
         local = replace(request, code=code, azure_dir=azure_dir)
         yield from _supervised(backend, local, cancel)
-    except (EngineUnavailable, *ENGINE_ERRORS) as exc:
-        yield ("outcome", _error(started, f"node engine unavailable: {one_line(exc)}"))
-    finally:
-        if azure_dir is not None:
-            shutil.rmtree(azure_dir, ignore_errors=True)
+
+
+def _failed(started: str, context: str, exc: BaseException) -> Iterator[Item]:
+    """An error raised here: its traceback for the attempt's dir, its cause in one line."""
+    error = from_exception(exc)
+    yield ("trace", error.traceback)
+    yield ("outcome", _error(started, f"{context}: {error.line()}"))
 
 
 def _supervised(
@@ -295,10 +318,10 @@ def _supervised(
 
     def attempt() -> None:
         try:
-            outcome = backend.run(request, sink, cancel)
+            items.put(("outcome", backend.run(request, sink, cancel)))
         except Exception as exc:  # the driver gets it as the run's error, not a dead task
-            outcome = _error(now_iso(), f"node error: {type(exc).__name__}: {one_line(exc)}")
-        items.put(("outcome", outcome))
+            for item in _failed(now_iso(), "node error", exc):
+                items.put(item)
 
     thread = threading.Thread(target=attempt, name="attempt", daemon=True)
     thread.start()
