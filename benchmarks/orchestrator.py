@@ -22,12 +22,13 @@ from pathlib import Path
 
 from sweep import write_sweep
 
-from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, ImageOutcome, Sink
-from safeagents_batch.batch import BatchOptions, run_batch
-from safeagents_batch.clock import now_iso
-from safeagents_batch.images import ImageSpec
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.reporting import CollectingReporter
+from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.execution.batch import BatchOptions, run_batch
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.records.model import AttemptOutcome, ImageRecord
+from safeagents_batch.staging.images import ImageSpec
 
 
 class InstantBackend:
@@ -37,16 +38,30 @@ class InstantBackend:
 
     def ensure_images(
         self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
-    ) -> dict[str, ImageOutcome]:
-        return {s.tag: ImageOutcome(s.tag, s.config.framework, "cached", None, None) for s in specs}
+    ) -> dict[str, ImageRecord]:
+        return {
+            s.tag: ImageRecord(
+                tag=s.tag,
+                framework=s.config.framework,
+                status="cached",
+                build_seconds=None,
+                build_log=None,
+            )
+            for s in specs
+        }
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         started = now_iso()
         sink.stdout(b"ok\n")
-        return AttemptOutcome("succeeded", 0, started, now_iso())
+        return AttemptOutcome(
+            status="succeeded", exit_code=0, started_at=started, ended_at=now_iso()
+        )
 
     def sweep(self, batch_id: str) -> int:
         return 0
+
+    def clean(self, request: CleanRequest) -> list[str]:
+        return []
 
     def available(self) -> bool:
         return True

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from safeagents_batch import cli
+from safeagents_batch.cli import main as cli
 
 JOBS = """version: 1
 frameworks: {{plain: {{packages: []}}}}

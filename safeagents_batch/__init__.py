@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python; CI tests 3.11.2 (Debian 12's) and up
 
 if sys.version_info < MIN_PYTHON:  # one line, not a SyntaxError or ImportError further in
@@ -13,6 +12,8 @@ if sys.version_info < MIN_PYTHON:  # one line, not a SyntaxError or ImportError 
         f"safeagents-batch needs Python >= {'.'.join(map(str, MIN_PYTHON))}; "
         f"{sys.executable} is {'.'.join(map(str, sys.version_info[:3]))}"
     )
+
+from safeagents_batch.core.version import VERSION as __version__  # noqa: E402
 
 __all__ = ["DockerRunner", "__version__"]
 

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from safeagents_batch.cli import main
+from safeagents_batch.cli.main import main
 
 raise SystemExit(main())

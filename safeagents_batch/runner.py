@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import secrets
-import shutil
 import threading
 import warnings
 from collections.abc import Iterator
@@ -20,17 +19,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, StagedCode
-from safeagents_batch.code import stage_code
-from safeagents_batch.errors import BatchError, EngineUnavailable, one_line
-from safeagents_batch.frameworks import builtin_frameworks, framework_packages
-from safeagents_batch.images import SKIPPED_NAMES, ImageSpec, image_spec, write_build_context
-from safeagents_batch.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
-from safeagents_batch.names import safe_name
-from safeagents_batch.sink import LocalSink
+from safeagents_batch.backends.base import AttemptRequest
+from safeagents_batch.core.errors import BatchError, EngineUnavailable, one_line
+from safeagents_batch.core.names import safe_name
+from safeagents_batch.execution.sink import LocalSink
+from safeagents_batch.jobs.frameworks import builtin_frameworks, framework_packages
+from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
+from safeagents_batch.records.model import AttemptOutcome
+from safeagents_batch.staging.code import StagedCode, stage_code
+from safeagents_batch.staging.images import (
+    ImageSpec,
+    copy_selected,
+    image_spec,
+    write_build_context,
+)
 
 if TYPE_CHECKING:
-    from safeagents_batch.backends.docker import DockerBackend
+    from safeagents_batch.backends.docker.backend import DockerBackend
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ class DockerRunner:
             spec = image_spec(self._image_config(source))
             write_build_context(spec, self.build_folder)
             self.log_output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        except (OSError, BatchError) as exc:
             logger.error("prepare_environment failed: %s", exc)
             return False
         self._spec = spec
@@ -136,7 +141,7 @@ class DockerRunner:
             return _log_failure(_engine_failure(exc))
         outcome = outcomes[spec.tag]
         if outcome.build_log is not None:  # a cached image has none: keep the last build's
-            self.build_log = outcome.build_log
+            self.build_log = Path(outcome.build_log)
         self.image_tag = outcome.tag if outcome.ok else None
         if not outcome.ok:
             return _log_failure(outcome.error or "image build failed")
@@ -218,7 +223,7 @@ def _engine() -> Iterator[DockerBackend]:
     """A backend per operation: a runner holds no connection between calls (and constructing
     one works without an engine), so there is nothing for the user to close."""
     # The API edge builds the backend; imported here so that importing the package is cheap.
-    from safeagents_batch.backends.docker import ENGINE_ERRORS, DockerBackend
+    from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend
 
     backend = DockerBackend.from_env()
     try:
@@ -244,9 +249,9 @@ def _copy_safeagents_source(target: Path) -> Path | None:
         )
         return None
     if source.resolve() != target.resolve():
-        # The copy is ours: clear it so files deleted upstream do not linger in the image.
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*SKIPPED_NAMES, "*.pyc"))
+        # The copy is ours, made afresh so files deleted upstream do not linger in the image;
+        # the file selector leaves out what never ships (caches, venvs, dotenv files, ...).
+        copy_selected(source, target)
     return target
 
 

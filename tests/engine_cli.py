@@ -27,7 +27,7 @@ import docker.errors
 import jsonschema
 import pytest
 
-from safeagents_batch.backends.docker import batch_container_ids, remove_container
+from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
 
 CLI = [sys.executable, "-m", "safeagents_batch"]
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"

@@ -17,8 +17,8 @@ import docker.errors
 import pytest
 import requests
 
-from safeagents_batch.backends.docker import batch_container_ids, remove_container
-from safeagents_batch.labels import LABEL_PREFIX
+from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
+from safeagents_batch.core.labels import LABEL_PREFIX
 
 # A framework with no packages: its image builds in about a second from the base image.
 PLAIN_FRAMEWORK_YAML = "frameworks:\n  plain: {packages: []}\n"

@@ -15,15 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safeagents_batch.backends.base import (
-    AttemptOutcome,
-    AttemptRequest,
-    ImageOutcome,
-    Sink,
-)
-from safeagents_batch.clock import now_iso
-from safeagents_batch.images import ImageSpec
-from safeagents_batch.records import Status
+from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.records.model import AttemptOutcome, ImageRecord, Status
+from safeagents_batch.staging.images import ImageSpec
 
 
 @dataclass(frozen=True)
@@ -42,9 +37,19 @@ class Behaviour:
     def outcome(self, started: str) -> AttemptOutcome:
         if self.engine_lost:
             return AttemptOutcome(
-                "error", None, started, now_iso(), "engine lost: fake", engine_lost=True
+                status="error",
+                started_at=started,
+                ended_at=now_iso(),
+                error="engine lost: fake",
+                engine_lost=True,
             )
-        return AttemptOutcome(self.status, self.exit_code, started, now_iso(), self.error)
+        return AttemptOutcome(
+            status=self.status,
+            exit_code=self.exit_code,
+            started_at=started,
+            ended_at=now_iso(),
+            error=self.error,
+        )
 
 
 def failed(code: int = 1) -> Behaviour:
@@ -76,7 +81,7 @@ class FakeBackend:
 
     def ensure_images(
         self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
-    ) -> dict[str, ImageOutcome]:
+    ) -> dict[str, ImageRecord]:
         outcomes = {}
         for spec in specs:
             with self._lock:
@@ -84,11 +89,22 @@ class FakeBackend:
             framework = spec.config.framework
             log = self._build_log(spec, build_logs)
             if framework in self.failing_images:
-                outcomes[spec.tag] = ImageOutcome(
-                    spec.tag, framework, "failed", 0.1, log, "image build failed: fake"
+                outcomes[spec.tag] = ImageRecord(
+                    tag=spec.tag,
+                    framework=framework,
+                    status="failed",
+                    build_seconds=0.1,
+                    build_log=str(log) if log else None,
+                    error="image build failed: fake",
                 )
             else:
-                outcomes[spec.tag] = ImageOutcome(spec.tag, framework, "built", 0.1, log)
+                outcomes[spec.tag] = ImageRecord(
+                    tag=spec.tag,
+                    framework=framework,
+                    status="built",
+                    build_seconds=0.1,
+                    build_log=str(log) if log else None,
+                )
         return outcomes
 
     def _build_log(self, spec: ImageSpec, build_logs: Path) -> Path | None:
@@ -111,7 +127,10 @@ class FakeBackend:
                 while not behaviour.hold.wait(0.01):
                     if cancel.is_set():
                         return AttemptOutcome(
-                            "cancelled", None, started, now_iso(), "cancelled by the user"
+                            status="cancelled",
+                            started_at=started,
+                            ended_at=now_iso(),
+                            error="cancelled by the user",
                         )
             if behaviour.artifacts is not None:
                 sink.artifacts(_chunks(behaviour.artifacts))
@@ -125,6 +144,9 @@ class FakeBackend:
         with self._lock:
             self.swept.append(batch_id)
             return self.leftovers.pop(batch_id, 0)
+
+    def clean(self, request: CleanRequest) -> list[str]:
+        return [f"would clean ({request})"]
 
     def available(self) -> bool:
         return self.up

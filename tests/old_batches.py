@@ -1,6 +1,11 @@
-"""Batch dirs as the tool wrote them before paths were relative (manifest version 1): every
-path into the batch dir absolute, under the dir where the batch was created. Made from a batch
-of this tool by rewriting its manifest and journal, so tests can move one and read it back."""
+"""Batch dirs as earlier releases of the tool wrote them, made from a batch of this one by
+rewriting its manifest and journal, so tests can read them back (and move them first):
+
+* version 2: each attempt's outcome flat in the attempt, runs without matrix values or an
+  `unstarted` of their own, journal version 1;
+* version 1: the same, with every path into the batch dir absolute, under the dir where the
+  batch was created.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +13,80 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safeagents_batch.journal import JOURNAL_NAME
-from safeagents_batch.manifest import MANIFEST_NAME
+from safeagents_batch.records.layout import JOURNAL as JOURNAL_NAME
+from safeagents_batch.records.layout import MANIFEST as MANIFEST_NAME
 
 
 def write_as_version_1(batch_dir: Path) -> None:
     """Rewrites the finished batch at `batch_dir` (where it was created) as version 1 did."""
+    write_as_version(batch_dir, 1)
+
+
+def write_as_version(batch_dir: Path, version: int) -> None:
     manifest = json.loads((batch_dir / MANIFEST_NAME).read_text("utf-8"))
     assert manifest["batch_dir"] == str(batch_dir), "only where it was created"
     assert manifest["state"] != "running", "a snapshot that holds every journal event"
     journal = batch_dir / JOURNAL_NAME
-    lines = [json.dumps(_event_v1(json.loads(line), batch_dir), separators=(",", ":")) + "\n"
-             for line in journal.read_text("utf-8").splitlines()]  # fmt: skip
-    journal.write_text("".join(lines), encoding="utf-8")
-    manifest["manifest_version"] = 1
-    # Its last event ends where the journal does now: the lines grew with the paths.
-    manifest["journal"]["offset"] = journal.stat().st_size
-    for image in manifest["images"]:
-        image["build_log"] = _absolute(image["build_log"], batch_dir)
-    for run in manifest["runs"]:
-        run["log_dir"] = _absolute(run["log_dir"], batch_dir)
-        for attempt in run["attempts"]:
-            attempt["log_dir"] = _absolute(attempt["log_dir"], batch_dir)
-    (batch_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if journal.exists():
+        events = [json.loads(line) for line in journal.read_text("utf-8").splitlines()]
+        lines = [json.dumps(old_event(e, batch_dir, version), separators=(",", ":")) + "\n"
+                 for e in events]  # fmt: skip
+        journal.write_text("".join(lines), encoding="utf-8")
+        # Its last event ends where the journal does now: the lines changed length.
+        manifest["journal"]["offset"] = journal.stat().st_size
+    old = old_document(manifest, batch_dir, version)
+    (batch_dir / MANIFEST_NAME).write_text(json.dumps(old, indent=2), encoding="utf-8")
 
 
-def _event_v1(event: dict[str, Any], batch_dir: Path) -> dict[str, Any]:
+def old_document(manifest: dict[str, Any], batch_dir: Path, version: int) -> dict[str, Any]:
+    """A manifest document of today as version 1 or 2 wrote it."""
+    old = {**manifest, "manifest_version": version}
+    old["journal"] = {**manifest["journal"], "version": 1}
+    old["images"] = [old_image(i, batch_dir, version) for i in manifest["images"]]
+    old["runs"] = [old_run(r, batch_dir, version) for r in manifest["runs"]]
+    return old
+
+
+def old_run(run: dict[str, Any], batch_dir: Path, version: int) -> dict[str, Any]:
+    old = {k: v for k, v in run.items() if k not in ("matrix", "unstarted")}
+    old["log_dir"] = _path(run["log_dir"], batch_dir, version)
+    old["attempts"] = [old_attempt(a, batch_dir, version) for a in run["attempts"]]
+    return old
+
+
+def old_attempt(attempt: dict[str, Any], batch_dir: Path, version: int) -> dict[str, Any]:
+    outcome = attempt["outcome"] or {}
+    return {
+        "number": attempt["number"],
+        "status": outcome.get("status", "running"),
+        "log_dir": _path(attempt["log_dir"], batch_dir, version),
+        "started_at": outcome.get("started_at", attempt["started_at"]),
+        "ended_at": outcome.get("ended_at"),
+        "duration_seconds": outcome.get("duration_seconds"),
+        "exit_code": outcome.get("exit_code"),
+        "error": outcome.get("error"),
+        "code_digest": attempt["code_digest"],
+        "dropped_artifacts": attempt["dropped_artifacts"],
+        "node": outcome.get("node"),
+    }
+
+
+def old_image(image: dict[str, Any], batch_dir: Path, version: int) -> dict[str, Any]:
+    return {**image, "build_log": _path(image["build_log"], batch_dir, version)}
+
+
+def old_event(event: dict[str, Any], batch_dir: Path, version: int) -> dict[str, Any]:
+    event = {**event, "v": 1}
     if event["event"] == "attempt":
-        event["attempt"]["log_dir"] = _absolute(event["attempt"]["log_dir"], batch_dir)
+        event["attempt"] = old_attempt(event["attempt"], batch_dir, version)
     elif event["event"] == "image":
-        event["image"]["build_log"] = _absolute(event["image"]["build_log"], batch_dir)
+        event["image"] = old_image(event["image"], batch_dir, version)
     return event
 
 
-def _absolute(recorded: str | None, batch_dir: Path) -> str | None:
-    if recorded is None:
-        return None
+def _path(recorded: str | None, batch_dir: Path, version: int) -> str | None:
+    if recorded is None or version != 1:
+        return recorded
     assert not Path(recorded).is_absolute(), recorded  # this tool wrote it relative
     return str(batch_dir / recorded)
 

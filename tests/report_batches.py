@@ -7,15 +7,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import records as made
 from conftest import Project
 from fakes import Behaviour, FakeBackend, tar_of
 
-from safeagents_batch.batch import run_batch
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.manifest import MANIFEST_NAME, Manifest, write_json_atomically
-from safeagents_batch.plan import RunSpec
-from safeagents_batch.records import Attempt, ImageRecord, RunRecord, recorded_path
-from safeagents_batch.reporting import CollectingReporter
+from safeagents_batch.execution.batch import run_batch
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.jobs.plan import RunSpec
+from safeagents_batch.records.files import write_atomically
+from safeagents_batch.records.layout import MANIFEST as MANIFEST_NAME
+from safeagents_batch.records.manifest import JobsFileRecord, Manifest, encode
+from safeagents_batch.records.model import ImageRecord, RunRecord, recorded_path
 
 HOSTILE_LINE = "<img src=x onerror=alert(1)>"
 SCRIPT_LINE = "<script>alert('stderr')</script>"
@@ -92,31 +95,26 @@ def big_manifest(batch_dir: Path, runs: int, failing_every: int = 20) -> Manifes
         elif i % 10 == 1:
             log_dir.mkdir(parents=True)
             (log_dir / "result.json").write_text(json.dumps({"score": i % 7}), encoding="utf-8")
-        attempt = Attempt(
+        attempt = made.attempt(
             1,
             "failed" if failed else "succeeded",
             recorded_path(log_dir, batch_dir),  # as the tool records it
-            "2026-01-01T00:00:00+00:00",
-            "2026-01-01T00:00:02+00:00",
-            2.0,
-            1 if failed else 0,
-            "script exited with code 1" if failed else None,
+            exit_code=1 if failed else 0,
+            error="script exited with code 1" if failed else None,
         )
-        records[run_id] = RunRecord(
-            run_id, f"job{i % 4}", "plain", "/x/task.py", "0" * 64, "img:1",
-            {"V": str(i % 10)}, 60, (attempt,),
-        )  # fmt: skip
+        records[run_id] = made.run(
+            run_id, attempt, job=f"job{i % 4}", env={"V": str(i % 10)}, matrix={"V": str(i % 10)}
+        )
     manifest = Manifest(
         batch_id="big-1",
         batch_dir=str(batch_dir),
-        jobs_file="/x/jobs.yaml",
-        jobs_file_sha256="0" * 64,
+        jobs_file=JobsFileRecord(path="/x/jobs.yaml", sha256="0" * 64),
         created_at="2026-01-01T00:00:00+00:00",
         runs=records,
-        images={"img:1": ImageRecord("img:1", "plain", "cached")},
+        images={"img:1": ImageRecord(tag="img:1", framework="plain", status="cached")},
         updated_at="2026-01-01T00:10:00+00:00",
         finished_at="2026-01-01T00:10:00+00:00",
         state="finished",
     )
-    write_json_atomically(batch_dir / MANIFEST_NAME, manifest.to_json())
+    write_atomically(batch_dir / MANIFEST_NAME, encode(manifest, indent=False))
     return manifest

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safeagents_batch.backends.azure import (
+from safeagents_batch.backends.docker.azure import (
     AZURE_CONFIG_ENV,
     azure_env,
     azure_plan,
     write_azure_tar,
     write_back_azure_dir,
 )
-from safeagents_batch.images import AZURE_DIR, CONTAINER_HOME
+from safeagents_batch.staging.images import AZURE_DIR, CONTAINER_HOME
 
 
 def azure_folder(root: Path) -> Path:

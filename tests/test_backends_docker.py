@@ -6,16 +6,17 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from safeagents_batch.backends.base import AttemptRequest, StagedCode
-from safeagents_batch.backends.docker import (
+from safeagents_batch.backends.base import AttemptRequest
+from safeagents_batch.backends.docker.backend import (
     OutputPump,
     _mounts,
     container_labels,
     container_user,
     go_time,
 )
-from safeagents_batch.images import CODE_DIR, CONTAINER_UID, LOGS_DIR
-from safeagents_batch.model import Hardening
+from safeagents_batch.jobs.model import Hardening
+from safeagents_batch.staging.code import StagedCode
+from safeagents_batch.staging.images import CODE_DIR, CONTAINER_UID, LOGS_DIR
 
 
 class ListSink:

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 from conftest import Project
 from fakes import Behaviour, FakeBackend, failed, tar_of, tar_with_special_members
+from records import outcome_of
 
-import safeagents_batch.batch as batch_module
-from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, ImageOutcome, Sink
-from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch
-from safeagents_batch.code import code_digest, code_files
-from safeagents_batch.errors import (
+import safeagents_batch.execution.batch as batch_module
+from safeagents_batch.backends.base import AttemptRequest, Sink
+from safeagents_batch.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_ENGINE_UNAVAILABLE,
     EXIT_INTERRUPTED,
@@ -33,11 +32,16 @@ from safeagents_batch.errors import (
     JobsFileError,
     UsageError,
 )
-from safeagents_batch.images import ImageSpec
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.manifest import Manifest, ManifestStore, load_manifest
-from safeagents_batch.reporting import CollectingReporter
-from safeagents_batch.schema import validate_against
+from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, run_batch
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.jobs.schema import validate_against
+from safeagents_batch.records.manifest import Manifest, encode, load_manifest
+from safeagents_batch.records.model import AttemptOutcome, ImageRecord
+from safeagents_batch.records.store import ManifestStore
+from safeagents_batch.staging.code import code_digest
+from safeagents_batch.staging.images import ImageSpec
+from safeagents_batch.staging.select import select_files as code_files
 
 PATIENCE_SECONDS = 20.0  # a bound on every wait for another thread, never a timing assertion
 HEADER = """\
@@ -99,7 +103,10 @@ def runs_of(batch_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def history(run: dict[str, Any]) -> list[tuple[int, str, int | None, str | None]]:
-    return [(a["number"], a["status"], a["exit_code"], a["error"]) for a in run["attempts"]]
+    return [
+        (a["number"], outcome_of(a)["status"], outcome_of(a)["exit_code"], outcome_of(a)["error"])
+        for a in run["attempts"]
+    ]
 
 
 def eventually(condition: Callable[[], bool], seconds: float = PATIENCE_SECONDS) -> bool:
@@ -132,7 +139,11 @@ def interrupt_main_thread_when(condition: Callable[[], bool]) -> threading.Threa
 
 
 def no_attempt_running(batch_dir: Path) -> bool:
-    return all(a["status"] != "running" for r in runs_of(batch_dir).values() for a in r["attempts"])
+    return all(
+        outcome_of(a)["status"] != "running"
+        for r in runs_of(batch_dir).values()
+        for a in r["attempts"]
+    )
 
 
 # -- statuses, exit codes, logs ------------------------------------------------------
@@ -283,7 +294,7 @@ def test_retry_on_decides_which_statuses_are_retried(
     outcome = run(path, backend)
 
     record = runs_of(outcome.batch_dir)["j-a"]
-    assert [a["status"] for a in record["attempts"]] == [behaviour.status] * attempts
+    assert [outcome_of(a)["status"] for a in record["attempts"]] == [behaviour.status] * attempts
     assert len(backend.attempts_of("j-a")) == attempts
     assert record["status"] == behaviour.status
 
@@ -359,7 +370,7 @@ jobs:
     def first_attempt_failed() -> bool:
         manifests = list(output.glob("*/manifest.json"))
         attempts = runs_of(manifests[0].parent)["j-a"]["attempts"] if manifests else []
-        return [a["status"] for a in attempts] == ["failed"]
+        return [outcome_of(a)["status"] for a in attempts] == ["failed"]
 
     interrupter = interrupt_main_thread_when(first_attempt_failed)
     outcome = run(path, backend)
@@ -437,7 +448,7 @@ jobs:
         (1, "error", None, "engine lost: fake"),
         (2, "succeeded", 0, None),
     ]
-    assert "engine lost" in runs["lost-a"]["attempts"][0]["error"]
+    assert "engine lost" in outcome_of(runs["lost-a"]["attempts"][0])["error"]
     assert {k: r["status"] for k, r in runs.items()} == dict.fromkeys(runs, "succeeded")
     assert manifest_json(outcome.batch_dir)["state"] == "finished"
     assert (outcome.engine_gone, outcome.interrupted) == (False, False)
@@ -497,7 +508,7 @@ class SlowImages(FakeBackend):
 
     def ensure_images(
         self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
-    ) -> dict[str, ImageOutcome]:
+    ) -> dict[str, ImageRecord]:
         time.sleep(0.2)
         return super().ensure_images(specs, build_logs, rebuild=rebuild)
 
@@ -528,7 +539,7 @@ jobs:
             "image build failed: fake",
             [],
         )
-        assert [a["status"] for a in other["attempts"]] == ["succeeded"]
+        assert [outcome_of(a)["status"] for a in other["attempts"]] == ["succeeded"]
     images = {i["framework"]: i for i in data["images"]}
     assert sorted(backend.ensured) == sorted(i["tag"] for i in images.values())
     assert len(backend.ensured) == 2
@@ -716,7 +727,7 @@ def test_links_fifos_and_devices_left_by_a_script_are_dropped_and_named(
     outcome = run(path, backend)
 
     attempt = runs_of(outcome.batch_dir)["j-a"]["attempts"][0]
-    assert attempt["status"] == "succeeded"
+    assert outcome_of(attempt)["status"] == "succeeded"
     assert attempt["dropped_artifacts"] == [
         "result.json: a FIFO",
         "shadow: a symbolic link",
@@ -775,7 +786,7 @@ def test_a_backend_that_raises_makes_that_run_an_error_not_a_crash(project: Proj
 
     runs = runs_of(outcome.batch_dir)
     assert history(runs["j-a"]) == [(1, "error", None, "internal error: RuntimeError: boom")]
-    assert runs["j-a"]["attempts"][0]["ended_at"] is not None
+    assert outcome_of(runs["j-a"]["attempts"][0])["ended_at"] is not None
     assert runs["j-b"]["status"] == "succeeded"
     assert no_attempt_running(outcome.batch_dir)
     assert manifest_json(outcome.batch_dir)["state"] == "finished"
@@ -812,7 +823,7 @@ jobs:
     loaded = load_manifest(outcome.batch_dir)
     assert loaded.runs == store.manifest.runs
     assert loaded == store.manifest
-    assert loaded.to_json() == manifest_json(outcome.batch_dir)
+    assert json.loads(encode(loaded, indent=False)) == manifest_json(outcome.batch_dir)
     unstarted = loaded.runs["noimage-a"]
     assert (unstarted.status, unstarted.error, unstarted.attempts) == (
         "error",

@@ -13,15 +13,17 @@ import pytest
 from conftest import Project
 from fakes import FakeBackend, failed
 
-from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch
-from safeagents_batch.cli_output import LineProgress
-from safeagents_batch.errors import UsageError
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.journal import JOURNAL_NAME, JournalWriter, read_events
-from safeagents_batch.manifest import load_manifest
-from safeagents_batch.records import RunRecord
-from safeagents_batch.reporting import CollectingReporter, Progress
-from safeagents_batch.rerun import RerunChoice, rerun_batch
+from safeagents_batch.cli.output import LineProgress
+from safeagents_batch.core.errors import UsageError
+from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, run_batch
+from safeagents_batch.execution.reporting import CollectingReporter, Progress
+from safeagents_batch.execution.rerun import RerunChoice, rerun_batch
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.records.events import UnstartedEvent
+from safeagents_batch.records.journal import JournalWriter, read_events
+from safeagents_batch.records.layout import JOURNAL as JOURNAL_NAME
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.model import RunRecord
 
 SECRET = "sk-never-on-disk-0451"
 HEADER = "version: 1\nname: t\nframeworks:\n  plain: {packages: []}\njobs:\n"
@@ -61,7 +63,7 @@ def test_a_journal_write_that_fails_half_way_is_cut_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = JournalWriter(tmp_path / JOURNAL_NAME)
-    writer.append({"event": "x", "n": 1})
+    writer.append(event(1))
     real_write = os.write
 
     def half_then_full_disk(fd: int, data: bytes | memoryview) -> int:
@@ -73,13 +75,16 @@ def test_a_journal_write_that_fails_half_way_is_cut_back(
 
     monkeypatch.setattr(os, "write", half_then_full_disk)
     with pytest.raises(OSError, match="No space"):
-        writer.append({"event": "x", "n": 2})
+        writer.append(event(2))
     monkeypatch.setattr(os, "write", real_write)
-    writer.append({"event": "x", "n": 3})
+    writer.append(event(3))
     writer.close()
 
     events = list(read_events(tmp_path / JOURNAL_NAME))
-    assert [(e["seq"], e["n"]) for e in events] == [(1, 1), (2, 3)]
+    assert [(e.seq, e.run_id) for e in events if isinstance(e, UnstartedEvent)] == [
+        (1, "r1"),
+        (2, "r3"),
+    ]
 
 
 class ExplodingProgress:
@@ -124,16 +129,16 @@ def test_a_refused_rerun_with_an_edited_jobs_file_changes_nothing(project: Proje
 
     manifest = load_manifest(outcome.batch_dir)
     assert list(manifest.runs) == ["a-a"]
-    assert manifest.jobs_file == str(path)
+    assert manifest.jobs_file.path == str(path)
 
 
 def test_a_journal_event_that_does_not_fit_is_one_clear_error(project: Project) -> None:
     path = project.jobs(HEADER + "  - {name: a, framework: plain, scripts: [scripts/a.py]}\n")
     batch_dir = run(path, FakeBackend()).batch_dir
-    last = load_manifest(batch_dir).journal_seq
-    event = {"v": 1, "seq": last + 1, "event": "unstarted", "run_id": "gone", "at": "x"}
+    last = load_manifest(batch_dir).journal.seq
+    gone = {"v": 2, "seq": last + 1, "event": "unstarted", "run_id": "gone", "at": "x"}
     with (batch_dir / JOURNAL_NAME).open("a") as journal:
-        journal.write(json.dumps({**event, "status": "error", "reason": "r"}) + "\n")
+        journal.write(json.dumps({**gone, "status": "error", "reason": "r"}) + "\n")
 
     with pytest.raises(UsageError, match=f"journal event {last + 1} does not fit"):
         load_manifest(batch_dir)
@@ -157,3 +162,7 @@ def test_a_cancelled_rerun_sums_up_the_runs_it_did_not_start(project: Project) -
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and "a-a-r1" in lines[0]
     assert lines[1] == "runs not started: 4 cancelled before they started"
+
+
+def event(n: int) -> UnstartedEvent:
+    return UnstartedEvent(run_id=f"r{n}", status="cancelled", reason=str(n))

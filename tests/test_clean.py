@@ -29,8 +29,8 @@ from engine_cli import (
     wait_for_batch,
 )
 
-from safeagents_batch.clean import human_size
-from safeagents_batch.errors import EXIT_INTERRUPTED, EXIT_OK
+from safeagents_batch.backends.docker.clean import human_size
+from safeagents_batch.core.errors import EXIT_INTERRUPTED, EXIT_OK
 
 pytestmark = pytest.mark.docker
 

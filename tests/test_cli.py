@@ -16,8 +16,8 @@ from old_batches import write_as_version_1
 from report_batches import default_behaviour, run_fake_batch
 
 from safeagents_batch import __version__
-from safeagents_batch.cli import main
-from safeagents_batch.errors import EXIT_RUNS_FAILED
+from safeagents_batch.cli.main import main
+from safeagents_batch.core.errors import EXIT_RUNS_FAILED
 
 LOCATED = re.compile(r"[^:]+:\d+:\d+: \S.*: .+")
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from safeagents_batch import code
-from safeagents_batch.code import CodeFile, CodeTooLarge, code_digest, code_files, stage_code
-from safeagents_batch.errors import UsageError
+from safeagents_batch.core.errors import UsageError
+from safeagents_batch.staging import code
+from safeagents_batch.staging.code import code_digest, stage_code
+from safeagents_batch.staging.select import CodeFile, CodeTooLarge
+from safeagents_batch.staging.select import select_files as code_files
 
 MiB = 1024**2
 

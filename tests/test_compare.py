@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from safeagents_batch.compare import compare_rows
-from safeagents_batch.results import ResultFile, ResultRow, Scalar
+from safeagents_batch.report.compare import compare_rows
+from safeagents_batch.report.results import ResultFile, ResultRow, Scalar
 
 
 def row(run_id: str, status: str, score: Scalar = None, variant: str = "a") -> ResultRow:

@@ -26,11 +26,11 @@ from typing import Any
 import docker
 import pytest
 
-from safeagents_batch import cli
-from safeagents_batch.backends.docker_images import DockerImages
-from safeagents_batch.errors import EXIT_OK
-from safeagents_batch.images import image_spec
-from safeagents_batch.jobsfile import load_jobs_file
+from safeagents_batch.backends.docker.images import DockerImages
+from safeagents_batch.cli import main as cli
+from safeagents_batch.core.errors import EXIT_OK
+from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.staging.images import image_spec
 
 pytestmark = pytest.mark.docker
 
@@ -354,8 +354,8 @@ class OtherUser:
 # Lists the distributions' top-level modules the tool loads for `validate` and `run`.
 IMPORTED = """\
 import sys, sysconfig
-from safeagents_batch import cli
-from safeagents_batch.backends import docker
+from safeagents_batch.cli import main as cli
+from safeagents_batch.backends.docker import backend as docker
 cli.main(["validate", sys.argv[1]])
 site = sysconfig.get_paths()["purelib"]
 print(" ".join(sorted({n.split(".")[0] for n, m in list(sys.modules.items())

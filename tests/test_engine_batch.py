@@ -22,10 +22,10 @@ import jsonschema
 import pytest
 from engine_fixtures import write_project
 
-from safeagents_batch import cli
-from safeagents_batch.backends.docker import batch_container_ids
-from safeagents_batch.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK, EXIT_RUNS_FAILED
-from safeagents_batch.sink import LocalSink
+from safeagents_batch.backends.docker.backend import batch_container_ids
+from safeagents_batch.cli import main as cli
+from safeagents_batch.core.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.execution.sink import LocalSink
 
 pytestmark = pytest.mark.docker
 
@@ -583,3 +583,54 @@ def test_output_is_in_the_log_files_while_the_script_is_quiet(
     assert still_running, "the script ended before the test released it"
     assert seen, "output written by a running script is not in its log files"
     assert outcome == [EXIT_OK]
+
+
+# -- source_dirs go through the one file selector ----------------------------------------------
+
+SOURCE_SECRET = "sk-source-dir-secret-4b1e"  # in the .env files: never in the image
+LIST_SOURCES = (
+    "import os\n"
+    "for root, dirs, files in sorted(os.walk('/opt/safeagents/src')):\n"
+    "    for name in sorted(files):\n"
+    "        print(os.path.relpath(os.path.join(root, name), '/opt/safeagents/src'))\n"
+)
+
+
+@pytest.mark.docker
+def test_source_dirs_ship_what_code_ships_no_env_files_caches_venvs_or_ignored_files(
+    engine: docker.DockerClient,
+    image_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {
+        "scripts/ls.py": LIST_SOURCES,
+        "lib/pkg/__init__.py": "",
+        "lib/pkg/tool.py": "X = 1\n",
+        "lib/.env": f"OPENAI_API_KEY={SOURCE_SECRET}\n",
+        "lib/pkg/.env.local": f"TOKEN={SOURCE_SECRET}\n",
+        "lib/pkg/__pycache__/tool.cpython-311.pyc": "compiled",
+        "lib/.gitignore": "data/\n",
+        "lib/data/big.csv": "ignored by .gitignore\n",
+        "lib/venv/pyvenv.cfg": "home = /usr/bin\n",
+        "lib/venv/lib/site.py": "a virtualenv's file\n",
+    }
+    jobs = write_project(
+        tmp_path / "proj",
+        f"""\
+version: 1
+name: sources
+image_name: {image_name}
+frameworks:
+  withsrc: {{packages: [], source_dirs: [lib]}}
+jobs:
+  - {{name: ls, framework: withsrc, scripts: scripts/ls.py}}
+""",
+        files,
+    )
+    code, stdout, _ = run_cli(["run", str(jobs), "-o", str(tmp_path / "out")], capsys)
+    assert code == EXIT_OK, stdout
+    batch_dir = only_batch_dir(tmp_path / "out")
+    [run] = load_valid_manifest(batch_dir)["runs"]
+    listed = (batch_dir / run["log_dir"] / "stdout.log").read_text().split()
+    assert listed == ["lib/.gitignore", "lib/pkg/__init__.py", "lib/pkg/tool.py"]

@@ -17,8 +17,9 @@ import pytest
 from engine_cli import EXIT_TIMEOUT, batch_dir_in, finish, wait_for
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 from private_engine import PrivateEngine
+from records import outcome_of
 
-from safeagents_batch.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK
+from safeagents_batch.core.errors import EXIT_ENGINE_UNAVAILABLE, EXIT_OK
 
 pytestmark = pytest.mark.docker
 
@@ -96,7 +97,8 @@ def working(batch_dir: Path) -> int:
         1
         for r in runs
         for a in r["attempts"]
-        if a["status"] == "running" and "working" in _read(batch_dir / a["log_dir"] / "stdout.log")
+        if outcome_of(a)["status"] == "running"
+        and "working" in _read(batch_dir / a["log_dir"] / "stdout.log")
     )
 
 
@@ -131,7 +133,10 @@ def batch_containers(engine: PrivateEngine, batch_dir: Path) -> list[dict[str, A
 
 def lost_attempts(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        a for r in manifest["runs"] for a in r["attempts"] if "engine lost" in (a["error"] or "")
+        a
+        for r in manifest["runs"]
+        for a in r["attempts"]
+        if "engine lost" in (outcome_of(a)["error"] or "")
     ]
 
 
@@ -154,7 +159,7 @@ def test_a_restarted_engine_pauses_the_pool_and_the_batch_completes(
     assert manifest["summary"]["succeeded"] == RUNS
     lost = lost_attempts(manifest)
     assert len(lost) == 2, [r["attempts"] for r in manifest["runs"]]
-    assert all(a["status"] == "error" for a in lost)
+    assert all(outcome_of(a)["status"] == "error" for a in lost)
     assert "the engine stopped answering" in err and "the engine answers again" in err
     # The containers the engine kept through its restart were removed once it answered.
     assert batch_containers(engine_for_loss, batch_dir) == []

@@ -14,8 +14,8 @@ from browser import browser, console_messages, open_page, screenshot
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 
-from safeagents_batch.cli import main
-from safeagents_batch.errors import EXIT_OK
+from safeagents_batch.cli.main import main
+from safeagents_batch.core.errors import EXIT_OK
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser]
 __all__ = ["browser"]

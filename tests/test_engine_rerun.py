@@ -34,9 +34,10 @@ from engine_cli import (
     wait_for,
     wait_for_batch,
 )
+from records import outcome_of
 
-from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED
-from safeagents_batch.rerun import INTERRUPTED_REASON
+from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.execution.rerun import INTERRUPTED_REASON
 
 pytestmark = pytest.mark.docker
 
@@ -97,7 +98,7 @@ def test_sigint_cancels_cleans_up_and_rerun_completes_the_batch(
     assert containers_of(engine, batch_dir) == []
     for run in runs_by_id(manifest).values():
         expected = ["cancelled", "succeeded"] if run["run_id"] in killed else ["succeeded"]
-        assert [a["status"] for a in run["attempts"]] == expected
+        assert [outcome_of(a)["status"] for a in run["attempts"]] == expected
         assert attempt_dirs(batch_dir, run["run_id"]) == [
             f"attempt-{k}" for k in range(1, len(expected) + 1)
         ]
@@ -183,9 +184,12 @@ def test_sigkilled_orchestrator_leaves_a_valid_manifest_and_rerun_recovers(
     assert set(statuses(manifest)) == {"succeeded"}
     for run_id in killed:
         first, second = runs[run_id]["attempts"]
-        assert (first["status"], first["error"]) == ("error", INTERRUPTED_REASON)
-        assert first["ended_at"] is not None
-        assert second["status"] == "succeeded"
+        assert (outcome_of(first)["status"], outcome_of(first)["error"]) == (
+            "error",
+            INTERRUPTED_REASON,
+        )
+        assert outcome_of(first)["ended_at"] is not None
+        assert outcome_of(second)["status"] == "succeeded"
         assert attempt_dirs(batch_dir, run_id) == ["attempt-1", "attempt-2"]
 
 
@@ -221,7 +225,9 @@ def test_a_run_that_fails_then_succeeds_on_rerun_has_two_attempts(
 
     assert again.returncode == EXIT_OK, again.stdout + again.stderr
     run = runs_by_id(valid_manifest(batch_dir))["flaky-f"]
-    assert [(a["number"], a["status"], a["exit_code"]) for a in run["attempts"]] == [
+    assert [
+        (a["number"], outcome_of(a)["status"], outcome_of(a)["exit_code"]) for a in run["attempts"]
+    ] == [
         (1, "failed", 3),
         (2, "succeeded", 0),
     ]
@@ -250,7 +256,9 @@ def test_retries_on_failed_record_three_attempts_in_one_batch(
     batch_dir = batch_dir_in(out)
     assert batch_dir is not None
     run = runs_by_id(valid_manifest(batch_dir))["doomed-d"]
-    assert [(a["number"], a["status"], a["exit_code"]) for a in run["attempts"]] == [
+    assert [
+        (a["number"], outcome_of(a)["status"], outcome_of(a)["exit_code"]) for a in run["attempts"]
+    ] == [
         (1, "failed", 5),
         (2, "failed", 5),
         (3, "failed", 5),
@@ -300,8 +308,8 @@ def test_rerun_with_an_edited_jobs_file_adds_new_ids_and_keeps_vanished_ones(
     assert "not in the jobs file" in vanished
     runs = runs_by_id(valid_manifest(batch_dir))
     assert sorted(runs) == ["gone-gone", "keep-keep", "new-new"]
-    assert [a["status"] for a in runs["new-new"]["attempts"]] == ["succeeded"]
-    assert [a["status"] for a in runs["gone-gone"]["attempts"]] == ["succeeded"]
+    assert [outcome_of(a)["status"] for a in runs["new-new"]["attempts"]] == ["succeeded"]
+    assert [outcome_of(a)["status"] for a in runs["gone-gone"]["attempts"]] == ["succeeded"]
     assert len(runs["keep-keep"]["attempts"]) == 1  # succeeded before: not rerun
 
     # The edited file is the batch's file from now on: a later rerun knows `new`.
@@ -338,7 +346,7 @@ def test_a_second_rerun_of_a_busy_batch_exits_2_and_a_killed_holder_is_taken_ove
         f"safeagents-batch: error: {batch_dir} is in use by pid {holder.pid}; "
         "wait for it to finish or stop it first"
     ]
-    assert read_manifest(batch_dir)["runs"][0]["attempts"][0]["status"] == "running"
+    assert outcome_of(read_manifest(batch_dir)["runs"][0]["attempts"][0])["status"] == "running"
 
     kill_hard(holder)
     release(jobs.parent)
@@ -346,7 +354,7 @@ def test_a_second_rerun_of_a_busy_batch_exits_2_and_a_killed_holder_is_taken_ove
 
     assert takeover.returncode == EXIT_OK, takeover.stdout + takeover.stderr
     run = valid_manifest(batch_dir)["runs"][0]
-    assert [a["status"] for a in run["attempts"]] == ["error", "succeeded"]
+    assert [outcome_of(a)["status"] for a in run["attempts"]] == ["error", "succeeded"]
     assert containers_of(engine, batch_dir) == []
 
 

@@ -21,9 +21,9 @@ from engine_cli import (
     wait_for,
 )
 
-from safeagents_batch.errors import EXIT_OK
-from safeagents_batch.manifest import load_manifest
-from safeagents_batch.records import RunRecord
+from safeagents_batch.core.errors import EXIT_OK
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.model import RunRecord
 
 pytestmark = [pytest.mark.docker, pytest.mark.scale]
 

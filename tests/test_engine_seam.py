@@ -15,11 +15,12 @@ import pytest
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 from test_engine_batch import load_valid_manifest, only_batch_dir, runs_by_id
 
-from safeagents_batch import cli, labels
-from safeagents_batch.backends.docker_images import DockerImages
-from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
-from safeagents_batch.images import image_spec, write_build_context
-from safeagents_batch.model import ImageConfig
+from safeagents_batch.backends.docker.images import DockerImages
+from safeagents_batch.cli import main as cli
+from safeagents_batch.core import labels
+from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.jobs.model import ImageConfig
+from safeagents_batch.staging.images import image_spec, write_build_context
 
 pytestmark = pytest.mark.docker
 

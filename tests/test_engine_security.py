@@ -29,12 +29,13 @@ from typing import Any
 import docker
 import pytest
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from records import outcome_of
 
-from safeagents_batch import cli
-from safeagents_batch.backends.docker import batch_container_ids
-from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
-from safeagents_batch.images import CONTAINER_UID
-from safeagents_batch.model import DEFAULT_MEMORY, DEFAULT_PIDS
+from safeagents_batch.backends.docker.backend import batch_container_ids
+from safeagents_batch.cli import main as cli
+from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.jobs.model import DEFAULT_MEMORY, DEFAULT_PIDS
+from safeagents_batch.staging.images import CONTAINER_UID
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.1
@@ -413,7 +414,10 @@ def test_rerun_refuses_a_redacted_literal_secret_and_runs_with_the_original_file
     assert literal not in captured.out + captured.err
     assert files_holding(batch.batch_dir, [literal]) == []
     manifest = json.loads((batch.batch_dir / "manifest.json").read_text(encoding="utf-8"))
-    assert [a["status"] for a in manifest["runs"][0]["attempts"]] == ["succeeded", "succeeded"]
+    assert [outcome_of(a)["status"] for a in manifest["runs"][0]["attempts"]] == [
+        "succeeded",
+        "succeeded",
+    ]
 
 
 @pytest.mark.docker

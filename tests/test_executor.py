@@ -7,17 +7,18 @@ import signal
 import threading
 import time
 
-from safeagents_batch.cli_output import LineProgress
-from safeagents_batch.executor import interrupt_handling, run_pool
-from safeagents_batch.records import Attempt, RunRecord, Status
-from safeagents_batch.reporting import CollectingReporter
+import records
+
+from safeagents_batch.cli.output import LineProgress
+from safeagents_batch.execution.executor import interrupt_handling, run_pool
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.records.model import RunRecord, Status
 
 PATIENCE_SECONDS = 30  # how long a task waits for the cancel: a bound, not a timing assertion
 
 
 def record(run_id: str, status: Status) -> RunRecord:
-    attempt = Attempt(1, status, "logs")
-    return RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60, (attempt,))
+    return records.run(run_id, records.attempt(1, status))
 
 
 def test_a_signal_delivered_to_a_worker_thread_still_cancels_the_pool() -> None:

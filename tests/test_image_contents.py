@@ -8,24 +8,25 @@ import dataclasses
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from conftest import Project
 
-from safeagents_batch.backends.docker_images import Packages, packages_from_labels, parse_freeze
-from safeagents_batch.errors import JobsFileError
-from safeagents_batch.frameworks import framework_packages
-from safeagents_batch.images import (
+from safeagents_batch.backends.docker.images import Packages, packages_from_labels, parse_freeze
+from safeagents_batch.core.errors import JobsFileError
+from safeagents_batch.jobs.frameworks import framework_packages
+from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.jobs.model import ImageConfig
+from safeagents_batch.jobs.resolved import resolved_yaml
+from safeagents_batch.records.model import ImageRecord
+from safeagents_batch.staging.images import (
     AZURE_CLI_PACKAGE,
     context_files,
     dockerfile_text,
     image_spec,
     write_build_context,
 )
-from safeagents_batch.jobsfile import load_jobs_file
-from safeagents_batch.model import ImageConfig
-from safeagents_batch.packages import requested_versions, requirement_name
-from safeagents_batch.records import ImageRecord
-from safeagents_batch.snapshot import resolved_yaml
+from safeagents_batch.staging.packages import requested_versions, requirement_name
 
 
 def jobs(project: Project, frameworks: str, jobs_yaml: str) -> Path:
@@ -212,8 +213,17 @@ def test_labels_carry_the_packages_and_read_back() -> None:
 
 
 def test_an_image_record_keeps_its_packages_through_json() -> None:
-    record = ImageRecord("t:x-1", "x", "built", 1.0, "log", None, ("six==1",), ("azure-cli==2",))
-    data = json.loads(json.dumps(record.to_json()))
+    record = ImageRecord(
+        tag="t:x-1",
+        framework="x",
+        status="built",
+        build_seconds=1.0,
+        build_log="log",
+        packages=("six==1",),
+        azure_cli_packages=("azure-cli==2",),
+    )
+    data = json.loads(msgspec.json.encode(record))
     assert data["packages"] == ["six==1"] and data["azure_cli_packages"] == ["azure-cli==2"]
-    assert ImageRecord(**data) == record
-    assert ImageRecord("t", "x", "pending").to_json()["packages"] == []
+    assert msgspec.json.decode(json.dumps(data), type=ImageRecord) == record
+    pending = ImageRecord(tag="t", framework="x", status="pending")
+    assert json.loads(msgspec.json.encode(pending))["packages"] == []

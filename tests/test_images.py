@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.images import (
+from safeagents_batch.jobs.model import ImageConfig
+from safeagents_batch.staging.images import (
     CONTAINER_UID,
     context_files,
     dockerfile_text,
     image_spec,
     write_build_context,
 )
-from safeagents_batch.model import ImageConfig
 
 TAG = re.compile(r"(?P<name>[a-z0-9./_-]+):(?P<framework>[A-Za-z0-9_.-]+)-(?P<digest>[0-9a-f]{12})")
 

@@ -1,9 +1,10 @@
-"""The shape the design promises: the orchestrator knows no Docker, and the pure commands load
-no engine client, HTTP stack or progress bar."""
+"""The shape the design promises: the stages' layer contracts hold (import-linter, run as CI
+runs it, and shown to catch a break), and the pure commands load no engine client, HTTP stack
+or progress bar."""
 
 from __future__ import annotations
 
-import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,37 +13,36 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safeagents_batch"
 HEAVY = ("docker", "requests", "tqdm", "ray")
-# The edges that may construct a backend (and so import the Docker one, lazily).
-EDGES = {"cli_run.py", "runner.py"}
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _imported_names(tree: ast.AST) -> list[str]:
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.append(node.module)
-    return names
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """`lint-imports` with the project's contracts (pyproject.toml) on the tree at `root`."""
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def _modules_outside_backends() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if "backends" not in p.relative_to(PACKAGE).parts]
+def test_the_package_keeps_its_layer_contracts() -> None:
+    done = lint_imports(PACKAGE.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_docker_is_imported_only_under_backends_and_at_the_two_edges() -> None:
-    offenders = {}
-    for path in _modules_outside_backends():
-        names = _imported_names(ast.parse(path.read_text(encoding="utf-8")))
-        engine = [n for n in names if n.split(".")[0] in ("docker", "requests", "ray")]
-        docker_backend = [
-            n
-            for n in names
-            if n.startswith(("safeagents_batch.backends.docker", "safeagents_batch.backends.ray"))
-        ]
-        if engine or (docker_backend and path.name not in EDGES):
-            offenders[path.name] = engine + docker_backend
-    assert offenders == {}
+def test_a_report_module_that_imports_execution_breaks_a_contract(tmp_path: Path) -> None:
+    """The contracts bite: the report stage importing the execution stage fails the check."""
+    shutil.copytree(PACKAGE, tmp_path / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PACKAGE.parent / "pyproject.toml", tmp_path)
+    matrix = tmp_path / PACKAGE.name / "report" / "matrix.py"
+    matrix.write_text(matrix.read_text() + "\nimport safeagents_batch.execution.batch\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode == 1
+    assert "safeagents_batch.report.matrix -> safeagents_batch.execution.batch" in done.stdout
+    assert "The report reads records only" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_docker_is_imported_only_under_backends_and_at_the_two_edges() -> None:
 def test_pure_commands_load_no_engine_client_http_stack_or_progress_bar(argv: list[str]) -> None:
     probe = (
         "import sys\n"
-        "from safeagents_batch.cli import main\n"
+        "from safeagents_batch.cli.main import main\n"
         f"code = main({argv!r})\n"
         f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(code, loaded, file=sys.stderr)\n"
@@ -66,10 +66,10 @@ def test_the_command_line_loads_no_report_machinery_before_a_batch_starts() -> N
     batch is under way: they are a tenth of a second ahead of the first container otherwise."""
     probe = (
         "import sys\n"
-        "from safeagents_batch.cli import build_parser\n"
+        "from safeagents_batch.cli.main import build_parser\n"
         "build_parser()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'\n"
-        "             or m == 'safeagents_batch.report'), file=sys.stderr)\n"
+        "             or m == 'safeagents_batch.report.page'), file=sys.stderr)\n"
     )
     assert last_stderr_line(probe) == "[]"
 

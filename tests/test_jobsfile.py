@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from conftest import Project
 
-from safeagents_batch.errors import JobsFileError
-from safeagents_batch.frameworkkeys import FRAMEWORK_KEYS
-from safeagents_batch.jobkeys import JOB_KEYS
-from safeagents_batch.jobsfile import load_jobs_file, parse_memory
-from safeagents_batch.model import (
+from safeagents_batch.core.errors import JobsFileError
+from safeagents_batch.jobs.framework_keys import FRAMEWORK_KEYS
+from safeagents_batch.jobs.keys import JOB_KEYS
+from safeagents_batch.jobs.load import load_jobs_file, parse_memory
+from safeagents_batch.jobs.model import (
     DEFAULT_ARTIFACT_LIMIT,
     DEFAULT_CODE_LIMIT,
     DEFAULT_TIMEOUT,
@@ -21,7 +21,7 @@ from safeagents_batch.model import (
     Job,
     JobsFile,
 )
-from safeagents_batch.schema import load_schema
+from safeagents_batch.jobs.schema import load_schema
 
 LABEL = "jobs.yaml"
 

@@ -15,13 +15,16 @@ from typing import Any
 import pytest
 from conftest import Project
 from fakes import FakeBackend
+from records import outcome_of
 
-from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, Sink
-from safeagents_batch.batch import BatchOptions, run_batch, run_limits
-from safeagents_batch.clock import now_iso
-from safeagents_batch.errors import JobsFileError
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.reporting import CollectingReporter
+from safeagents_batch.backends.base import AttemptRequest, Sink
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.core.errors import JobsFileError
+from safeagents_batch.execution.batch import BatchOptions, run_batch
+from safeagents_batch.execution.prepare import run_limits
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.records.model import AttemptOutcome
 
 PATIENCE_SECONDS = 10.0  # a bound on the wait for a full house, never asserted on
 HEADER = """\
@@ -59,7 +62,9 @@ class CrowdingBackend(FakeBackend):
                     self.crowded.set()
             self.crowded.wait(PATIENCE_SECONDS)
             time.sleep(0.02)  # a span of its own in the manifest, whatever the clock's grain
-            return AttemptOutcome("succeeded", 0, started, now_iso(), None)
+            return AttemptOutcome(
+                status="succeeded", exit_code=0, started_at=started, ended_at=now_iso(), error=None
+            )
 
 
 def jobs(project: Project, body: str) -> Path:
@@ -79,7 +84,10 @@ def most_at_once(spans: Iterable[tuple[datetime, datetime]]) -> int:
 
 def spans(runs: Iterable[dict[str, Any]]) -> list[tuple[datetime, datetime]]:
     return [
-        (datetime.fromisoformat(a["started_at"]), datetime.fromisoformat(a["ended_at"]))
+        (
+            datetime.fromisoformat(outcome_of(a)["started_at"]),
+            datetime.fromisoformat(outcome_of(a)["ended_at"]),
+        )
         for run in runs
         for a in run["attempts"]
     ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from safeagents_batch.matrix import job_matrices
-from safeagents_batch.results import ResultFile, ResultRow, Scalar
+from safeagents_batch.report.matrix import job_matrices
+from safeagents_batch.report.results import ResultFile, ResultRow, Scalar
 
 
 def row(job: str, status: str, fields: dict[str, Scalar], **matrix: str) -> ResultRow:

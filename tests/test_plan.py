@@ -11,9 +11,9 @@ from conftest import Project
 from hypothesis import given
 from hypothesis import strategies as st
 
-from safeagents_batch.errors import JobsFileError
-from safeagents_batch.jobsfile import load_jobs_file
-from safeagents_batch.plan import MAX_RUN_ID_LENGTH, RunSpec, expand, needed_images, run_id
+from safeagents_batch.core.errors import JobsFileError
+from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.jobs.plan import MAX_RUN_ID_LENGTH, RunSpec, expand, needed_images, run_id
 
 LABEL = "jobs.yaml"
 SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")

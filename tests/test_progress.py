@@ -6,20 +6,20 @@ from __future__ import annotations
 import io
 
 import pytest
+import records
 
-from safeagents_batch.cli_output import BarProgress, ConsoleReporter, LineProgress
-from safeagents_batch.records import Attempt, RunRecord, Status
+from safeagents_batch.cli.output import BarProgress, ConsoleReporter, LineProgress
+from safeagents_batch.records.model import RunRecord, Status
 
 
 def run(run_id: str, status: Status = "succeeded") -> RunRecord:
     """A run that started: one attempt ending in `status`."""
     error = None if status == "succeeded" else f"it {status}"
-    attempt = Attempt(1, status, "logs", "t0", "t1", 1.5, 0, error)
-    return RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60, (attempt,))
+    return records.run(run_id, records.attempt(1, status, exit_code=0, error=error))
 
 
 def never_started(run_id: str, status: Status = "cancelled") -> RunRecord:
-    record = RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60)
+    record = records.run(run_id)
     if status == "pending":
         return record
     return record.not_started(status, "cancelled before it started")

@@ -18,10 +18,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safeagents_batch.cli import main
-from safeagents_batch.errors import JobsFileError
-from safeagents_batch.jobsfile import load_jobs_file
-from safeagents_batch.plan import expand
+from safeagents_batch.cli.main import main
+from safeagents_batch.core.errors import JobsFileError
+from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.jobs.plan import expand
 
 LOCATED = re.compile(r"^[^:]+:\d+:\d+: \S.*: .+")
 

@@ -11,10 +11,10 @@ import pytest
 from conftest import Project
 from report_batches import default_behaviour, run_fake_batch
 
-from safeagents_batch.cli import main
-from safeagents_batch.errors import EXIT_BAD_INPUT
-from safeagents_batch.manifest import load_manifest
-from safeagents_batch.provenance import GitState, git_state
+from safeagents_batch.cli.main import main
+from safeagents_batch.core.errors import EXIT_BAD_INPUT
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.provenance import GitCheck, GitState, git_check
 
 JOBS = """\
 version: 1
@@ -44,9 +44,13 @@ def repo(project: Project) -> Project:
     return project
 
 
-def state(project: Project) -> GitState | None:
+def state(project: Project) -> GitCheck | None:
     root = project.root
-    return git_state(root / "jobs.yaml", [root / "scripts" / "a.py"])
+    return git_check(root / "jobs.yaml", [root / "scripts" / "a.py"])
+
+
+def clean_at(commit: str, branch: str | None = "main") -> GitCheck:
+    return GitCheck(GitState(commit=commit, branch=branch, dirty=False), ())
 
 
 def test_outside_a_work_tree_there_is_no_provenance(project: Project) -> None:
@@ -54,35 +58,35 @@ def test_outside_a_work_tree_there_is_no_provenance(project: Project) -> None:
 
 
 def test_a_committed_tree_is_clean_at_its_commit_and_branch(repo: Project) -> None:
-    assert state(repo) == GitState(git(repo.root, "rev-parse", "HEAD"), "main", False)
+    assert state(repo) == clean_at(git(repo.root, "rev-parse", "HEAD"))
 
 
 @pytest.mark.parametrize("touch", ["scripts/a.py", "jobs.yaml"])
 def test_a_modified_jobs_file_or_script_is_dirty(repo: Project, touch: str) -> None:
     repo.write(touch, "changed\n")
     found = state(repo)
-    assert found is not None and found.dirty and found.changed == (touch,)
+    assert found is not None and found.state.dirty and found.changed == (touch,)
 
 
 def test_an_untracked_script_is_dirty_other_files_do_not_matter(repo: Project) -> None:
     repo.write("scripts/b.py", "unrelated\n")
     repo.write("notes.txt", "unrelated\n")
-    assert state(repo) == GitState(git(repo.root, "rev-parse", "HEAD"), "main", False)
+    assert state(repo) == clean_at(git(repo.root, "rev-parse", "HEAD"))
     new = repo.write("scripts/new.py")
-    found = git_state(repo.root / "jobs.yaml", [new])
-    assert found is not None and found.dirty and found.changed == ("scripts/new.py",)
+    found = git_check(repo.root / "jobs.yaml", [new])
+    assert found is not None and found.state.dirty and found.changed == ("scripts/new.py",)
 
 
 def test_no_commit_yet_and_a_detached_head_are_none_not_errors(project: Project) -> None:
     project.write("jobs.yaml", JOBS)
     git(project.root, "init", "-q", "-b", "main")
     found = state(project)
-    assert found is not None and found.commit is None and found.dirty
+    assert found is not None and found.state.commit is None and found.state.dirty
     git(project.root, "add", "-A")
     git(project.root, "commit", "-q", "-m", "first")
     git(project.root, "checkout", "-q", "--detach")
     detached = state(project)
-    assert detached is not None and detached.branch is None and not detached.dirty
+    assert detached is not None and detached.state.branch is None and not detached.state.dirty
 
 
 def test_git_missing_is_no_provenance(repo: Project, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,10 +99,12 @@ def test_the_manifest_records_git_and_an_old_manifest_without_it_loads(repo: Pro
     data = json.loads((batch_dir / "manifest.json").read_text("utf-8"))
     head = git(repo.root, "rev-parse", "HEAD")
     assert data["jobs_file"]["git"] == {"commit": head, "branch": "main", "dirty": False}
-    assert load_manifest(batch_dir).jobs_file_git == GitState(head, "main", False)
+    assert load_manifest(batch_dir).jobs_file.git == GitState(
+        commit=head, branch="main", dirty=False
+    )
     del data["jobs_file"]["git"]  # as written before provenance existed
     (batch_dir / "manifest.json").write_text(json.dumps(data), "utf-8")
-    assert load_manifest(batch_dir).jobs_file_git is None
+    assert load_manifest(batch_dir).jobs_file.git is None
 
 
 def test_outside_git_the_manifest_says_null(project: Project) -> None:

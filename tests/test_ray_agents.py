@@ -15,10 +15,11 @@ import pytest
 import ray
 import ray.exceptions
 
-from safeagents_batch.backends import ray_agents
-from safeagents_batch.backends.ray_agents import AgentBoard, ClusterUnanswered, NoAgent
-from safeagents_batch.backends.ray_boot import Shipment
-from safeagents_batch.errors import EngineUnavailable
+from safeagents_batch.backends.base import CleanRequest
+from safeagents_batch.backends.ray import agents as ray_agents
+from safeagents_batch.backends.ray.agents import AgentBoard, ClusterUnanswered, NoAgent
+from safeagents_batch.backends.ray.boot import Shipment
+from safeagents_batch.core.errors import EngineUnavailable, UsageError
 
 pytestmark = pytest.mark.ray
 
@@ -277,7 +278,7 @@ def test_a_dropped_agent_of_a_live_node_is_replaced_at_once(
 def warning_backend(said: list[str]) -> Any:
     """A Ray backend only for its word on waiting nodes (no engine, no cluster); what it
     warns lands in `said`."""
-    from safeagents_batch.backends.ray import RayBackend, RayOptions
+    from safeagents_batch.backends.ray.backend import RayBackend, RayOptions
 
     return RayBackend(
         cast(Any, None), RayOptions(), "127.0.0.1:1", Shipment("digest", []), said.append
@@ -346,4 +347,7 @@ def test_a_sweep_or_clean_a_node_failed_is_one_line_of_an_unavailable_cluster(
     with pytest.raises(EngineUnavailable, match=r"^could not sweep the cluster's nodes: docker"):
         backend.sweep("batch-1")
     with pytest.raises(EngineUnavailable, match=r"^could not clean the cluster's nodes: docker"):
-        backend.clean(dry_run=True)
+        backend.clean(CleanRequest(dry_run=True))
+    # Images stay on the nodes: only the local engine cleans them.
+    with pytest.raises(UsageError, match=r"^clean --images works on the local engine only"):
+        backend.clean(CleanRequest(images=True, keep_tags=frozenset({"img:1"})))

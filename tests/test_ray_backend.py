@@ -22,6 +22,7 @@ from engine_cli import (
 )
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
+from records import outcome_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
 
@@ -79,7 +80,7 @@ def test_a_batch_spreads_over_both_engines_with_logs_and_artifacts(
     used = set()
     for run in runs.values():
         [attempt] = run["attempts"]
-        used.add(nodes[attempt["node"]["node_id"]])
+        used.add(nodes[outcome_of(attempt)["node"]["node_id"]])
         log_dir = batch_dir / attempt["log_dir"]  # relative, or absolute (then `/` keeps it)
         if run["job"] == "talk":
             assert run["status"] == "succeeded", run
@@ -106,7 +107,7 @@ def test_the_isolated_node_sees_no_driver_file_and_caches_code_by_digest(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     import safeagents_batch
-    from safeagents_batch.backends import ray_boot
+    from safeagents_batch.backends.ray import boot as ray_boot
 
     jobs = ray_image.project(
         tmp_path / "p",
@@ -182,7 +183,7 @@ def test_without_ray_installed_the_ray_backend_is_one_line_and_exit_2(tmp_path: 
     # `ray` made unimportable, as on a machine without the extra.
     probe = (
         "import sys; sys.modules['ray'] = None\n"
-        "from safeagents_batch.cli import main\n"
+        "from safeagents_batch.cli.main import main\n"
         f"sys.exit(main(['run', {str(_plain_project(tmp_path))!r}, '--backend', 'ray',"
         " '--ray-address', '127.0.0.1:1']))\n"
     )

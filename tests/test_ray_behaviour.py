@@ -25,12 +25,13 @@ from engine_cli import (
     wait_for,
 )
 from ray_cluster import LocalRayCluster
+from records import outcome_of
 from test_limits import most_at_once, spans
 from test_ray_backend import only_batch
 from test_ray_faults import start_ray_cli
 
-from safeagents_batch.manifest import load_manifest
-from safeagents_batch.records import RunRecord
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.model import RunRecord
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
 
@@ -172,7 +173,7 @@ def test_output_reaches_the_driver_while_the_script_runs_on_every_node(
     for run_id, run in runs.items():
         [attempt] = run["attempts"]
         assert (run["status"], attempt["log_dir"]) == ("succeeded", seen[run_id]), run
-        used[run_id] = nodes[attempt["node"]["node_id"]]
+        used[run_id] = nodes[outcome_of(attempt)["node"]["node_id"]]
         log_dir = batch_dir / attempt["log_dir"]
         assert read(log_dir / "stdout.log") == "first out line\nreleased\n"
         assert read(log_dir / "stderr.log") == "first err line\n"
@@ -234,11 +235,11 @@ def test_the_artifact_cap_holds_end_to_end_and_what_is_under_it_arrives_whole(
     nodes = node_names(ray_cluster)
     for run in runs:
         [attempt] = run["attempts"]
-        where = f"{run['run_id']} on {nodes[attempt['node']['node_id']]}"
+        where = f"{run['run_id']} on {nodes[outcome_of(attempt)['node']['node_id']]}"
         log_dir = batch_dir / attempt["log_dir"]
         size = SIZES[run["job"]]
         assert read(log_dir / "stdout.log") == f"wrote {size}\n", where
-        assert attempt["exit_code"] == 0, where  # the script itself did well every time
+        assert outcome_of(attempt)["exit_code"] == 0, where  # the script itself did well every time
         if run["job"] == "under":
             assert (run["status"], attempt["dropped_artifacts"]) == ("succeeded", []), where
             assert files_in(log_dir) == {*LOG_NAMES, "data.bin"}, where
@@ -252,7 +253,7 @@ def test_the_artifact_cap_holds_end_to_end_and_what_is_under_it_arrives_whole(
             ], where
             assert files_in(log_dir) == LOG_NAMES, where
         else:
-            error = attempt["error"]
+            error = outcome_of(attempt)["error"]
             assert run["status"] == "error" and "\n" not in error, (where, error)
             assert "max_artifacts_size" in error and "64.0 KiB" in error, (where, error)
             # Unlike a local run (which keeps its status and names the dropped file in
@@ -359,7 +360,7 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
     assert most_at_once(spans(runs)) <= 4
     nodes = node_names(ray_cluster)
     on_node = {
-        name: [r for r in runs if nodes[r["attempts"][0]["node"]["node_id"]] == name]
+        name: [r for r in runs if nodes[outcome_of(r["attempts"][0])["node"]["node_id"]] == name]
         for name in ("host", "private")
     }
     for name, there in on_node.items():  # Ray's side: a node's `docker` slots are never exceeded
@@ -367,7 +368,9 @@ def test_max_parallel_and_pools_hold_across_the_cluster(
     # Three held at once, two slots a node: the limited runs ran on both nodes, counted as one.
     held_ids = {h.run_id for h in held}
     held_nodes = {
-        nodes[r["attempts"][0]["node"]["node_id"]] for r in runs if r["run_id"] in held_ids
+        nodes[outcome_of(r["attempts"][0])["node"]["node_id"]]
+        for r in runs
+        if r["run_id"] in held_ids
     }
     assert held_nodes == {"host", "private"}, held
     assert_no_container(ray_cluster, docker_client, batch_dir)
@@ -429,7 +432,9 @@ def test_two_batches_on_one_cluster_never_run_more_containers_on_a_node_than_its
     assert {r["status"] for r in runs} == {"succeeded"}
     nodes = node_names(ray_cluster)
     for name in ("host", "private"):
-        on_node = [r for r in runs if nodes[r["attempts"][0]["node"]["node_id"]] == name]
+        on_node = [
+            r for r in runs if nodes[outcome_of(r["attempts"][0])["node"]["node_id"]] == name
+        ]
         assert most_at_once(spans(on_node)) <= 2, (name, spans(on_node))
     assert_no_container(ray_cluster, docker_client, only_batch(out_a))
     assert_no_container(ray_cluster, docker_client, only_batch(out_b))

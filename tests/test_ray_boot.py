@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import ray
 
-from safeagents_batch.backends import ray_boot
-from safeagents_batch.backends.ray_boot import PACKAGE, Shipment
+from safeagents_batch.backends.ray import boot as ray_boot
+from safeagents_batch.backends.ray.boot import PACKAGE, Shipment
 
 pytestmark = pytest.mark.ray
 
-PACKAGE_DIR = Path(ray_boot.__file__).resolve().parents[1]
+PACKAGE_DIR = Path(ray_boot.__file__).resolve().parents[2]
 
 
 def tiny_package(root: Path, text: str) -> Path:
@@ -136,7 +136,7 @@ def test_a_cache_others_may_write_to_or_a_link_is_refused(
 def test_the_real_package_goes_whole_data_files_included() -> None:
     _, data = ray_boot.pack(PACKAGE_DIR)
     names = set(zipfile.ZipFile(BytesIO(data)).namelist())
-    assert f"{PACKAGE}/backends/ray_node.py" in names
+    assert f"{PACKAGE}/backends/ray/node.py" in names
     assert f"{PACKAGE}/schemas/jobs.schema.json" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 

@@ -30,6 +30,7 @@ from engine_cli import (
 )
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
+from records import outcome_of
 from test_ray_backend import only_batch, ray_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
@@ -71,7 +72,7 @@ def test_a_timeout_kills_the_remote_container(
     batch_dir = only_batch(tmp_path / "out")
     runs = runs_by_id(valid_manifest(batch_dir)).values()
     assert {(r["status"], r["error"]) for r in runs} == {("timed_out", "killed after the timeout")}
-    nodes = {r["attempts"][0]["node"]["node_id"] for r in runs}
+    nodes = {outcome_of(r["attempts"][0])["node"]["node_id"] for r in runs}
     assert nodes == {ray_cluster.nodes["host"].node_id, ray_cluster.nodes["private"].node_id}
     for run in runs:
         assert (batch_dir / run["log_dir"] / "stdout.log").read_text() == "sleeping\n"
@@ -134,7 +135,9 @@ def test_a_lost_node_ends_its_attempts_node_lost_clean_removes_its_leftovers_rer
 
     assert code == 1, stderr
     runs = runs_by_id(valid_manifest(batch_dir)).values()
-    lost = [r for r in runs if r["attempts"][0]["node"]["node_id"] == private_node.node_id]
+    lost = [
+        r for r in runs if outcome_of(r["attempts"][0])["node"]["node_id"] == private_node.node_id
+    ]
     assert len(lost) == 2
     for run in lost:
         assert run["status"] == "error" and run["error"].startswith("node lost"), run
@@ -186,9 +189,13 @@ def test_attempts_of_a_lost_node_are_retried_on_another_node_under_retries(
     assert len(retried) == 2
     for run in retried:
         first, second = run["attempts"]
-        assert first["node"]["node_id"] == lost_node.node_id
-        assert (first["status"], first["error"][:9]) == ("error", "node lost")
-        assert (second["status"], second["node"]["node_id"]) == ("succeeded", host_node.node_id)
+        assert outcome_of(first)["node"]["node_id"] == lost_node.node_id
+        assert (outcome_of(first)["status"], outcome_of(first)["error"][:9]) == (
+            "error",
+            "node lost",
+        )
+        again = outcome_of(second)
+        assert (again["status"], again["node"]["node_id"]) == ("succeeded", host_node.node_id)
     assert containers_of(docker_client, batch_dir) == []
 
     back = ray_cluster.restart_worker("private")
@@ -281,12 +288,14 @@ def test_an_attempt_whose_code_cannot_be_unpacked_fails_at_once_with_its_cause(
         [attempt] = run["attempts"]
         # The node's own outcome (its node named), not Ray's text of a failed call after the
         # node-death wait: the cause, and where it was raised.
-        assert attempt["node"]["node_id"] in {n.node_id for n in ray_cluster.nodes.values()}
-        assert attempt["error"].startswith(
+        assert outcome_of(attempt)["node"]["node_id"] in {
+            n.node_id for n in ray_cluster.nodes.values()
+        }
+        assert outcome_of(attempt)["error"].startswith(
             "on the node, before the container started: FileExistsError: [Errno 17] File exists:"
-        ), attempt["error"]
-        assert "called from safeagents_batch/backends/ray_node.py:" in attempt["error"]
-        assert "in code_dir)" in attempt["error"]
+        ), outcome_of(attempt)["error"]
+        assert "called from safeagents_batch/backends/ray/node.py:" in outcome_of(attempt)["error"]
+        assert "in code_dir)" in outcome_of(attempt)["error"]
         trace = (batch_dir / attempt["log_dir"] / "traceback.log").read_text()
         assert trace.startswith("Traceback (most recent call last):")
         assert trace.rstrip().splitlines()[-1].startswith("FileExistsError: [Errno 17]")

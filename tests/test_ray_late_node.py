@@ -21,6 +21,7 @@ from engine_cli import (
 )
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
+from records import outcome_of
 from test_ray_faults import start_ray_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
@@ -77,7 +78,9 @@ def test_a_node_that_joins_mid_batch_gets_the_image_and_runs_attempts(
     # The bounce off a node without the image is no attempt of the run.
     assert {len(r["attempts"]) for r in runs.values()} == {1}
     on_late_node = [
-        r for r in runs.values() if r["attempts"][0]["node"]["node_id"] == joined.node_id
+        r
+        for r in runs.values()
+        if outcome_of(r["attempts"][0])["node"]["node_id"] == joined.node_id
     ]
     assert on_late_node, "the node that joined ran none of the batch"
     for run in on_late_node:

@@ -15,15 +15,22 @@ import pytest
 import ray
 import ray.exceptions
 
-from safeagents_batch.backends import ray as ray_backend
-from safeagents_batch.backends import ray_node
-from safeagents_batch.backends.base import AttemptOutcome, AttemptRequest, Sink
-from safeagents_batch.backends.ray import tar_tree
-from safeagents_batch.backends.ray_node import CHUNK_BYTES, Item, QueueSink, _drain, unpack
+from safeagents_batch.backends.base import AttemptRequest, Sink
+from safeagents_batch.backends.ray import backend as ray_backend
+from safeagents_batch.backends.ray import node as ray_node
+from safeagents_batch.backends.ray.backend import tar_tree
+from safeagents_batch.backends.ray.items import Art, ArtOver, Done, Err, Item, Out, Trace
+from safeagents_batch.backends.ray.node import CHUNK_BYTES, QueueSink, _drain, unpack
+from safeagents_batch.records.model import AttemptOutcome
 
 pytestmark = pytest.mark.ray
 
-OUTCOME = AttemptOutcome("succeeded", 0, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z")
+OUTCOME = AttemptOutcome(
+    status="succeeded",
+    exit_code=0,
+    started_at="2026-01-01T00:00:00Z",
+    ended_at="2026-01-01T00:00:01Z",
+)
 
 
 def drained(items: list[Item]) -> list[Item]:
@@ -34,28 +41,28 @@ def drained(items: list[Item]) -> list[Item]:
 
 
 def test_queued_chunks_of_one_stream_are_coalesced_and_streams_keep_their_order() -> None:
-    items: list[Item] = [("out", b"a"), ("out", b"b"), ("err", b"c"), ("out", b"d")]
-    assert drained([*items, ("outcome", OUTCOME)]) == [
-        ("out", b"ab"),
-        ("err", b"c"),
-        ("out", b"d"),
-        ("outcome", OUTCOME),
+    items: list[Item] = [Out(b"a"), Out(b"b"), Err(b"c"), Out(b"d")]
+    assert drained([*items, Done(OUTCOME)]) == [
+        Out(b"ab"),
+        Err(b"c"),
+        Out(b"d"),
+        Done(OUTCOME),
     ]
 
 
 def test_coalescing_stops_at_the_chunk_size() -> None:
     big = b"x" * (CHUNK_BYTES - 1)
-    out = drained([("out", big), ("out", b"yy"), ("outcome", OUTCOME)])
-    assert out == [("out", big), ("out", b"yy"), ("outcome", OUTCOME)]
+    out = drained([Out(big), Out(b"yy"), Done(OUTCOME)])
+    assert out == [Out(big), Out(b"yy"), Done(OUTCOME)]
 
 
 def test_artifacts_past_the_cap_are_announced_not_sent() -> None:
     items: queue.Queue[Item] = queue.Queue()
     QueueSink(items, artifact_cap=10).artifacts([b"12345", b"67890", b"1"])
     assert [items.get_nowait() for _ in range(items.qsize())] == [
-        ("art", b"12345"),
-        ("art", b"67890"),
-        ("art_over", 10),
+        Art(b"12345"),
+        Art(b"67890"),
+        ArtOver(10),
     ]
 
 
@@ -91,7 +98,9 @@ def test_a_task_lost_while_the_head_does_not_answer_is_an_engine_loss(
 
     monkeypatch.setattr(ray_backend, "live_nodes", unanswered)
     stream = cast(ray.ObjectRefGenerator, None)  # never read: the task already failed
-    attempt = ray_backend.RemoteAttempt(stream, cast(Sink, None), threading.Event(), "t0")
+    attempt = ray_backend.RemoteAttempt(
+        stream, cast(Sink, None), threading.Event(), "2026-01-01T00:00:00+00:00"
+    )
     attempt.node = {"node_id": "abc", "host": "n1"}
     outcome = attempt._lost(ray.exceptions.RayError("worker died"))
     assert outcome.engine_lost and outcome.status == "error"
@@ -109,7 +118,7 @@ def test_a_cancel_that_arrives_before_its_attempt_still_cancels_it(
         cancel = args[-1]
         assert isinstance(cancel, threading.Event)
         seen.append(cancel.is_set())
-        yield ("outcome", OUTCOME)
+        yield Done(OUTCOME)
 
     monkeypatch.setattr(ray_node, "run_attempt", attempt)
     agent = ray_node.NodeAgent()
@@ -141,7 +150,11 @@ def test_an_error_the_agent_raised_ends_the_attempt_at_once_with_its_cause(
     stream = cast(ray.ObjectRefGenerator, None)
     asked: list[bool] = []
     attempt = ray_backend.RemoteAttempt(
-        stream, cast(Sink, sink), threading.Event(), "t0", lambda: asked.append(True)
+        stream,
+        cast(Sink, sink),
+        threading.Event(),
+        "2026-01-01T00:00:00+00:00",
+        lambda: asked.append(True),
     )
     attempt.node = {"node_id": "abc", "host": "n1"}
     text = (
@@ -173,10 +186,11 @@ def test_a_failure_before_the_container_starts_is_the_attempts_outcome_with_its_
     monkeypatch.setattr(ray_node, "code_dir", broken)
     request = cast(AttemptRequest, SimpleNamespace(code=SimpleNamespace(digest="d")))
     items = list(ray_node.run_attempt(request, [], [], threading.Event()))
-    assert [kind for kind, _ in items] == ["trace", "outcome"]
-    assert items[0][1].startswith("Traceback (most recent call last):")
-    outcome = items[1][1]
-    assert outcome.status == "error"
+    trace, done = items
+    assert isinstance(trace, Trace) and isinstance(done, Done)
+    assert trace.text.startswith("Traceback (most recent call last):")
+    outcome = done.outcome
+    assert outcome.status == "error" and outcome.error is not None
     assert outcome.error.startswith(
         "on the node, before the container started: FileExistsError: [Errno 17] File exists: "
         "'/cache/code' (raised at tests/test_ray_node.py:"

@@ -20,6 +20,7 @@ from engine_cli import SessionImage, cli, containers_of, runs_by_id, valid_manif
 from local_registry import BRIDGE_SOURCE, LocalRegistry, free_port, start_registry
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
+from records import outcome_of
 from test_ray_backend import only_batch, ray_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
@@ -140,7 +141,7 @@ def test_the_image_is_pushed_once_and_the_node_that_lacks_it_pulls_it_from_the_r
     for run in runs:
         assert run["status"] == "succeeded", run
         [attempt] = run["attempts"]
-        used.add(nodes[attempt["node"]["node_id"]])
+        used.add(nodes[outcome_of(attempt)["node"]["node_id"]])
         assert (batch_dir / attempt["log_dir"] / "stdout.log").read_text() == "napping\nup\n"
     assert used == {"host", "private"}
     # The private engine has the very image under its local tag, and neither engine keeps a

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.records import located, recorded_path
+from safeagents_batch.records.model import located, recorded_path
 
 CREATED = Path("/data/logs/b-1")  # where the batch was created
 NOW = Path("/elsewhere/renamed")  # where it is now

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from safeagents_batch.redaction import REDACTED, is_secret_name, redact_env, redact_yaml_text
+from safeagents_batch.jobs.secrets import REDACTED, is_secret_name, redact_env, redact_yaml_text
 
 
 def test_secret_names_match_case_insensitively() -> None:

@@ -8,18 +8,18 @@ import re
 import tarfile
 from pathlib import Path
 
-from safeagents_batch.backends.remote_error import (
+from safeagents_batch.backends.ray.remote import (
     RemoteError,
     from_exception,
     from_text,
     strip_escapes,
 )
-from safeagents_batch.tarsafe import extract
+from safeagents_batch.core.tarsafe import extract
 
 # Ray's text of a streaming actor call that raised on a node (as seen with Debian's 3.11.2).
 RAY_TEXT = (
     "\x1b[36mray::BootedAgent.run_attempt()\x1b[39m (pid=4242, ip=127.0.0.1, "
-    "actor_id=8f3e, repr=<safeagents_batch.backends.ray_boot.BootedAgent object at 0x7f>)\n"
+    "actor_id=8f3e, repr=<safeagents_batch.backends.ray.boot.BootedAgent object at 0x7f>)\n"
     '  File "/tmp/safeagents-batch-node-0/package/9ab1/safeagents_batch/backends/ray_boot.py"'
     ", line 197, in run_attempt\n"
     "    yield from self._agent.run_attempt(key, request, code_box, azure_box)\n"
@@ -73,7 +73,7 @@ def test_where_a_tarfile_error_of_the_package_was_raised(tmp_path: Path) -> None
         extract(io.BytesIO(b"not a tar" * 100), tmp_path)
     except tarfile.ReadError as exc:
         error = from_exception(exc)
-    assert re.fullmatch(r"safeagents_batch/tarsafe\.py:\d+ in frombuf", error.where or "")
+    assert re.fullmatch(r"safeagents_batch/core/tarsafe\.py:\d+ in frombuf", error.where or "")
 
 
 def test_escapes_and_control_characters_are_removed_newlines_kept() -> None:

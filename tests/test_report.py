@@ -8,14 +8,15 @@ import html.parser
 import json
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
+import records
 from conftest import Project
 from fakes import Behaviour
+from msgspec import structs
 from old_batches import recorded_paths, write_as_version_1
 from report_batches import (
     HOSTILE_LINE,
@@ -27,15 +28,15 @@ from report_batches import (
     succeeded_with,
 )
 
-import safeagents_batch.report as report_module
-from safeagents_batch import cli_run
-from safeagents_batch.batch import BatchOutcome
-from safeagents_batch.cli import main
-from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
-from safeagents_batch.manifest import ManifestStore, load_manifest
-from safeagents_batch.plan import RunSpec
-from safeagents_batch.records import Attempt, RunRecord
-from safeagents_batch.report import (
+import safeagents_batch.report.page as report_module
+from safeagents_batch.cli.main import main
+from safeagents_batch.cli.options import finish_batch
+from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.execution.batch import BatchOutcome
+from safeagents_batch.jobs.plan import RunSpec
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.store import ManifestStore
+from safeagents_batch.report.page import (
     TAIL_BYTES,
     TAIL_LINES,
     BatchView,
@@ -193,10 +194,8 @@ def test_script_output_and_run_ids_are_text_never_markup(project: Project, tmp_p
     log_dir = batch / "runs" / "x" / "attempt-1"
     log_dir.mkdir(parents=True)
     (log_dir / "stderr.log").write_text(f"{HOSTILE_LINE}\n", "utf-8")
-    manifest.runs[hostile] = RunRecord(
-        hostile, "</table><b>job", "fw", "s.py", "0" * 64, "img", {}, 1,
-        (Attempt(1, "failed", "runs/x/attempt-1", error=f"{SCRIPT_LINE}{HOSTILE_LINE}"),),
-    )  # fmt: skip
+    attempt = records.attempt(1, "failed", "runs/x/attempt-1", error=SCRIPT_LINE + HOSTILE_LINE)
+    manifest.runs[hostile] = records.run(hostile, attempt, job="</table><b>job")
     manifest.batch_id = "b-<i>x</i>"
     # Straight to render: the manifest's schema would refuse these names on load.
     view = BatchView(manifest, batch, {hostile: {"V": "<u>v</u>"}})
@@ -250,9 +249,36 @@ def test_matrix_view_counts_and_means_per_cell(batch: Path) -> None:
     assert '<span class="dim">refused</span> 0' in matrix
 
 
-def test_matrix_falls_back_to_env_when_the_scripts_are_gone(project: Project) -> None:
+@pytest.mark.parametrize("change", ["deleted", "edited", "scripts gone"])
+def test_the_page_is_the_same_whatever_became_of_the_jobs_file(
+    project: Project, change: str
+) -> None:
+    """Every fact the page shows comes from the records (matrix values included), written
+    when the runs were made: not from the batch's jobs.yaml, nor the scripts, read again."""
     batch = run_fake_batch(project, default_behaviour)
-    shutil.rmtree(project.root / "scripts")
+    before = write_report(batch).html.read_text("utf-8")
+    snapshot = batch / "jobs.yaml"
+    if change == "deleted":
+        snapshot.unlink()
+        (batch / "jobs.source.yaml").unlink()
+    elif change == "edited":  # another matrix, another job: what a guess would go by
+        snapshot.write_text(snapshot.read_text("utf-8").replace("MODEL", "SIZE"), "utf-8")
+    else:
+        shutil.rmtree(project.root / "scripts")
+    assert write_report(batch).html.read_text("utf-8") == before
+    data = page_data(write_report(batch).html)
+    assert data["matrix"] == ["VARIANT", "MODEL"]
+    run = next(r for r in data["runs"] if r["id"] == "grid-a-jailbreak-large-r1")
+    assert run["m"] == ["jailbreak", "large"]
+
+
+def test_runs_recorded_without_matrix_values_get_them_guessed_from_their_env(
+    project: Project,
+) -> None:
+    """Manifest versions 1 and 2 did not record matrix values: the env values that differ
+    between a job's runs stand in for them."""
+    batch = run_fake_batch(project, default_behaviour)
+    write_as_version_1(batch)
     data = page_data(write_report(batch).html)
     assert sorted(data["matrix"]) == ["MODEL", "VARIANT"]
     run = next(r for r in data["runs"] if r["id"] == "grid-a-jailbreak-large-r1")
@@ -339,7 +365,7 @@ def test_the_end_of_run_and_rerun_writes_the_report_keeping_the_exit_code(
 ) -> None:
     summary = load_manifest(batch).summary()
     outcome = BatchOutcome(batch, summary, interrupted=False)
-    assert cli_run.report(outcome) == EXIT_RUNS_FAILED
+    assert finish_batch(outcome) == EXIT_RUNS_FAILED
     assert f"report: {batch / 'report.html'}" in capsys.readouterr().out.splitlines()
     assert (batch / "report.html").is_file()
 
@@ -352,7 +378,7 @@ def test_a_report_that_fails_at_the_end_of_a_run_is_a_warning(
 
     monkeypatch.setattr(report_module, "write_report", broken)
     outcome = BatchOutcome(batch, load_manifest(batch).summary(), interrupted=False)
-    assert cli_run.report(outcome) == EXIT_RUNS_FAILED
+    assert finish_batch(outcome) == EXIT_RUNS_FAILED
     err = capsys.readouterr().err.splitlines()
     assert err == ["safeagents-batch: warning: no report written: disk full"]
 
@@ -375,8 +401,8 @@ def test_the_images_table_names_the_packages_each_image_holds(project: Project) 
     batch_dir = run_fake_batch(project, lambda spec: Behaviour())
     manifest = load_manifest(batch_dir)
     tag = next(iter(manifest.images))
-    record = replace(manifest.images[tag], packages=("langgraph==0.2.1", "<b>evil</b>==1"))
-    with ManifestStore(manifest, batch_dir / "manifest.json") as store:
+    record = structs.replace(manifest.images[tag], packages=("langgraph==0.2.1", "<b>evil</b>==1"))
+    with ManifestStore(manifest, batch_dir) as store:
         store.set_image(record)
 
     page = (write_report(batch_dir).html).read_text(encoding="utf-8")

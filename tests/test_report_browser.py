@@ -24,7 +24,7 @@ from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from safeagents_batch.report import write_report
+from safeagents_batch.report.page import write_report
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser"]  # the fixture, imported for the tests below

@@ -15,16 +15,17 @@ import pytest
 from conftest import Project
 from fakes import Behaviour, FakeBackend, failed
 from old_batches import write_as_version_1
+from records import outcome_of
 
-import safeagents_batch.batch as batch_module
-from safeagents_batch.batch import BatchOptions, BatchOutcome, run_batch
-from safeagents_batch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED, UsageError
-from safeagents_batch.jobsfile import load_and_expand
-from safeagents_batch.redaction import REDACTED
-from safeagents_batch.report import open_batch
-from safeagents_batch.reporting import CollectingReporter
-from safeagents_batch.rerun import INTERRUPTED_REASON, RerunChoice, rerun_batch
-from safeagents_batch.schema import validate_against
+import safeagents_batch.execution.batch as batch_module
+from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED, UsageError
+from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, run_batch
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.execution.rerun import INTERRUPTED_REASON, RerunChoice, rerun_batch
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.jobs.schema import validate_against
+from safeagents_batch.jobs.secrets import REDACTED
+from safeagents_batch.report.page import open_batch
 
 HEADER = """\
 version: 1
@@ -60,7 +61,7 @@ def runs_of(batch_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def statuses(run: dict[str, Any]) -> list[str]:
-    return [a["status"] for a in run["attempts"]]
+    return [outcome_of(a)["status"] for a in run["attempts"]]
 
 
 def requested(backend: FakeBackend) -> list[str]:
@@ -130,7 +131,10 @@ def crash(batch: Path, run_id: str) -> None:
     data = json.loads(path.read_text("utf-8"))
     run = next(r for r in data["runs"] if r["run_id"] == run_id)
     last = run["attempts"][-1]
-    last.update(status="running", ended_at=None, duration_seconds=None, exit_code=None)
+    if "outcome" in last:  # it never ended
+        last["outcome"] = None
+    else:  # as versions 1 and 2 wrote it
+        last.update(status="running", ended_at=None, duration_seconds=None, exit_code=None)
     run.update(status="running", ended_at=None, duration_seconds=None, exit_code=None)
     data["summary"]["succeeded"] -= 1
     data["summary"]["running"] += 1
@@ -154,9 +158,14 @@ def test_a_rerun_after_a_crash_closes_the_running_attempt_and_sweeps(
 
     runs = runs_of(batch)
     closed, again = runs["j-b"]["attempts"]
-    assert (closed["number"], closed["status"], closed["error"]) == (1, "error", INTERRUPTED_REASON)
-    assert closed["ended_at"] is not None
-    assert (again["number"], again["status"]) == (2, "succeeded")
+    closed_as = outcome_of(closed)
+    assert (closed["number"], closed_as["status"], closed_as["error"]) == (
+        1,
+        "error",
+        INTERRUPTED_REASON,
+    )
+    assert closed_as["ended_at"] is not None
+    assert (again["number"], outcome_of(again)["status"]) == (2, "succeeded")
     assert statuses(runs["j-a"]) == ["succeeded"]
     assert requested(backend) == ["j-b"]
     assert backend.swept == [batch_id, batch_id]  # before anything runs, and at the end
@@ -190,7 +199,7 @@ def test_a_moved_batch_dir_reruns_where_it_is_and_records_its_attempts_relative(
     assert (outcome.batch_dir, outcome.exit_code) == (moved, EXIT_OK)
     assert not batch.exists()  # nothing written where it was
     data = manifest_json(moved)
-    assert data["manifest_version"] == 2
+    assert data["manifest_version"] == 3
     assert data["batch_dir"] == str(batch)  # informational: where it was created
     runs = {r["run_id"]: r for r in data["runs"]}
     assert [a["log_dir"] for a in runs["j-b"]["attempts"]] == [
@@ -219,10 +228,13 @@ def test_a_version_1_batch_dir_moved_after_a_crash_recovers_and_reruns(
 
     assert outcome.exit_code == EXIT_OK
     data = manifest_json(moved)
-    assert data["manifest_version"] == 2  # written by this tool now; it reads both kinds
+    assert data["manifest_version"] == 3  # written by this tool now; it reads the old kinds
     runs = {r["run_id"]: r for r in data["runs"]}
     closed, again = runs["j-b"]["attempts"]
-    assert (closed["status"], closed["error"]) == ("error", INTERRUPTED_REASON)
+    assert (outcome_of(closed)["status"], outcome_of(closed)["error"]) == (
+        "error",
+        INTERRUPTED_REASON,
+    )
     assert closed["log_dir"] == str(batch / "runs" / "j-b" / "attempt-1")
     assert again["log_dir"] == "runs/j-b/attempt-2"
     assert runs["j-a"]["log_dir"] == str(batch / "runs" / "j-a" / "attempt-1")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.results import (
+from safeagents_batch.report.results import (
     MAX_RESULT_BYTES,
     ResultFile,
     ResultRow,

@@ -8,9 +8,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from safeagents_batch.executor import Limits, Scheduler, run_pool
-from safeagents_batch.records import Attempt, RunRecord
-from safeagents_batch.reporting import SilentProgress
+import records
+
+from safeagents_batch.execution.executor import Limits, Scheduler, run_pool
+from safeagents_batch.execution.reporting import SilentProgress
+from safeagents_batch.records.model import RunRecord
 
 PATIENCE_SECONDS = 10.0  # a bound on every wait for the other threads, never asserted on
 
@@ -106,8 +108,7 @@ def test_ignore_limits_hands_out_every_run_in_batch_order() -> None:
 
 
 def record(run_id: str) -> RunRecord:
-    attempt = Attempt(1, "succeeded", "logs")
-    return RunRecord(run_id, "job", "plain", "s.py", "0" * 64, "img:tag", {}, 60, (attempt,))
+    return records.run(run_id, records.attempt(1, "succeeded"))
 
 
 class Concurrency:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.sink import LOG_NAMES, TRACEBACK_NAME, LocalSink
-from safeagents_batch.tarsafe import StreamingTar
-from safeagents_batch.units import format_size
+from safeagents_batch.core.tarsafe import StreamingTar
+from safeagents_batch.core.units import format_size
+from safeagents_batch.execution.sink import LocalSink
+from safeagents_batch.records.layout import LOG_NAMES
+from safeagents_batch.records.layout import TRACEBACK as TRACEBACK_NAME
 
 CHUNK = 1000
 GIB = 1024**3

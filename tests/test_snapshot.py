@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from conftest import Project
 
-from safeagents_batch.jobsfile import load_jobs_file
-from safeagents_batch.model import Hardening, ImageConfig, Job, JobsFile, Resources
-from safeagents_batch.plan import expand
-from safeagents_batch.redaction import REDACTED, redact_yaml_text
-from safeagents_batch.snapshot import resolved_document, resolved_yaml
+from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.jobs.model import Hardening, ImageConfig, Job, JobsFile, Resources
+from safeagents_batch.jobs.plan import expand
+from safeagents_batch.jobs.resolved import resolved_document, resolved_yaml
+from safeagents_batch.jobs.secrets import REDACTED, redact_yaml_text
 
 # Where the file is and what it was written as: a snapshot is another file with other text.
 FILE_ONLY = {"path", "label", "text", "sha256", "warnings"}

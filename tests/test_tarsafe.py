@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.tarsafe import extract
+from safeagents_batch.core.tarsafe import extract
 
 
 def archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> io.BytesIO:

@@ -1,15 +1,6 @@
-"""Execution backends behind one protocol (`base`); `docker` runs on one engine. Importing this
-package loads no backend: the Docker SDK comes in only with `backends.docker`."""
+"""Where containers run, behind one protocol (`base`: the backend, its request, outcome and
+sink): `docker` on one engine, `ray` across a cluster's nodes. Importing this package loads no
+backend: the Docker SDK comes in only with `backends.docker`, Ray with `backends.ray`.
 
-from __future__ import annotations
-
-from safeagents_batch.backends.base import (
-    AttemptOutcome,
-    AttemptRequest,
-    Backend,
-    ImageOutcome,
-    Sink,
-    StagedCode,
-)
-
-__all__ = ["AttemptOutcome", "AttemptRequest", "Backend", "ImageOutcome", "Sink", "StagedCode"]
+May import: staging, records, jobs, core (and each backend its own client library).
+"""

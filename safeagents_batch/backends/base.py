@@ -2,6 +2,8 @@
 
 A backend gets images where runs will go, runs one attempt at a time (feeding its output to a
 sink that owns the attempt's directory), sweeps a batch's leftovers and says where it ran.
+What comes back is a record (records.model): an attempt's `AttemptOutcome`, an image's
+`ImageRecord` (its build log by absolute path until the batch records it).
 """
 
 from __future__ import annotations
@@ -12,18 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from safeagents_batch.images import ImageSpec
-from safeagents_batch.model import DEFAULT_ARTIFACT_LIMIT, Hardening, Resources
-from safeagents_batch.records import ImageRecord, ImageStatus, Status, recorded_path
-
-
-@dataclass(frozen=True)
-class StagedCode:
-    """A snapshot of a script directory, named by the digest of its contents. `path` is a local
-    tree of exactly those files, readable by any uid; a remote backend ships it by digest."""
-
-    digest: str
-    path: Path
+from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_LIMIT, Hardening, Resources
+from safeagents_batch.records.model import AttemptOutcome, ImageRecord
+from safeagents_batch.staging.code import StagedCode
+from safeagents_batch.staging.images import ImageSpec
 
 
 @dataclass(frozen=True)
@@ -48,52 +42,6 @@ class AttemptRequest:
     artifact_limit: int = DEFAULT_ARTIFACT_LIMIT
 
 
-@dataclass(frozen=True)
-class AttemptOutcome:
-    """How one attempt ended; `error` says why when it was not a success. `engine_lost` means
-    the engine stopped answering during the attempt: the pool pauses until it is back."""
-
-    status: Status
-    exit_code: int | None
-    started_at: str
-    ended_at: str
-    error: str | None = None
-    engine_lost: bool = False
-    # Where a remote backend ran it (Ray: node id, host name, engine); None when local.
-    node: dict[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    tag: str
-    framework: str
-    status: ImageStatus  # built | cached | failed
-    build_seconds: float | None
-    build_log: Path | None
-    error: str | None = None
-    # `pip freeze --all` inside the image (its Python; the Azure CLI's own venv), built or found.
-    packages: tuple[str, ...] = ()
-    azure_cli_packages: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
-
-    def record(self, batch_dir: Path) -> ImageRecord:
-        """The manifest's record of this image, its build log named as the records of the batch
-        at `batch_dir` name paths (relative when inside it)."""
-        return ImageRecord(
-            self.tag,
-            self.framework,
-            self.status,
-            self.build_seconds,
-            recorded_path(self.build_log, batch_dir) if self.build_log else None,
-            self.error,
-            self.packages,
-            self.azure_cli_packages,
-        )
-
-
 class Sink(Protocol):
     """Owns one attempt's directory; the backend hands it what the container produced."""
 
@@ -114,6 +62,18 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class CleanRequest:
+    """What `clean` removes where a backend runs containers: the tool's leftover containers
+    (those whose batch no longer runs) and, with `images`, the tool's images but those
+    tagged in `keep_tags`, of the `repositories` only when given."""
+
+    dry_run: bool = False
+    images: bool = False
+    keep_tags: frozenset[str] = frozenset()
+    repositories: frozenset[str] | None = None
+
+
 class Backend(Protocol):
     """What an execution backend does for a batch. Implementations must be safe to call from
     many worker threads at once."""
@@ -122,7 +82,7 @@ class Backend(Protocol):
 
     def ensure_images(
         self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
-    ) -> dict[str, ImageOutcome]:
+    ) -> dict[str, ImageRecord]:
         """Each spec's image present (built, or found by its tag) where runs will go."""
         ...
 
@@ -133,6 +93,12 @@ class Backend(Protocol):
 
     def sweep(self, batch_id: str) -> int:
         """Removes every container of the batch the engines still hold; returns how many."""
+        ...
+
+    def clean(self, request: CleanRequest) -> list[str]:
+        """`clean`: removes what the request names on every engine the backend runs on;
+        returns one line per item (and a total). A backend that cannot do a part of it
+        (images on a cluster's nodes) raises a UsageError saying so."""
         ...
 
     def available(self) -> bool:

@@ -1,0 +1,244 @@
+"""Docker images by content-hash tag: found on the engine, or built with a streamed log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests
+
+from safeagents_batch.core import labels
+from safeagents_batch.core.errors import one_line
+from safeagents_batch.core.version import VERSION
+from safeagents_batch.records.model import ImageRecord
+from safeagents_batch.staging.images import AZURE_CLI_VENV, ImageSpec, write_build_context
+
+# Both environments' freeze in one container; the marker line parts them.
+AZURE_MARKER = "#safeagents-batch: azure-cli venv"
+FREEZE_SCRIPT = (
+    "python -m pip freeze --all; "
+    f"if [ -x {AZURE_CLI_VENV}/bin/python ]; then echo '{AZURE_MARKER}' && "
+    f"{AZURE_CLI_VENV}/bin/python -m pip freeze --all; fi"
+)
+
+
+@dataclass(frozen=True)
+class Packages:
+    """What `pip freeze --all` says an image holds: its Python's, and the Azure CLI's venv's."""
+
+    python: tuple[str, ...]
+    azure_cli: tuple[str, ...] = ()
+
+    def labels(self) -> dict[str, str]:
+        return {
+            labels.PACKAGES: json.dumps(list(self.python)),
+            labels.AZURE_CLI_PACKAGES: json.dumps(list(self.azure_cli)),
+        }
+
+
+def packages_from_labels(found: dict[str, str]) -> Packages | None:
+    """The packages an image's labels record; None for an image built before they did."""
+    if labels.PACKAGES not in found:
+        return None
+    try:
+        python = json.loads(found[labels.PACKAGES])
+        azure_cli = json.loads(found.get(labels.AZURE_CLI_PACKAGES, "[]"))
+    except ValueError:
+        return None
+    return Packages(tuple(map(str, python)), tuple(map(str, azure_cli)))
+
+
+def parse_freeze(text: str) -> Packages:
+    python, _, azure_cli = text.partition(AZURE_MARKER)
+    return Packages(_lines(python), _lines(azure_cli))
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+class DockerImages:
+    """Ensures images on one engine: found by tag, or built with a streamed log. Holds no
+    memory of earlier outcomes; the orchestrator makes concurrent asks for one tag share one."""
+
+    def __init__(
+        self, client: docker.DockerClient, log_dir: Path, *, rebuild: bool = False
+    ) -> None:
+        self.client = client
+        self.log_dir = log_dir
+        self.rebuild = rebuild
+
+    def ensure(self, spec: ImageSpec) -> ImageRecord:
+        found = None if self.rebuild else self._labels(spec.tag)
+        if found is None:
+            return self._build(spec)
+        packages = packages_from_labels(found) or self._freeze_unlabelled(spec.tag)
+        return ImageRecord(
+            tag=spec.tag,
+            framework=spec.config.framework,
+            status="cached",
+            build_seconds=None,
+            build_log=None,
+            packages=packages.python,
+            azure_cli_packages=packages.azure_cli,
+        )
+
+    def _labels(self, tag: str) -> dict[str, str] | None:
+        """The labels of the image tagged `tag`; None when there is none."""
+        try:
+            image = self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            return None
+        return dict(image.labels or {})
+
+    def _freeze_unlabelled(self, tag: str) -> Packages:
+        """An image from before packages were recorded (or whose build stopped before it)
+        says what it holds when asked, and is labelled with it, so that this costs one batch a
+        container once rather than every batch; if it cannot, the run goes ahead without."""
+        try:
+            packages = self.freeze(tag)
+            self._label(tag, packages, io.StringIO())
+        except (docker.errors.DockerException, requests.RequestException):
+            return Packages(())
+        return packages
+
+    def freeze(self, image: str) -> Packages:
+        """`pip freeze --all` in a throwaway container of `image`, with no network."""
+        output = self.client.containers.run(
+            image,
+            ["sh", "-c", FREEZE_SCRIPT],
+            remove=True,
+            stdout=True,
+            stderr=False,
+            network_mode="none",
+            labels=_freeze_labels(),
+        )
+        return parse_freeze(bytes(output).decode("utf-8", "replace"))
+
+    def _record(self, spec: ImageSpec, log: IO[str]) -> Packages:
+        """The built image's packages, frozen and then put on it as labels. Labels are fixed
+        at build time, so a second build `FROM` the first adds them: no layer, the same
+        content under the same tag. Should this step not happen (a crash), the tag still
+        names the right content, and `ensure` freezes it when it finds it."""
+        packages = self.freeze(spec.tag)
+        log.write(f"\n# resolved packages ({len(packages.python)})\n")
+        log.write("".join(f"{line}\n" for line in packages.python))
+        if packages.azure_cli:
+            log.write(f"# azure-cli venv ({len(packages.azure_cli)})\n")
+            log.write("".join(f"{line}\n" for line in packages.azure_cli))
+        self._label(spec.tag, packages, log)
+        return packages
+
+    def _label(self, tag: str, packages: Packages, log: IO[str]) -> None:
+        """Puts the package lists on the image as labels: a build `FROM` it, no new layer."""
+        image_id = self.client.images.get(tag).id
+        dockerfile = io.BytesIO(f"FROM {image_id}\n".encode())
+        stream = self.client.api.build(
+            fileobj=dockerfile, tag=tag, rm=True, decode=True, labels=packages.labels()
+        )
+        for chunk in stream:
+            error = _write_chunk(chunk, log)
+            if error:
+                raise docker.errors.BuildError(error, [])
+
+    def _build(self, spec: ImageSpec) -> ImageRecord:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
+        started = time.monotonic()
+        with (
+            tempfile.TemporaryDirectory(prefix="safeagents-build-") as context,
+            log_path.open("w", encoding="utf-8") as log,
+        ):
+            write_build_context(spec, Path(context))
+            error = self._stream_build(spec, Path(context), log)
+            packages = Packages(())
+            if error is None:
+                try:
+                    packages = self._record(spec, log)
+                except (docker.errors.DockerException, requests.RequestException) as exc:
+                    log.write(f"\nERROR recording the packages: {exc}\n")
+                    error = f"recording its packages: {one_line(exc)}"
+        seconds = round(time.monotonic() - started, 3)
+        if error is not None:
+            return ImageRecord(
+                tag=spec.tag,
+                framework=spec.config.framework,
+                status="failed",
+                build_seconds=seconds,
+                build_log=str(log_path),
+                error=f"image build failed: {error} (log: {log_path})",
+            )
+        return ImageRecord(
+            tag=spec.tag,
+            framework=spec.config.framework,
+            status="built",
+            build_seconds=seconds,
+            build_log=str(log_path),
+            packages=packages.python,
+            azure_cli_packages=packages.azure_cli,
+        )
+
+    def _stream_build(self, spec: ImageSpec, context: Path, log: IO[str]) -> str | None:
+        """Runs the build, writing its output as it comes; returns the error text, if any."""
+        log.write(f"# building {spec.tag}\n{spec.dockerfile}\n")
+        try:
+            stream = self.client.api.build(
+                path=str(context),
+                tag=spec.tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                nocache=self.rebuild,
+                pull=False,
+                labels=image_labels(spec),
+            )
+            for chunk in stream:
+                error = _write_chunk(chunk, log)
+                if error:
+                    return error
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            log.write(f"\nERROR: {exc}\n")
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None
+
+
+def _write_chunk(chunk: dict[str, Any], log: IO[str]) -> str | None:
+    if "stream" in chunk:
+        log.write(str(chunk["stream"]))
+    if "status" in chunk:
+        log.write(f"{chunk['status']} {chunk.get('progress', '')}\n")
+    if "error" in chunk:
+        log.write(f"\nERROR: {chunk['error']}\n")
+        log.flush()
+        return " ".join(str(chunk["error"]).split())
+    log.flush()
+    return None
+
+
+def image_labels(spec: ImageSpec) -> dict[str, str]:
+    return {
+        labels.MANAGED: "true",
+        labels.FRAMEWORK: spec.config.framework,
+        labels.DIGEST: spec.digest,
+        labels.BASE: spec.config.effective_base_image,
+        labels.VERSION: VERSION,
+    }
+
+
+def _freeze_labels() -> dict[str, str]:
+    # Found by `clean` like a run's container, should a crash leave it.
+    return {
+        labels.MANAGED: "true",
+        labels.BATCH: "image-packages",
+        labels.HOST: socket.gethostname(),
+        labels.PID: str(os.getpid()),
+    }

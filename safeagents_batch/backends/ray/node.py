@@ -1,0 +1,379 @@
+"""What runs on a Ray node: the batch's agent there (one actor per node), and each attempt on
+the node's own Docker engine through the very same DockerBackend as a local run, with a sink
+that hands chunks back to the driver as the items of a streaming call. Code, images and Azure
+credentials arrive through Ray and are cached on the node, once per digest (or tag), under a
+lock that is checked again once taken.
+
+Nothing here reads a driver path: a node may be another machine. Env values arrive inside the
+call's arguments (never in a task name, a runtime env or a log line) and go to the engine's
+API as the container's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from safeagents_batch.backends.base import AttemptRequest, CleanRequest
+from safeagents_batch.backends.docker.backend import (
+    ENGINE_ERRORS,
+    DockerBackend,
+    batch_container_ids,
+    container_user,
+    engine_url,
+    remove_container,
+)
+from safeagents_batch.backends.ray.boot import file_lock, node_cache, unpacked_once
+from safeagents_batch.backends.ray.items import (
+    Art,
+    ArtOver,
+    Chunk,
+    Done,
+    Err,
+    Item,
+    NoImage,
+    Out,
+    Trace,
+)
+from safeagents_batch.backends.ray.remote import from_exception
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.core.errors import EngineUnavailable, one_line
+from safeagents_batch.core.tarsafe import extract
+from safeagents_batch.records.model import AttemptOutcome
+from safeagents_batch.staging.code import StagedCode
+
+CHUNK_BYTES = 256 * 1024  # output is coalesced up to this much per streamed item
+TAR_SLACK = 1 << 20  # tar headers and padding on top of the artifact limit
+POLL_SECONDS = 0.2
+JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container once cancelled
+
+# One DockerBackend per Ray worker process: its client pool and its memory of containers the
+# engine failed to remove outlive one attempt.
+_backend: DockerBackend | None = None
+_backend_lock = threading.Lock()
+
+
+def node_backend() -> DockerBackend:
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = DockerBackend.from_env()  # DOCKER_HOST of the node, or its socket
+        return _backend
+
+
+def node_info() -> dict[str, str]:
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "engine": engine_url(),
+    }
+
+
+# -- code -------------------------------------------------------------------------------
+
+
+def code_dir(digest: str, tar_box: list[Any]) -> Path:
+    """The node's copy of a code snapshot; unpacked from the driver's tar on first use."""
+    root = node_cache() / "code"
+    root.mkdir(exist_ok=True)
+    # World-traversable: the container user (not root) must reach the snapshot.
+    os.chmod(root, 0o755)
+    os.chmod(root.parent, 0o755)
+
+    def untar(staging: Path) -> None:
+        unpack(ray.get(tar_box[0]), staging)
+        os.chmod(staging, 0o755)
+
+    return unpacked_once(root, digest, untar)
+
+
+def unpack(data: bytes, target: Path) -> None:
+    """Regular files and directories only, nothing outside `target`, on every Python the
+    package supports (tarfile's `data` filter is missing from Debian 12's 3.11.2)."""
+    extract(io.BytesIO(data), target)
+
+
+@contextlib.contextmanager
+def azure_copy(tar_box: list[Any], request: AttemptRequest) -> Iterator[Path | None]:
+    """A copy of the driver's ~/.azure for one attempt (None when none was shipped), private
+    to the container's user (mode 0700, owned by that uid) and removed after it."""
+    if not tar_box:
+        yield None
+        return
+    target = Path(tempfile.mkdtemp(prefix="azure-", dir=node_cache()))
+    try:
+        unpack(ray.get(tar_box[0]), target)
+        uid, gid = (int(part) for part in container_user(request).split(":"))
+        if os.getuid() == 0:
+            for path in [target, *target.rglob("*")]:
+                os.chown(path, uid, gid, follow_symlinks=False)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+# -- images -----------------------------------------------------------------------------
+
+
+def has_image(tag: str) -> bool:
+    import docker.errors
+
+    try:
+        node_backend().client.api.inspect_image(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def load_image(tag: str, data: bytes) -> bool:
+    """`docker load` of the driver's `docker save`, once per node; False if it was there."""
+    lock = node_cache() / "images.lock"
+    with file_lock(lock):
+        if has_image(tag):
+            return False
+        for message in node_backend().client.api.load_image(data):
+            if "error" in message or "errorDetail" in message:
+                raise RuntimeError(f"docker load of {tag}: {stream_error(message)}")
+    return True
+
+
+def pull_image(tag: str, remote_tag: str) -> bool:
+    """Pulls `remote_tag` from the registry and tags it as `tag`; False if `tag` was there."""
+    import docker.errors
+
+    with file_lock(node_cache() / "images.lock"):
+        if has_image(tag):
+            return False
+        api = node_backend().client.api
+        repository, _, version = remote_tag.rpartition(":")
+        try:
+            for message in api.pull(repository, tag=version, stream=True, decode=True):
+                if "error" in message or "errorDetail" in message:
+                    raise RuntimeError(f"docker pull of {remote_tag}: {stream_error(message)}")
+        except docker.errors.APIError as exc:  # the engine refused at once (e.g. no registry)
+            raise RuntimeError(f"docker pull of {remote_tag}: {exc.explanation or exc}") from None
+        name, _, local_version = tag.rpartition(":")
+        api.tag(remote_tag, name, local_version)
+        api.remove_image(remote_tag)  # only the name; the layers stay under `tag`
+    return True
+
+
+def stream_error(message: dict[str, Any]) -> str:
+    """The text of an error item of the engine's progress stream (push, pull, load)."""
+    detail = message.get("errorDetail")
+    text = message.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+    return " ".join(str(text or message).split())
+
+
+# -- sweeping and cleaning --------------------------------------------------------------
+
+
+def sweep(batch_id: str) -> int:
+    return node_backend().sweep(batch_id)
+
+
+def clean_lines(dry_run: bool) -> list[str]:
+    """`clean` of this node's engine: its leftover containers (images stay: nodes keep the
+    ones shipped to them). A plain argument: Ray unpickles it before the package is here."""
+    return node_backend().clean(CleanRequest(dry_run=dry_run))
+
+
+def batch_containers(batch_id: str) -> list[str]:
+    return batch_container_ids(node_backend().client, batch_id)
+
+
+def remove(container_id: str) -> None:
+    remove_container(node_backend().client, container_id)
+
+
+# -- one attempt ------------------------------------------------------------------------
+
+
+class QueueSink:
+    """The Sink of a remote attempt: every call becomes an item for the driver, in order.
+    Artifacts stream as pieces; past the cap the driver drops them and is told so."""
+
+    def __init__(self, items: queue.Queue[Item], artifact_cap: int) -> None:
+        self.items = items
+        self.artifact_cap = artifact_cap
+
+    def stdout(self, chunk: bytes) -> None:
+        self.items.put(Out(chunk))
+
+    def stderr(self, chunk: bytes) -> None:
+        self.items.put(Err(chunk))
+
+    def traceback(self, text: str) -> None:
+        self.items.put(Trace(text))
+
+    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
+        total = 0
+        for chunk in tar_chunks:
+            total += len(chunk)
+            if total > self.artifact_cap:
+                self.items.put(ArtOver(self.artifact_cap))
+                return
+            self.items.put(Art(chunk))
+
+    def close(self) -> None:
+        pass
+
+
+class NodeAgent:
+    """The batch's worker on one node: a threaded Ray actor that holds the node's container
+    slots while the batch runs and runs each attempt as a streaming method call. One process
+    per node and batch, started once: a Ray task per attempt would start a Python worker per
+    slot (Ray, this package and the Docker SDK imported in each) and ask the raylet for a
+    lease every attempt, and on a small node that CPU is taken from the containers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancels: dict[str, threading.Event] = {}
+        # Cancels that came before their attempt's call began (Ctrl-C right after it was sent).
+        self._cancelled_early: set[str] = set()
+
+    def ready(self) -> dict[str, str]:
+        """Where it runs, once its engine client is made (before the first attempt needs it)."""
+        node_backend()
+        return node_info()
+
+    def run_attempt(
+        self, key: str, request: AttemptRequest, code_box: list[Any], azure_box: list[Any]
+    ) -> Iterator[Item]:
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[key] = cancel
+            if key in self._cancelled_early:
+                self._cancelled_early.discard(key)
+                cancel.set()
+        try:
+            yield from run_attempt(request, code_box, azure_box, cancel)
+        finally:
+            with self._lock:
+                del self._cancels[key]
+
+    def cancel(self, key: str) -> None:
+        """Ctrl-C on the driver: the attempt kills and removes its container, then ends
+        `cancelled`. An explicit call, because Ray does not interrupt a threaded actor's call."""
+        with self._lock:
+            cancel = self._cancels.get(key)
+            if cancel is None:
+                self._cancelled_early.add(key)
+        if cancel is not None:
+            cancel.set()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """One of this module's node functions (an image check, a load, a sweep) in this
+        process, so the batch starts no other worker on the node."""
+        return function(*args)
+
+
+def run_attempt(
+    request: AttemptRequest, code_box: list[Any], azure_box: list[Any], cancel: threading.Event
+) -> Iterator[Item]:
+    """The body of an agent's streaming call: yields the output as it comes, then the
+    outcome. Once `cancel` is set (Ctrl-C on the driver), or when the caller closes the
+    generator, the attempt kills and removes its container before it ends. A failure before
+    the container starts (code, Azure copy, image check) ends the attempt at once, with its
+    cause and its traceback."""
+    started = now_iso()
+    with contextlib.ExitStack() as stack:
+        try:
+            backend = node_backend()
+            code = StagedCode(request.code.digest, code_dir(request.code.digest, code_box))
+            azure_dir = stack.enter_context(azure_copy(azure_box, request))
+            image_here = has_image(request.image)
+        except (EngineUnavailable, *ENGINE_ERRORS) as exc:
+            yield Done(_error(started, f"node engine unavailable: {one_line(exc)}"))
+            return
+        except Exception as exc:
+            yield from _failed(started, "on the node, before the container started", exc)
+            return
+        if not image_here:
+            # The driver ships it here and submits the attempt again: this node joined, or
+            # lost the image, after the batch's images went out.
+            yield NoImage(request.image)
+            yield Done(_error(started, f"image {request.image} is not on this node"))
+            return
+        local = replace(request, code=code, azure_dir=azure_dir)
+        yield from _supervised(backend, local, cancel)
+
+
+def _failed(started: str, context: str, exc: BaseException) -> Iterator[Item]:
+    """An error raised here: its traceback for the attempt's dir, its cause in one line."""
+    error = from_exception(exc)
+    yield Trace(error.traceback)
+    yield Done(_error(started, f"{context}: {error.line()}"))
+
+
+def _supervised(
+    backend: DockerBackend, request: AttemptRequest, cancel: threading.Event
+) -> Iterator[Item]:
+    items: queue.Queue[Item] = queue.Queue()
+    sink = QueueSink(items, request.artifact_limit + TAR_SLACK)
+
+    def attempt() -> None:
+        try:
+            items.put(Done(backend.run(request, sink, cancel)))
+        except Exception as exc:  # the driver gets it as the run's error, not a dead task
+            for item in _failed(now_iso(), "node error", exc):
+                items.put(item)
+
+    thread = threading.Thread(target=attempt, name="attempt", daemon=True)
+    thread.start()
+    try:
+        yield from _drain(items)
+    finally:
+        cancel.set()  # a no-op once the outcome is in; otherwise: kill, remove, then end
+        thread.join(JOIN_SECONDS)
+
+
+def _drain(items: queue.Queue[Item]) -> Iterator[Item]:
+    """Items in order until the outcome; consecutive chunks of one stream are coalesced, so a
+    chatty script costs a few objects per second, not one per line."""
+    held: Item | None = None
+    while True:
+        try:
+            # Never an unbounded wait: a generator the driver closed must reach its `finally`.
+            item = items.get(timeout=POLL_SECONDS if held is None else 0)
+        except queue.Empty:
+            if held is not None:
+                yield held
+                held = None
+            continue
+        joined = _joined(held, item)
+        if joined is not None:
+            held = joined
+            continue
+        if held is not None:
+            yield held
+        if isinstance(item, Done):
+            yield item
+            return
+        held = item
+
+
+def _joined(held: Item | None, item: Item) -> Chunk | None:
+    """`held` and `item` as one chunk, when both are output of one stream and fit in one."""
+    if not isinstance(held, Out | Err) or type(item) is not type(held):
+        return None
+    assert isinstance(item, Out | Err)
+    if len(held.chunk) + len(item.chunk) > CHUNK_BYTES:
+        return None
+    return type(held)(held.chunk + item.chunk)
+
+
+def _error(started: str, reason: str) -> AttemptOutcome:
+    return AttemptOutcome(status="error", started_at=started, ended_at=now_iso(), error=reason)

@@ -1,0 +1,187 @@
+"""What the commands share: the flags of running a batch, the one place that builds a backend
+(with `runner`), the console reporter, and the lines that end a batch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+from safeagents_batch.cli.output import ConsoleReporter
+from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
+from safeagents_batch.execution.batch import BatchOutcome
+from safeagents_batch.execution.executor import DEFAULT_ENGINE_WAIT
+from safeagents_batch.records.layout import BatchLayout
+
+if TYPE_CHECKING:
+    from safeagents_batch.backends.base import Backend
+    from safeagents_batch.backends.docker.backend import DockerBackend
+    from safeagents_batch.backends.ray.backend import RayBackend
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Command = Callable[[argparse.Namespace], int]
+
+
+@contextmanager
+def docker_backend() -> Iterator[DockerBackend]:
+    """The local engine's backend: connected (a ping answered) or EngineUnavailable. Engine
+    errors after the ping (a sweep, a `clean`, an image lookup) are one line and exit 3 as
+    well, never a traceback."""
+    # Imported here: `validate`, `plan` and `schema` must not load the Docker SDK.
+    from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend
+
+    backend = DockerBackend.from_env()
+    try:
+        yield backend
+    except ENGINE_ERRORS as exc:
+        raise EngineUnavailable(f"Docker engine error: {one_line(exc)}") from None
+    finally:
+        backend.close()
+
+
+@contextmanager
+def ray_backend(args: argparse.Namespace) -> Iterator[RayBackend]:
+    """The Ray backend: the driver's engine (where images are built) and a joined cluster."""
+    try:
+        # Imported here: Ray is an optional extra, and heavy; only `--backend ray` loads it.
+        from safeagents_batch.backends.ray.backend import RayBackend, RayOptions
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise UsageError("--backend ray needs Ray: pip install 'safeagents-batch[ray]'") from None
+    options = RayOptions(
+        address=args.ray_address,
+        ship_azure=getattr(args, "ship_azure", False),
+        registry=getattr(args, "registry", None),
+    )
+    with docker_backend() as local:
+        backend = RayBackend.connect(local, options, warn=ConsoleReporter().warning)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+def chosen_backend(args: argparse.Namespace) -> AbstractContextManager[Backend]:
+    """`--backend docker|ray`: the CLI is the one place that builds a backend."""
+    return ray_backend(args) if args.backend == "ray" else docker_backend()
+
+
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["docker", "ray"],
+        default="docker",
+        help="where containers run: the local engine (default) or a Ray cluster's nodes",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --backend ray: the cluster's head, HOST:PORT (default: RAY_ADDRESS)",
+    )
+
+
+def add_execution_flags(p: argparse.ArgumentParser) -> None:
+    add_backend_flags(p)
+    p.add_argument(
+        "--ship-azure",
+        action="store_true",
+        help="with --backend ray: copy this machine's ~/.azure to the nodes for runs with "
+        "bind_azure_folder (without it such runs end `error`)",
+    )
+    p.add_argument(
+        "--registry",
+        metavar="HOST:PORT",
+        help="with --backend ray: push images there once and let nodes pull them, instead "
+        "of shipping them through Ray",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain one-line-per-run output even on a terminal",
+    )
+    p.add_argument(
+        "--engine-wait",
+        type=seconds,
+        default=DEFAULT_ENGINE_WAIT,
+        metavar="SECONDS",
+        help="when the engine stops answering, how long to wait for it before giving up "
+        f"(default {DEFAULT_ENGINE_WAIT:g})",
+    )
+
+
+def reporter(args: argparse.Namespace) -> ConsoleReporter:
+    return ConsoleReporter(bar=False if args.no_progress else None, on_first_finish=warm_up_report)
+
+
+def finish_batch(outcome: BatchOutcome) -> int:
+    """The lines a batch ends with (counts, manifest, report) and its exit code."""
+    counts = ", ".join(f"{n} {s}" for s, n in outcome.summary.items() if s != "total" and n)
+    print(f"batch {outcome.batch_dir}: {counts or 'no runs'} ({outcome.summary['total']} runs)")
+    print(f"manifest: {BatchLayout(outcome.batch_dir).manifest}")
+    report_at_end(outcome.batch_dir)
+    if outcome.engine_gone:
+        raise EngineUnavailable(
+            "the Docker engine stopped answering and did not come back; runs not started are "
+            f"pending; resume with: safeagents-batch rerun {outcome.batch_dir}"
+        )
+    if outcome.interrupted:
+        print(
+            f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "
+            f"{outcome.batch_dir}",
+            file=sys.stderr,
+        )
+    return outcome.exit_code
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def report_at_end(batch_dir: Path) -> None:
+    """The report `run` and `rerun` leave: a failure to write it is a warning, not the
+    batch's failure (its exit code is the runs')."""
+    try:
+        from safeagents_batch.report.page import write_report
+
+        files = write_report(batch_dir)
+    except Exception as exc:  # whatever it is, the batch ran: its runs' exit code stands
+        print(f"safeagents-batch: warning: no report written: {one_line(exc)}", file=sys.stderr)
+        return
+    print(f"report: {files.html}")
+
+
+def warm_up_report() -> threading.Thread:
+    """Loads the report's modules and compiles its template in the background: `run` and
+    `rerun` start it once their batch is under way, when the process mostly waits for the
+    engine. Neither the first container (the imports would delay it by a tenth of a second)
+    nor the end of the batch (the template takes tens of ms to compile) waits for them."""
+
+    def work() -> None:
+        from safeagents_batch.report.page import warm_up
+
+        warm_up()
+
+    thread = threading.Thread(target=work, name="report-warm-up", daemon=True)
+    thread.start()
+    return thread

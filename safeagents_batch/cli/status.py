@@ -1,0 +1,85 @@
+"""`status BATCH_DIR`: counts per status and the runs that did not succeed, where their logs
+are now (the batch dir may have moved)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from safeagents_batch.cli.options import SubParsers
+from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED, UsageError
+from safeagents_batch.records.manifest import Manifest, load_manifest
+from safeagents_batch.records.model import FINISHED, RunRecord, located
+
+STATUS_LINES = 20  # unsuccessful runs `status` names before it sums the rest up
+
+
+def add_parser(sub: SubParsers) -> None:
+    p = sub.add_parser("status", help="counts per status and the runs that did not succeed")
+    p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
+    p.add_argument("--json", action="store_true", help="the summary and unsuccessful runs as JSON")
+    p.set_defaults(command=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    if not args.batch_dir.is_dir():
+        raise UsageError(f"{args.batch_dir}: no such batch directory")
+    manifest = load_manifest(args.batch_dir)
+    batch_dir = args.batch_dir.absolute()
+    if args.json:
+        print(json.dumps(status_json(manifest, batch_dir), indent=2))
+    else:
+        print_status(manifest, batch_dir)
+    return EXIT_OK if manifest.summary()["succeeded"] == len(manifest.runs) else EXIT_RUNS_FAILED
+
+
+def logs_now(record: RunRecord, manifest: Manifest, batch_dir: Path) -> str | None:
+    """The run's latest log dir as an absolute path that opens from any shell: the manifest
+    records it relative to the batch dir, which may have moved since (`batch_dir`: now)."""
+    if record.log_dir is None:
+        return None
+    return str(located(record.log_dir, batch_dir, manifest.batch_dir))
+
+
+def status_json(manifest: Manifest, batch_dir: Path) -> dict[str, Any]:
+    return {
+        "batch_id": manifest.batch_id,
+        "state": manifest.state,
+        "summary": manifest.summary(),
+        "not_succeeded": [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "exit_code": r.exit_code,
+                "error": r.error,
+                "log_dir": logs_now(r, manifest, batch_dir),
+            }
+            for r in manifest.runs.values()
+            if r.status != "succeeded"
+        ],
+    }
+
+
+def print_status(manifest: Manifest, batch_dir: Path) -> None:
+    print(f"batch {manifest.batch_id} ({manifest.state})")
+    for status, count in manifest.summary().items():
+        print(f"  {status:<10} {count}")
+    unsuccessful = [r for r in manifest.runs.values() if r.status != "succeeded"]
+    if unsuccessful:
+        print("runs that did not succeed:")
+    for record in unsuccessful[:STATUS_LINES]:
+        print_run(record, manifest, batch_dir)
+    if len(unsuccessful) > STATUS_LINES:
+        # A big batch's status fits a screen; --json has every run.
+        print(f"  ... and {len(unsuccessful) - STATUS_LINES} more (status --json lists all)")
+
+
+def print_run(record: RunRecord, manifest: Manifest, batch_dir: Path) -> None:
+    code = f" exit {record.exit_code}" if record.exit_code is not None else ""
+    note = "" if record.status in FINISHED else " (not finished)"
+    print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
+    logs = logs_now(record, manifest, batch_dir)
+    if logs:
+        print(f"             logs: {logs}")

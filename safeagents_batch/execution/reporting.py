@@ -1,0 +1,60 @@
+"""Where the library's notices go. The library never prints: the CLI renders a Reporter on the
+terminal, DockerRunner turns one into `warnings` and `logging`, tests collect one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from safeagents_batch.records.model import RunRecord
+
+
+class Progress(Protocol):
+    def finished(self, record: RunRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Reporter(Protocol):
+    def notice(self, text: str) -> None:
+        """Something the user may want to know (what a rerun will do, a cleanup done)."""
+        ...
+
+    def warning(self, text: str) -> None:
+        """Something that went wrong without stopping the batch."""
+        ...
+
+    def progress(self, total: int) -> Progress:
+        """A progress display for `total` runs."""
+        ...
+
+
+class SilentProgress:
+    def finished(self, record: RunRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CollectingReporter:
+    """Keeps every notice and warning in lists: for tests and for callers that show them later."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+        self.warnings: list[str] = []
+        self.finished: list[RunRecord] = []
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def progress(self, total: int) -> Progress:
+        reporter = self
+
+        class _Collect(SilentProgress):
+            def finished(self, record: RunRecord) -> None:
+                reporter.finished.append(record)
+
+        return _Collect()

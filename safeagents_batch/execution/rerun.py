@@ -1,0 +1,141 @@
+"""Rerun runs of an existing batch dir, in place: after a failure, Ctrl-C or a crash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from safeagents_batch.backends.base import Backend
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.core.errors import UsageError
+from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, BatchRunner
+from safeagents_batch.execution.prepare import (
+    new_record,
+    prepare_work,
+    read_inputs,
+    select_runs,
+    write_jobs_copies,
+)
+from safeagents_batch.execution.reporting import Reporter
+from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.jobs.plan import RunSpec
+from safeagents_batch.jobs.secrets import REDACTED
+from safeagents_batch.records.layout import BatchLayout
+from safeagents_batch.records.lock import BatchLock
+from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.store import ManifestStore
+
+INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
+
+
+@dataclass(frozen=True)
+class RerunChoice:
+    """Which runs to run again: by status (default: every status but succeeded) or all."""
+
+    statuses: frozenset[str] = frozenset(set(STATUSES) - {"succeeded"})
+    everything: bool = False
+    jobs_file: Path | None = None
+
+    def wants(self, status: str) -> bool:
+        return self.everything or status in self.statuses
+
+
+def parse_statuses(text: str) -> frozenset[str]:
+    chosen = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = sorted(chosen - set(STATUSES))
+    if unknown or not chosen:
+        raise UsageError(
+            f"--status takes a comma-separated list of: {', '.join(STATUSES)}"
+            + (f" (not: {', '.join(unknown)})" if unknown else "")
+        )
+    return chosen
+
+
+def rerun_batch(
+    batch_dir: Path,
+    backend: Backend,
+    reporter: Reporter,
+    choice: RerunChoice = RerunChoice(),
+    options: BatchOptions = BatchOptions(),
+) -> BatchOutcome:
+    """Runs the chosen runs of `batch_dir` again, in place, with the code as it is now."""
+    if not batch_dir.is_dir():
+        raise UsageError(f"{batch_dir}: no such batch directory")
+    batch_dir = batch_dir.absolute()
+    with BatchLock(batch_dir), _store(batch_dir) as store:
+        jobs_path = choice.jobs_file or BatchLayout(batch_dir).jobs_snapshot
+        jobs_file, specs = load_and_expand(jobs_path)
+        _recover_after_crash(backend, store, reporter)
+        inputs = read_inputs(specs)
+        known = store.manifest.runs
+        # A run id new to the batch is pending; the merge waits until the input proved good.
+        selected = [
+            s
+            for s in specs
+            if choice.wants(known[s.run_id].status if s.run_id in known else "pending")
+        ]
+        selected = select_runs(selected, options.only) if selected and options.only else selected
+        _check_secrets_kept(selected, jobs_path)
+        # The jobs files the batch ran from may sit among the scripts too.
+        manifest = store.manifest
+        ran_from = [Path(p) for p in (manifest.jobs_file.path, *manifest.jobs_file.earlier)]
+        work = prepare_work(selected, inputs, batch_dir, jobs_file, *ran_from)
+        _merge(store, [new_record(s, jobs_file, inputs) for s in specs], reporter)
+        if choice.jobs_file is not None:
+            # FILE becomes the batch's jobs file: a later plain `rerun` must not go back to the
+            # old snapshot, which lacks the new runs and has the fixes undone.
+            write_jobs_copies(batch_dir, jobs_file)
+            store.adopt_jobs_file(str(jobs_file.path), jobs_file.sha256)
+        store.reopen()  # the merged runs too: written only once the input proved good
+        reporter.notice(f"rerunning {len(selected)} of {len(store.runs())} runs in {batch_dir}")
+        runner = BatchRunner(backend, store, batch_dir, work, reporter, options)
+        return runner.execute(workers=options.workers or jobs_file.workers)
+
+
+def _store(batch_dir: Path) -> ManifestStore:
+    return ManifestStore(load_manifest(batch_dir), batch_dir)
+
+
+def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:
+    """The batch's snapshot holds "<redacted>" where the jobs file had a literal secret value:
+    a rerun with that text in its place would quietly run something else."""
+    redacted = sorted(
+        {
+            f"jobs[{s.job.index}].env.{name}"
+            for s in specs
+            for name, value in s.literal_env.items()
+            if value == REDACTED
+        }
+    )
+    if redacted:
+        raise UsageError(
+            f"{jobs_path} has redacted secret values ({', '.join(redacted)}): a "
+            "batch dir keeps no literal secrets; rerun with --jobs <the original "
+            "jobs file>, or move them to env_passthrough or env_file"
+        )
+
+
+def _recover_after_crash(backend: Backend, store: ManifestStore, reporter: Reporter) -> None:
+    """A previous orchestrator may have died: remove its containers (found by label) and mark
+    attempts it left `running` as errors, so they are rerun and the record stays truthful."""
+    removed = backend.sweep(store.manifest.batch_id)
+    if removed:
+        reporter.notice(f"removed {removed} stale container(s) of this batch")
+    for record in store.runs():
+        last = record.latest
+        if record.status == "running" and last is not None:
+            # When it really ended is unknown: the recovery is the first moment known to be after.
+            closed = last.closed_as_error(INTERRUPTED_REASON, last.ended_at or now_iso())
+            store.record_attempt(record.run_id, closed)
+
+
+def _merge(store: ManifestStore, fresh: list[RunRecord], reporter: Reporter) -> None:
+    added, vanished = store.merge_runs(fresh)
+    for run_id in added:
+        reporter.notice(f"new run added: {run_id}")
+    if vanished:
+        reporter.notice(
+            "not in the jobs file any more (kept in the manifest, not rerun): "
+            + ", ".join(vanished)
+        )

@@ -1,0 +1,122 @@
+"""The keys of one framework under `frameworks:` (its image settings): each one's rule and
+default in `FRAMEWORK_KEYS`; `packages`, whose default depends on the framework, has its own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from safeagents_batch.jobs import frameworks as builtin
+from safeagents_batch.jobs.check import Checker, Key, as_is, as_tuple, is_dir
+from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
+from safeagents_batch.jobs.schema import format_key_path
+from safeagents_batch.jobs.yamlmarks import KeyPath
+
+
+def image_configs(
+    checker: Checker,
+    data: dict[str, Any],
+    used: set[str],
+    defined: set[str],
+    azure_users: frozenset[str] = frozenset(),
+) -> dict[str, ImageConfig]:
+    """The image of every framework defined under `frameworks:` or used by a sound job;
+    `azure_users` are those with a job that binds ~/.azure: their images get the Azure CLI."""
+    settings = checker.clean_part(data.get("frameworks"), ("frameworks",))
+    # A framework defined with a fault gets no image (the schema has reported the fault).
+    names = sorted((used - (defined - set(settings))) | set(settings))
+    image_name = str(data.get("image_name", DEFAULT_IMAGE_NAME))
+    configs = {
+        n: image_config(checker, n, settings.get(n, {}), image_name, n in azure_users)
+        for n in names
+    }
+    return {n: c for n, c in configs.items() if c is not None}
+
+
+def image_config(
+    checker: Checker, name: str, raw: dict[str, Any], image_name: str, azure_user: bool = False
+) -> ImageConfig | None:
+    path: KeyPath = ("frameworks", name)
+    packages = _packages(checker, path, raw.get("packages"))
+    if packages is None:
+        return None
+    values = {key.name: _value(checker, path, key, raw) for key in FRAMEWORK_KEYS}
+    # Decided here, not when the image is planned: equal configs share one image, so the
+    # CLI must be part of the config that every job of the framework gets.
+    if "azure_cli" not in raw:
+        values["azure_cli"] = azure_user
+    return ImageConfig(framework=name, packages=packages, image_name=image_name, **values)
+
+
+def _value(checker: Checker, path: KeyPath, key: Key[Checker], raw: dict[str, Any]) -> Any:
+    if key.name not in raw:
+        return key.default
+    return key.rule(checker, (*path, key.name), raw[key.name])
+
+
+def _packages(
+    checker: Checker, path: KeyPath, packages: list[str] | None
+) -> tuple[str, ...] | None:
+    """Replace a built-in framework's list; a framework that is not built in needs them."""
+    name = str(path[-1])
+    if packages is not None:
+        return tuple(packages)
+    if name in builtin.builtin_frameworks():
+        return builtin.framework_packages(name)
+    checker.add(path, f"'{name}' is not a built-in framework: list its pip `packages`", of_key=True)
+    return None
+
+
+def _requirements(checker: Checker, path: KeyPath, value: str) -> Path:
+    return checker.existing_file(value, path, "requirements file")
+
+
+def _constraints(checker: Checker, path: KeyPath, value: str) -> Path:
+    return checker.existing_file(value, path, "constraints file")
+
+
+def _source_dirs(checker: Checker, path: KeyPath, values: list[str]) -> tuple[Path, ...]:
+    sources = tuple(_source_dir(checker, (*path, i), d) for i, d in enumerate(values))
+    _check_source_names(checker, path, sources)
+    return sources
+
+
+def _source_dir(checker: Checker, path: KeyPath, value: str) -> Path:
+    # Normalized: the image gets it as src/<its name>, and '..' or '.' is not a name.
+    directory = Path(os.path.normpath(checker.base / value))
+    if not is_dir(directory):
+        checker.add(path, f"source directory not found: {directory}")
+    return directory
+
+
+def _check_source_names(checker: Checker, path: KeyPath, sources: tuple[Path, ...]) -> None:
+    """Each source dir is copied to src/<name>: two with one name would overwrite each other."""
+    seen: dict[str, int] = {}
+    for i, directory in enumerate(sources):
+        if not directory.name:
+            checker.add(
+                (*path, i),
+                f"source directory {str(directory)!r} has no name to copy into the image",
+            )
+        elif directory.name in seen:
+            checker.add(
+                (*path, i),
+                f"source directory name '{directory.name}' is used twice "
+                f"(first at {format_key_path((*path, seen[directory.name]))})",
+            )
+        else:
+            seen[directory.name] = i
+
+
+# Every key of a framework but `packages`, with its rule and its default (the ImageConfig
+# field's); `image_name` comes from the top level.
+FRAMEWORK_KEYS: tuple[Key[Checker], ...] = (
+    Key("python_version", as_is, DEFAULT_PYTHON_VERSION),
+    Key("base_image", as_is, ""),
+    Key("additional_packages", as_tuple, ()),
+    Key("requirements", _requirements, None),
+    Key("source_dirs", _source_dirs, ()),
+    Key("constraints", _constraints, None),
+    Key("azure_cli", as_is, False),  # when left out: whether a job binds ~/.azure
+)

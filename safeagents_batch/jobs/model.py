@@ -1,0 +1,109 @@
+"""The typed, validated records a jobs file turns into. Pure data: no I/O, no Docker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safeagents_batch.core.errors import Location
+
+DEFAULT_IMAGE_NAME = "safeagents-runtime"
+DEFAULT_PYTHON_VERSION = "3.11"
+DEFAULT_OUTPUT_DIR = "./logs"
+DEFAULT_WORKERS = 4
+DEFAULT_TIMEOUT = 3600
+DEFAULT_SECRET_PATTERNS = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*")
+DEFAULT_RETRY_ON = ("error",)
+DEFAULT_MEMORY = 4 * 1024**3
+DEFAULT_CPUS = 2.0
+DEFAULT_PIDS = 512
+# What one script directory may ship to a container, and what one attempt may leave behind.
+DEFAULT_CODE_LIMIT = 100 * 1024**2
+DEFAULT_ARTIFACT_LIMIT = 1024**3
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Everything that goes into one framework image; equal configs share one image."""
+
+    framework: str
+    packages: tuple[str, ...]
+    python_version: str = DEFAULT_PYTHON_VERSION
+    base_image: str = ""
+    additional_packages: tuple[str, ...] = ()
+    requirements: Path | None = None
+    source_dirs: tuple[Path, ...] = ()
+    image_name: str = DEFAULT_IMAGE_NAME
+    # The Azure CLI, in its own layer: set when a job binds ~/.azure, unless the file says.
+    azure_cli: bool = False
+    constraints: Path | None = None  # pip -c for every install: pins the whole tree
+
+    @property
+    def effective_base_image(self) -> str:
+        return self.base_image or f"python:{self.python_version}-slim"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Container limits; None means no limit."""
+
+    memory: int | None = DEFAULT_MEMORY
+    cpus: float | None = DEFAULT_CPUS
+    pids: int | None = DEFAULT_PIDS
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """Container hardening switches; all on by default, each can be relaxed per job."""
+
+    non_root: bool = True
+    no_new_privileges: bool = True
+    drop_capabilities: bool = True
+    init: bool = True
+
+
+@dataclass(frozen=True)
+class Job:
+    """One entry of `jobs:`, with defaults merged and paths resolved."""
+
+    name: str
+    framework: str
+    scripts: tuple[Path, ...]
+    location: Location
+    index: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    env_passthrough: tuple[str, ...] = ()
+    env_file: Path | None = None
+    timeout: int = DEFAULT_TIMEOUT
+    bind_azure_folder: bool = False
+    azure_mount: str = "ro"
+    matrix: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    repeat: int = 1
+    retries: int = 0
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    resources: Resources = Resources()
+    network: str = "bridge"
+    read_only_rootfs: bool = False
+    hardening: Hardening = Hardening()
+    max_code_size: int = DEFAULT_CODE_LIMIT
+    max_artifacts_size: int = DEFAULT_ARTIFACT_LIMIT
+    max_parallel: int | None = None  # at most this many of the job's runs at once
+    pool: str | None = None  # a limit shared with other jobs (`pools:`)
+
+
+@dataclass(frozen=True)
+class JobsFile:
+    """A whole validated jobs file."""
+
+    path: Path
+    label: str
+    text: str
+    sha256: str
+    name: str
+    output_dir: Path
+    workers: int
+    secret_patterns: tuple[str, ...]
+    frameworks: dict[str, ImageConfig]
+    jobs: tuple[Job, ...]
+    warnings: tuple[str, ...] = ()
+    pools: dict[str, int] = field(default_factory=dict)  # name -> runs at once, shared

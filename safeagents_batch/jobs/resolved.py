@@ -1,0 +1,87 @@
+"""The jobs file as resolved (defaults merged, globs expanded, paths absolute), written into the
+batch dir. It is itself a valid jobs file: `rerun` loads it and gets the same run ids."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import yaml
+
+from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, ImageConfig, Job, JobsFile
+
+HEADER = (
+    "# Resolved by safeagents-batch from {source} (sha256 {sha}).\n"
+    "# Defaults are merged, globs expanded and paths absolute; `rerun` reads this file.\n"
+)
+
+
+def resolved_yaml(jobs_file: JobsFile) -> str:
+    header = HEADER.format(source=jobs_file.path, sha=jobs_file.sha256)
+    return header + yaml.safe_dump(
+        resolved_document(jobs_file), sort_keys=False, allow_unicode=True, width=100
+    )
+
+
+def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:
+    images = list(jobs_file.frameworks.values())
+    return {
+        "version": 1,
+        "name": jobs_file.name,
+        "output_dir": str(jobs_file.output_dir),
+        "workers": jobs_file.workers,
+        "image_name": images[0].image_name if images else DEFAULT_IMAGE_NAME,
+        "secret_patterns": list(jobs_file.secret_patterns),
+        **({"pools": dict(jobs_file.pools)} if jobs_file.pools else {}),
+        "frameworks": {name: _image(config) for name, config in jobs_file.frameworks.items()},
+        "jobs": [_job(job) for job in jobs_file.jobs],
+    }
+
+
+def _image(config: ImageConfig) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "packages": list(config.packages),
+        "python_version": config.python_version,
+        "additional_packages": list(config.additional_packages),
+        "source_dirs": [str(d) for d in config.source_dirs],
+    }
+    if config.base_image:
+        data["base_image"] = config.base_image
+    if config.requirements is not None:
+        data["requirements"] = str(config.requirements)
+    if config.constraints is not None:
+        data["constraints"] = str(config.constraints)
+    # Always stated: left out, it would follow the jobs, which `rerun --only` may not hold.
+    data["azure_cli"] = config.azure_cli
+    return data
+
+
+def _job(job: Job) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": job.name,
+        "framework": job.framework,
+        "scripts": [str(s) for s in job.scripts],
+        "env": dict(job.env),
+        "env_passthrough": list(job.env_passthrough),
+        "timeout": job.timeout,
+        "bind_azure_folder": job.bind_azure_folder,
+        "azure_mount": job.azure_mount,
+        "repeat": job.repeat,
+        "retries": job.retries,
+        "retry_on": list(job.retry_on),
+        "resources": asdict(job.resources),
+        "network": job.network,
+        "read_only_rootfs": job.read_only_rootfs,
+        "hardening": asdict(job.hardening),
+        "max_code_size": job.max_code_size,
+        "max_artifacts_size": job.max_artifacts_size,
+    }
+    if job.matrix:
+        data["matrix"] = {name: list(values) for name, values in job.matrix}
+    if job.env_file is not None:
+        data["env_file"] = str(job.env_file)
+    if job.max_parallel is not None:
+        data["max_parallel"] = job.max_parallel
+    if job.pool is not None:
+        data["pool"] = job.pool
+    return data

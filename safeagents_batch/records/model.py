@@ -1,0 +1,200 @@
+"""The batch's typed records: statuses, attempts and their outcomes, runs, images. Pure data, no
+I/O: msgspec Structs, declared once, built by keyword, encoded as they are and decoded
+strictly (a wrong type anywhere is an error naming its place, never a KeyError later).
+
+A run's latest state (status, error, times, log dir) is derived from its attempts and written
+beside them for readers of manifest.json; it is computed whenever a record is made or decoded,
+so what a file says there can never disagree with its attempts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from msgspec import Struct, structs
+
+from safeagents_batch.core.clock import seconds_between
+
+Status = Literal["pending", "running", "succeeded", "failed", "timed_out", "error", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+FINISHED: frozenset[Status] = frozenset({"succeeded", "failed", "timed_out", "error", "cancelled"})
+ImageStatus = Literal["pending", "built", "cached", "failed"]
+
+
+def recorded_path(path: Path, batch_dir: Path) -> str:
+    """How a record names `path`: relative to the batch dir, POSIX, when it lies inside it,
+    so that a moved, copied or zipped batch dir keeps records that are true; else absolute.
+    Lexical on purpose: the tool builds the paths it records from this same `batch_dir`."""
+    absolute = path.absolute()
+    try:
+        return absolute.relative_to(batch_dir.absolute()).as_posix()
+    except ValueError:
+        return str(absolute)  # outside the batch dir: it does not move with it
+
+
+def located(recorded: str, batch_dir: Path, recorded_batch_dir: str) -> Path:
+    """Where a recorded path is now that the batch dir is at `batch_dir`. A relative one is
+    under it. An absolute one under `recorded_batch_dir` (where the batch was created: what
+    manifest version 1 recorded) is mapped to the same place under `batch_dir`, so a batch
+    dir written before paths were relative still works after a move; others are as recorded."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return batch_dir / path
+    try:
+        return batch_dir / path.relative_to(recorded_batch_dir)
+    except ValueError:
+        return path
+
+
+class AttemptOutcome(Struct, frozen=True, kw_only=True):
+    """How one attempt ended, as its backend says. `engine_lost`: the engine stopped answering
+    during the attempt (the pool pauses until it is back). `node`: where a remote backend ran
+    it (Ray: node id, host name, engine); None on a local engine."""
+
+    status: Status
+    started_at: str
+    ended_at: str
+    exit_code: int | None = None
+    error: str | None = None
+    engine_lost: bool = False
+    node: dict[str, str] | None = None
+    duration_seconds: float | None = None  # derived from the two times
+
+    def __post_init__(self) -> None:
+        structs.force_setattr(
+            self, "duration_seconds", seconds_between(self.started_at, self.ended_at)
+        )
+
+
+class Attempt(Struct, frozen=True, kw_only=True):
+    """One container run of a run: the one record of it, from `running` (no outcome yet) to
+    its end (the backend's outcome, embedded)."""
+
+    number: int
+    log_dir: str  # as `recorded_path` names it; `located` finds it (old records: absolute)
+    started_at: str  # when it was recorded running
+    code_digest: str | None = None
+    outcome: AttemptOutcome | None = None
+    # Artifacts the script left that were not kept (links, FIFOs, devices, over the cap).
+    dropped_artifacts: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> Status:
+        return self.outcome.status if self.outcome is not None else "running"
+
+    @property
+    def error(self) -> str | None:
+        return self.outcome.error if self.outcome is not None else None
+
+    @property
+    def ended_at(self) -> str | None:
+        return self.outcome.ended_at if self.outcome is not None else None
+
+    def finished(self, outcome: AttemptOutcome, dropped: tuple[str, ...] = ()) -> Attempt:
+        return structs.replace(self, outcome=outcome, dropped_artifacts=dropped)
+
+    def closed_as_error(self, reason: str, ended: str) -> Attempt:
+        """This attempt, left `running` by an internal failure or a crash, closed as `error`."""
+        closed = AttemptOutcome(
+            status="error", started_at=self.started_at, ended_at=ended, error=reason
+        )
+        return self.finished(closed, self.dropped_artifacts)
+
+
+class Unstarted(Struct, frozen=True, kw_only=True):
+    """Why the latest turn of a run ended without starting an attempt (cancelled, no image)."""
+
+    status: Status
+    reason: str
+
+
+class RunRecord(Struct, frozen=True, kw_only=True):
+    """One run of the batch: what it runs, with its matrix values, and its attempts. Its
+    status, error, times and exit code are those of the latest attempt's outcome, unless its
+    latest turn started none (`unstarted`)."""
+
+    run_id: str
+    job: str
+    framework: str
+    script: str
+    script_sha256: str
+    image: str
+    env: dict[str, str]  # names -> values as written down (secret ones redacted)
+    timeout: int
+    # The matrix values of this run (variable -> value, in the jobs file's order); None in a
+    # record of a tool that did not write them (manifest version 1 or 2).
+    matrix: dict[str, str] | None = None
+    attempts: tuple[Attempt, ...] = ()
+    unstarted: Unstarted | None = None
+    # Derived: the latest state, flat (see the module docstring).
+    status: Status = "pending"
+    error: str | None = None
+    exit_code: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_seconds: float | None = None
+    log_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        latest = self.attempts[-1] if self.attempts else None
+        shown = None if self.unstarted is not None else latest
+        outcome = shown.outcome if shown is not None else None
+        error: str | None = None
+        if self.unstarted is not None:
+            error = self.unstarted.reason
+        elif latest is not None:
+            error = latest.error
+        derived = {
+            "status": self._status(latest),
+            "error": error,
+            "exit_code": outcome.exit_code if outcome else None,
+            "started_at": outcome.started_at if outcome else shown.started_at if shown else None,
+            "ended_at": outcome.ended_at if outcome else None,
+            "duration_seconds": outcome.duration_seconds if outcome else None,
+            "log_dir": latest.log_dir if latest is not None else None,
+        }
+        for name, value in derived.items():
+            structs.force_setattr(self, name, value)
+
+    def _status(self, latest: Attempt | None) -> Status:
+        if self.unstarted is not None:
+            return self.unstarted.status
+        return latest.status if latest is not None else "pending"
+
+    @property
+    def latest(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def with_attempt(self, attempt: Attempt) -> RunRecord:
+        """This record with `attempt` added, or replacing the one of the same number."""
+        others = tuple(a for a in self.attempts if a.number != attempt.number)
+        return structs.replace(self, attempts=(*others, attempt), unstarted=None)
+
+    def not_started(self, status: Status, reason: str) -> RunRecord:
+        return structs.replace(self, unstarted=Unstarted(status=status, reason=reason))
+
+
+class ImageRecord(Struct, frozen=True, kw_only=True):
+    """One image of the batch: found or built where runs go (or failed), and what it holds."""
+
+    tag: str
+    framework: str
+    status: ImageStatus
+    build_seconds: float | None = None
+    build_log: str | None = None  # as `recorded_path` names it, like an attempt's log_dir
+    error: str | None = None
+    # What the image holds (`pip freeze --all`): its Python's packages, the Azure CLI venv's.
+    packages: tuple[str, ...] = ()
+    azure_cli_packages: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def recorded(self, batch_dir: Path) -> ImageRecord:
+        """This record as the batch at `batch_dir` keeps it: its build log named relative to
+        the batch dir when it lies inside (a backend names it by its absolute path)."""
+        if self.build_log is None:
+            return self
+        return structs.replace(self, build_log=recorded_path(Path(self.build_log), batch_dir))

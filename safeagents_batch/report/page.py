@@ -1,0 +1,304 @@
+"""The batch report: one self-contained HTML file, results.csv and results.jsonl.
+
+Pure apart from reading the batch dir: the manifest (through `load_manifest`, its runs with
+their matrix values), each latest attempt's result.json, stderr tail and file names.
+The page is rendered by Jinja2 with autoescape; the run table is a JSON blob that the page's
+own script renders page by page with textContent, so script output never becomes markup.
+Every link is relative to the report file, so a moved, zipped or committed batch dir works.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+
+from safeagents_batch.core.errors import UsageError
+from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
+from safeagents_batch.records.manifest import Manifest, load_manifest
+from safeagents_batch.records.model import STATUSES, RunRecord, located
+from safeagents_batch.report.compare import Comparison, compare_rows
+from safeagents_batch.report.matrix import job_matrices
+from safeagents_batch.report.results import ResultRow, read_result, write_results
+
+REPORT_FORMAT = 1
+TAIL_LINES = 20
+TAIL_BYTES = 2048
+MAX_ARTIFACTS_LISTED = 50  # per run: a script that leaves 10,000 files gets a count instead
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch as the report reads it: the manifest, where it really is now, and per run its
+    matrix values (variable -> value, in the jobs file's order)."""
+
+    manifest: Manifest
+    batch_dir: Path
+    matrix: dict[str, dict[str, str]]
+
+    @property
+    def layout(self) -> BatchLayout:
+        return BatchLayout(self.batch_dir)
+
+    def local(self, recorded: str | None) -> Path | None:
+        """A path the manifest recorded, where it is now: the batch dir may have moved."""
+        if recorded is None:
+            return None
+        return located(recorded, self.batch_dir, self.manifest.batch_dir)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    csv: Path
+    jsonl: Path
+    comparison: Comparison | None = None
+
+
+def open_batch(batch_dir: Path) -> BatchView:
+    if not batch_dir.is_dir():
+        raise UsageError(f"{batch_dir}: no such batch directory")
+    manifest = load_manifest(batch_dir)
+    return BatchView(manifest, batch_dir.absolute(), matrix_of_runs(manifest))
+
+
+def matrix_of_runs(manifest: Manifest) -> dict[str, dict[str, str]]:
+    """Each run's matrix values, as its record has them since they were recorded (manifest
+    version 3); for older records, guessed from the env values that differ between a job's
+    runs."""
+    guessed = matrix_from_env([r for r in manifest.runs.values() if r.matrix is None])
+    return {
+        run_id: record.matrix if record.matrix is not None else guessed.get(run_id, {})
+        for run_id, record in manifest.runs.items()
+    }
+
+
+def matrix_from_env(records: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
+    """The fallback: per job, the env names whose values differ between its runs."""
+    by_job: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_job.setdefault(record.job, []).append(record)
+    matrix: dict[str, dict[str, str]] = {}
+    for runs in by_job.values():
+        names = [n for n in runs[0].env if len({r.env.get(n) for r in runs}) > 1]
+        for record in runs:
+            matrix[record.run_id] = {n: record.env.get(n, "") for n in names}
+    return matrix
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def result_rows(view: BatchView) -> list[ResultRow]:
+    return [_result_row(view, record) for record in view.manifest.runs.values()]
+
+
+def _result_row(view: BatchView, record: RunRecord) -> ResultRow:
+    latest = record.latest
+    return ResultRow(
+        fixed={
+            "run_id": record.run_id,
+            "job": record.job,
+            "framework": record.framework,
+            "status": record.status,
+            "attempt": latest.number if latest is not None else None,
+            "exit_code": record.exit_code,
+            "duration_seconds": record.duration_seconds,
+        },
+        matrix=view.matrix.get(record.run_id, {}),
+        result=read_result(view.local(record.log_dir)),
+    )
+
+
+# -- files of an attempt ------------------------------------------------------------------
+
+
+def stderr_tail(attempt_dir: Path | None) -> str | None:
+    """The last TAIL_LINES lines of stderr.log, at most TAIL_BYTES; None if there is none."""
+    if attempt_dir is None:
+        return None
+    try:
+        with (attempt_dir / STDERR_LOG).open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            raw = handle.read(TAIL_BYTES)
+    except OSError:
+        return None
+    lines = raw.decode("utf-8", "replace").splitlines()
+    if size > TAIL_BYTES and lines:
+        lines = lines[1:]  # the first one is cut
+    return "\n".join(lines[-TAIL_LINES:]) or None
+
+
+def artifact_names(attempt_dir: Path | None) -> tuple[list[str], int]:
+    """Files the script left (not the logs), relative to the attempt dir, sorted; and how many
+    there are in all. Links are not followed: the sink keeps none, a later hand might."""
+    if attempt_dir is None or not attempt_dir.is_dir():
+        return [], 0
+    names = sorted(_files_under(attempt_dir))
+    names = [n for n in names if n not in RESERVED_NAMES]
+    return names[:MAX_ARTIFACTS_LISTED], len(names)
+
+
+def _files_under(top: Path) -> Iterator[str]:
+    for directory, _, files in os.walk(top):
+        for name in files:
+            yield Path(directory, name).relative_to(top).as_posix()
+
+
+def href(path: Path, report_dir: Path) -> str:
+    """A relative URL from the report's directory to `path`, each segment percent-encoded."""
+    relative = Path(os.path.relpath(path, report_dir)).as_posix()
+    return "/".join(quote(part) for part in relative.split("/"))
+
+
+# -- the page -----------------------------------------------------------------------------
+
+
+def page_data(view: BatchView, rows: Sequence[ResultRow], report_dir: Path) -> dict[str, Any]:
+    """What the page's script renders: one compact entry per run, columns named once."""
+    columns = list(dict.fromkeys(name for row in rows for name in row.matrix))
+    return {
+        "format": REPORT_FORMAT,
+        "statuses": list(STATUSES),
+        "matrix": columns,
+        "runs": [
+            _run_entry(view, record, row, columns, report_dir)
+            for record, row in zip(view.manifest.runs.values(), rows, strict=True)
+        ],
+    }
+
+
+def _run_entry(
+    view: BatchView, record: RunRecord, row: ResultRow, columns: list[str], report_dir: Path
+) -> dict[str, Any]:
+    attempt_dir = view.local(record.log_dir)
+    artifacts, artifact_count = artifact_names(attempt_dir)
+    unsuccessful = record.status != "succeeded"
+    return {
+        "id": record.run_id,
+        "job": record.job,
+        "fw": record.framework,
+        "st": record.status,
+        "att": len(record.attempts),
+        "dur": record.duration_seconds,
+        "exit": record.exit_code,
+        "err": record.error,
+        "m": [row.matrix.get(c, "") for c in columns],
+        "dir": href(attempt_dir, report_dir) if attempt_dir and attempt_dir.is_dir() else None,
+        "art": artifacts,
+        "nart": artifact_count,
+        "tail": stderr_tail(attempt_dir) if unsuccessful else None,
+        "note": row.result.note,
+    }
+
+
+_TEMPLATE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _compiled_template() -> jinja2.Template:
+    return _environment().get_template("report.html.j2")
+
+
+def _template() -> jinja2.Template:
+    """Compiled once per process (tens of ms): `warm_up` does it while a batch runs, and the
+    end of the batch waits for that compilation rather than doing it a second time."""
+    with _TEMPLATE_LOCK:
+        return _compiled_template()
+
+
+def warm_up() -> None:
+    """Does the report's one-off work ahead of time, so the report a batch writes when it
+    ends costs only its rendering."""
+    _template()
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("safeagents_batch.report", "templates"),
+        autoescape=True,  # every value is text unless marked otherwise; ours only are
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _asset(name: str) -> Markup:
+    """Our own CSS and JS, inlined: the page fetches nothing."""
+    text = resources.files("safeagents_batch.report").joinpath("templates", name).read_text("utf-8")
+    return Markup(text)  # a file of the package, not data: the one unescaped text
+
+
+def render(
+    view: BatchView,
+    rows: Sequence[ResultRow],
+    report_path: Path,
+    comparison: Comparison | None = None,
+) -> str:
+    report_dir = report_path.absolute().parent
+    manifest = view.manifest
+    return _template().render(
+        m=manifest,
+        git=manifest.jobs_file.git,
+        summary=manifest.summary(),
+        statuses=STATUSES,
+        images=[_image_entry(view, i.tag, report_dir) for i in manifest.images.values()],
+        matrices=job_matrices(rows),
+        comparison=comparison,
+        data=page_data(view, rows, report_dir),
+        css=_asset("report.css"),
+        js=_asset("report.js"),
+        links={
+            "manifest": href(view.layout.manifest, report_dir),
+            "csv": href(view.layout.results_csv, report_dir),
+            "jsonl": href(view.layout.results_jsonl, report_dir),
+        },
+        fmt_cell=format_number,
+    )
+
+
+def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
+    image = view.manifest.images[tag]
+    log = view.local(image.build_log)
+    return {
+        "record": image,
+        "log": href(log, report_dir) if log is not None and log.is_file() else None,
+    }
+
+
+def format_number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def write_report(
+    batch_dir: Path, output: Path | None = None, compare_with: Path | None = None
+) -> ReportFiles:
+    """report.html (or `output`), results.csv and results.jsonl for the batch at `batch_dir`;
+    with `compare_with`, the report compares the batch against that earlier one."""
+    view = open_batch(batch_dir)
+    rows = result_rows(view)
+    comparison = None
+    if compare_with is not None:
+        other = open_batch(compare_with)
+        comparison = compare_rows(other.manifest.batch_id, result_rows(other), rows)
+    csv_path, jsonl_path = write_results(rows, view.batch_dir)
+    html_path = (output or view.layout.report).absolute()
+    html = render(view, rows, html_path, comparison)
+    _write_text(html_path, html)
+    return ReportFiles(html_path, csv_path, jsonl_path, comparison)
+
+
+def _write_text(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)  # a browser reloading it meanwhile sees the old or the new page

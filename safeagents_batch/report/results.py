@@ -1,0 +1,165 @@
+"""Results: what scripts wrote to /safeagents/logs/result.json, one flat row per run.
+
+result.json is the script's output, so untrusted: read with a size cap, nested objects
+flattened as `a.b`, lists and non-finite numbers left out, and anything malformed a note in
+the row, never an exception. Rows go to results.csv and results.jsonl beside the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from safeagents_batch.records.layout import RESULT, BatchLayout
+
+MAX_RESULT_BYTES = 1024**2  # a result is a few numbers and labels; more is not a result
+Scalar = str | int | float | bool | None
+FIXED_COLUMNS = (
+    "run_id",
+    "job",
+    "framework",
+    "status",
+    "attempt",
+    "exit_code",
+    "duration_seconds",
+)
+NOTE_COLUMN = "result_note"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """The flattened scalar fields of one result.json, or why there are none (`note`)."""
+
+    fields: dict[str, Scalar] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One run's row: the fixed columns, its matrix values, its result fields."""
+
+    fixed: dict[str, Scalar]
+    matrix: dict[str, str]
+    result: ResultFile
+
+
+def read_result(attempt_dir: Path | None) -> ResultFile:
+    """The result.json the latest attempt left; no file is no fields and no note."""
+    if attempt_dir is None:
+        return ResultFile()
+    path = attempt_dir / RESULT
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RESULT_BYTES + 1)
+    except FileNotFoundError:
+        return ResultFile()
+    except OSError as exc:
+        return ResultFile(note=f"{RESULT}: unreadable: {exc.strerror or exc}")
+    if len(raw) > MAX_RESULT_BYTES:
+        return ResultFile(note=f"{RESULT}: larger than {MAX_RESULT_BYTES} bytes, not read")
+    return parse_result(raw)
+
+
+def parse_result(raw: bytes) -> ResultFile:
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return ResultFile(note=f"{RESULT}: not valid JSON: {exc}")
+    except RecursionError:
+        return ResultFile(note=f"{RESULT}: nested too deeply")
+    if not isinstance(data, dict):
+        return ResultFile(note=f"{RESULT}: not a JSON object but {type(data).__name__}")
+    return ResultFile(fields=flatten(data))
+
+
+def _no_constant(name: str) -> float:
+    # NaN and Infinity are not JSON; passed on, they would break every reader after us.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+    """Scalars of a JSON object, nested objects as `a.b`; lists are not scalars and are left out."""
+    flat: dict[str, Scalar] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, float) and not math.isfinite(value):
+            continue  # 1e999 parses as infinity: not a number any reader after us accepts
+        elif value is None or isinstance(value, str | bool | int | float):
+            flat[name] = value
+    return flat
+
+
+def is_number(value: Scalar) -> TypeGuard[int | float]:
+    """Numbers and booleans (a mean of `refused` is a refusal rate); never NaN or infinity."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def mean_of(values: Iterable[Scalar]) -> float | None:
+    numbers = [float(v) for v in values if is_number(v)]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def result_columns(rows: Sequence[ResultRow]) -> list[str]:
+    """Every result field of any row, in first-seen order."""
+    return list(dict.fromkeys(name for row in rows for name in row.result.fields))
+
+
+def matrix_columns(rows: Sequence[ResultRow]) -> list[str]:
+    return list(dict.fromkeys(name for row in rows for name in row.matrix))
+
+
+def header(rows: Sequence[ResultRow]) -> list[str]:
+    """Fixed columns, matrix variables, result fields; a result field whose name is taken
+    gets a `result.` prefix so that a script cannot overwrite the run's own status."""
+    taken = {*FIXED_COLUMNS, *matrix_columns(rows), NOTE_COLUMN}
+    return [
+        *FIXED_COLUMNS,
+        *matrix_columns(rows),
+        *(_result_key(n, taken) for n in result_columns(rows)),
+        NOTE_COLUMN,
+    ]
+
+
+def _result_key(name: str, taken: set[str]) -> str:
+    return f"result.{name}" if name in taken else name
+
+
+def as_dict(row: ResultRow, columns: Sequence[str]) -> dict[str, Scalar]:
+    """The row under every column of `columns` (None where it has no value)."""
+    taken = {*FIXED_COLUMNS, *row.matrix, NOTE_COLUMN}
+    values: dict[str, Scalar] = {**row.fixed, **row.matrix}
+    for name, value in row.result.fields.items():
+        values[_result_key(name, taken)] = value
+    values[NOTE_COLUMN] = row.result.note
+    return {c: values.get(c) for c in columns}
+
+
+def write_results(rows: Sequence[ResultRow], batch_dir: Path) -> tuple[Path, Path]:
+    """results.csv and results.jsonl in `batch_dir`, one row per run, the same columns."""
+    columns = header(rows)
+    layout = BatchLayout(batch_dir)
+    csv_path, jsonl_path = layout.results_csv, layout.results_jsonl
+    with csv_path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(_csv_cell(v) for v in as_dict(row, columns).values())
+    with jsonl_path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(as_dict(row, columns), ensure_ascii=False) + "\n")
+    return csv_path, jsonl_path
+
+
+def _csv_cell(value: Scalar) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as in the JSON the script wrote
+    return str(value)
