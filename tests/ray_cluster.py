@@ -37,6 +37,8 @@ import pytest
 from engine_cli import SessionImage, session_image
 from private_engine import PrivateEngine, require_host_bridge
 
+from safeagents_batch.backends.ray.auth import reread_ray_config, use_token_mode
+
 VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
 START_TIMEOUT = 120.0  # an upper bound for a hung start, not a timing assertion
@@ -125,6 +127,9 @@ class LocalRayCluster:
     private_engine: PrivateEngine
     hidden: list[Path]
     port: int = field(default_factory=free_port)
+    # Token authentication, as a cluster should run: every node and driver has the token.
+    # None: an open cluster, as Ray starts one by default (the tests that it is refused).
+    token: str | None = field(default_factory=lambda: secrets.token_hex(16))
     nodes: dict[str, RayNode] = field(default_factory=dict)
 
     @property
@@ -138,8 +143,13 @@ class LocalRayCluster:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "RAY_"))}
         env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}")
-        env.update(RAY_USAGE_STATS_ENABLED="0", **extra)
+        env.update(RAY_USAGE_STATS_ENABLED="0", **self.auth_env(), **extra)
         return env
+
+    def auth_env(self) -> dict[str, str]:
+        if self.token is None:
+            return {}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def _common_args(self) -> list[str]:
         return [
@@ -297,6 +307,25 @@ def driver_runtime_env() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def open_ray_head() -> Iterator[LocalRayCluster]:
+    """A head alone that asks for no token (Ray's default), no driver connected to it."""
+    root = Path("/tmp") / f"sab-ray-open-{secrets.token_hex(3)}"
+    root.mkdir(mode=0o755)
+    cluster = LocalRayCluster(root, PrivateEngine(), hidden=[], token=None)
+    try:
+        head = cluster.start_head()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_open(cluster.port):
+            if not head.alive or time.monotonic() >= deadline:
+                raise AssertionError(f"the head did not start:\n{cluster.log_tail('head')}")
+            time.sleep(POLL)
+        yield cluster
+    finally:
+        cluster.close()
+    assert processes_naming(root) == [], processes_naming(root)
+
+
+@contextlib.contextmanager
 def local_ray_cluster(hidden: list[Path]) -> Iterator[LocalRayCluster]:
     import ray
 
@@ -305,6 +334,10 @@ def local_ray_cluster(hidden: list[Path]) -> Iterator[LocalRayCluster]:
     root.mkdir(mode=0o755)
     engine = PrivateEngine()
     cluster = LocalRayCluster(root, engine, hidden)
+    # This process and the CLI processes the tests start are drivers: they hold the token.
+    before = {name: os.environ.get(name) for name in cluster.auth_env()}
+    os.environ.update(cluster.auth_env())
+    use_token_mode()
     try:
         engine.start()
         cluster.start_head()
@@ -321,6 +354,12 @@ def local_ray_cluster(hidden: list[Path]) -> Iterator[LocalRayCluster]:
             ray.shutdown()
         cluster.close()
         engine.close()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reread_ray_config()
         require_host_bridge("after the Ray cluster stopped")
     # Nothing of it is left: no process names its root (the isolated node's mount namespace
     # lived only as long as its processes), and the root itself is gone.

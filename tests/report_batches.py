@@ -15,10 +15,10 @@ from safeagents_batch.execution.batch import run_batch
 from safeagents_batch.execution.reporting import CollectingReporter
 from safeagents_batch.jobs.load import load_and_expand
 from safeagents_batch.jobs.plan import RunSpec
-from safeagents_batch.records.files import write_atomically
 from safeagents_batch.records.layout import MANIFEST as MANIFEST_NAME
 from safeagents_batch.records.manifest import JobsFileRecord, Manifest, encode
 from safeagents_batch.records.model import ImageRecord, RunRecord, recorded_path
+from safeagents_batch.records.safedir import SafeDir
 
 HOSTILE_LINE = "<img src=x onerror=alert(1)>"
 SCRIPT_LINE = "<script>alert('stderr')</script>"
@@ -116,5 +116,6 @@ def big_manifest(batch_dir: Path, runs: int, failing_every: int = 20) -> Manifes
         finished_at="2026-01-01T00:10:00+00:00",
         state="finished",
     )
-    write_atomically(batch_dir / MANIFEST_NAME, encode(manifest, indent=False))
+    with SafeDir(batch_dir) as safe:
+        safe.write(MANIFEST_NAME, encode(manifest, indent=False))
     return manifest

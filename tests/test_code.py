@@ -353,13 +353,44 @@ def test_a_snapshot_already_in_place_is_reused_and_the_new_copy_discarded(
     write(tmp_path / "src", "main.py")
     digest = code_digest(code_files(tmp_path / "src"))
     store = tmp_path / "store"
-    write(store, f"{digest}/main.py")
-    marker = write(store, f"{digest}/placed-first")
+    placed = write(store, f"{digest}/main.py")
+    first = placed.stat().st_ino
 
     staged = stage_code(tmp_path / "src", store)
 
-    assert staged.path == store / digest and marker.exists()
+    assert staged.path == store / digest and (store / digest / "main.py").stat().st_ino == first
     assert os.listdir(store) == [digest]
+
+
+@pytest.mark.parametrize("planted", ["an extra file", "changed content", "a link"])
+def test_what_stands_at_a_snapshots_name_and_is_not_it_is_moved_aside(
+    tmp_path: Path, planted: str
+) -> None:
+    """A batch dir received from someone: its code/<digest> may hold other code, or be a link
+    to a directory of the host (which a container would then mount)."""
+    write(tmp_path / "src", "main.py", "print('mine')\n")
+    digest = code_digest(code_files(tmp_path / "src"))
+    store = tmp_path / "store"
+    elsewhere = tmp_path / "host-dir"
+    write(elsewhere, "secret.txt")
+    if planted == "a link":
+        store.mkdir()
+        (store / digest).symlink_to(elsewhere)
+    else:
+        write(
+            store,
+            f"{digest}/main.py",
+            "print('mine')\n" if planted != "changed content" else "print('theirs')\n",
+        )
+        if planted == "an extra file":
+            write(store, f"{digest}/extra.py")
+
+    staged = stage_code(tmp_path / "src", store)
+
+    assert staged.path == store / digest and not (store / digest).is_symlink()
+    assert sorted(os.listdir(store / digest)) == ["main.py"]
+    assert (store / digest / "main.py").read_text() == "print('mine')\n"
+    assert (elsewhere / "secret.txt").exists() and os.listdir(elsewhere) == ["secret.txt"]
 
 
 def test_concurrent_stages_of_one_directory_share_one_snapshot(tmp_path: Path) -> None:

@@ -215,8 +215,8 @@ def test_env_number_value_says_quote_it(project: Project) -> None:
               RETRIES: 3
     """)
     assert one_error(path) == (
-        f"{LABEL}:7:16: jobs[0].env.RETRIES: 3 is not of type 'string'; "
-        "quote it to make it a string"
+        f"{LABEL}:7:16: jobs[0].env.RETRIES: a number is not a string; "
+        "quote it to make it a string (value not shown)"
     )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from safeagents_batch.records.model import located, recorded_path
+from safeagents_batch.records.model import recorded_path
+from safeagents_batch.records.safedir import UnsafePath, inside
 
 CREATED = Path("/data/logs/b-1")  # where the batch was created
 NOW = Path("/elsewhere/renamed")  # where it is now
@@ -38,19 +39,28 @@ def test_a_relative_path_is_recorded_as_the_absolute_path_it_names(
 
 
 @pytest.mark.parametrize(
-    ("recorded", "now"),
+    ("recorded", "relative"),
     [
-        ("runs/r1/attempt-2", NOW / "runs" / "r1" / "attempt-2"),  # version 2
-        (str(CREATED / "runs" / "r1" / "attempt-1"), NOW / "runs" / "r1" / "attempt-1"),  # 1
-        ("/data/builds/t.log", Path("/data/builds/t.log")),  # outside: as recorded
-        ("/data/logs/b-10/x", Path("/data/logs/b-10/x")),  # a sibling is not inside
+        ("runs/r1/attempt-2", "runs/r1/attempt-2"),  # versions 2 and 3
+        (str(CREATED / "runs" / "r1" / "attempt-1"), "runs/r1/attempt-1"),  # version 1
+        ("./runs//r1/", "runs/r1"),
     ],
 )
-def test_a_recorded_path_is_found_where_the_batch_dir_is_now(recorded: str, now: Path) -> None:
-    assert located(recorded, NOW, str(CREATED)) == now
+def test_a_recorded_path_is_found_below_the_batch_dir_wherever_it_is(
+    recorded: str, relative: str
+) -> None:
+    assert inside(recorded, str(CREATED)) == relative
 
 
-def test_what_is_recorded_is_located_again_after_a_move() -> None:
-    for path in (CREATED / "runs" / "r" / "attempt-1", Path("/data/builds/t.log")):
-        moved = NOW / path.relative_to(CREATED) if path.is_relative_to(CREATED) else path
-        assert located(recorded_path(path, CREATED), NOW, str(CREATED)) == moved
+@pytest.mark.parametrize(
+    "recorded",
+    ["/", "/data/builds/t.log", "/data/logs/b-10/x", "../b-2/runs", "runs/../../x", ".", "a\0b"],
+)
+def test_a_recorded_path_that_leaves_the_batch_dir_is_refused(recorded: str) -> None:
+    with pytest.raises(UnsafePath):
+        inside(recorded.replace("\\0", "\0"), str(CREATED))
+
+
+def test_what_is_recorded_is_found_again_after_a_move() -> None:
+    path = CREATED / "runs" / "r" / "attempt-1"
+    assert (NOW / inside(recorded_path(path, CREATED), str(CREATED))) == NOW / "runs/r/attempt-1"

@@ -35,6 +35,7 @@ from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAIL
 from safeagents_batch.execution.batch import BatchOutcome
 from safeagents_batch.jobs.plan import RunSpec
 from safeagents_batch.records.manifest import load_manifest
+from safeagents_batch.records.safedir import SafeDir
 from safeagents_batch.records.store import ManifestStore
 from safeagents_batch.report.page import (
     TAIL_BYTES,
@@ -198,7 +199,7 @@ def test_script_output_and_run_ids_are_text_never_markup(project: Project, tmp_p
     manifest.runs[hostile] = records.run(hostile, attempt, job="</table><b>job")
     manifest.batch_id = "b-<i>x</i>"
     # Straight to render: the manifest's schema would refuse these names on load.
-    view = BatchView(manifest, batch, {hostile: {"V": "<u>v</u>"}})
+    view = BatchView(manifest, batch, {hostile: {"V": "<u>v</u>"}}, SafeDir(batch))
     text = render(view, result_rows(view), batch / "report.html")
     links = parsed_text(text)
     assert links.tags.count("script") == 2  # the data blob and our own script, nothing else
@@ -235,7 +236,8 @@ def test_stderr_tails_only_for_runs_that_did_not_succeed_and_capped(
     lines = tail.splitlines()
     assert len(lines) <= TAIL_LINES and len(tail.encode()) <= TAIL_BYTES
     assert lines[-1].startswith("line 99 ") and lines[0].startswith("line ")  # whole lines
-    assert stderr_tail(tmp_path / "missing") is None
+    with SafeDir(tmp_path) as safe:
+        assert stderr_tail(safe, "missing") is None
 
 
 def test_matrix_view_counts_and_means_per_cell(batch: Path) -> None:

@@ -240,8 +240,9 @@ def test_a_version_1_batch_dir_moved_after_a_crash_recovers_and_reruns(
     assert runs["j-a"]["log_dir"] == str(batch / "runs" / "j-a" / "attempt-1")
     view = open_batch(moved)
     found = [view.local(a.log_dir) for a in view.manifest.runs["j-b"].attempts]
-    assert found == [moved / "runs" / "j-b" / f"attempt-{k}" for k in (1, 2)]
-    assert all(p is not None and (p / "console.log").is_file() for p in found)
+    view.close()
+    assert found == [f"runs/j-b/attempt-{k}" for k in (1, 2)]
+    assert all(p is not None and (moved / p / "console.log").is_file() for p in found)
 
 
 # -- an edited jobs file ---------------------------------------------------------------

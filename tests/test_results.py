@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from safeagents_batch.records.safedir import SafeDir
 from safeagents_batch.report.results import (
     MAX_RESULT_BYTES,
     ResultFile,
@@ -54,10 +55,12 @@ def test_huge_numbers_that_parse_as_infinity_are_dropped() -> None:
 
 
 def test_no_file_is_no_fields_and_no_note_an_oversized_one_is_a_note(tmp_path: Path) -> None:
-    assert read_result(tmp_path) == ResultFile()
-    assert read_result(None) == ResultFile()
-    (tmp_path / "result.json").write_bytes(b" " * (MAX_RESULT_BYTES + 1))
-    note = read_result(tmp_path).note
+    (tmp_path / "a").mkdir()
+    with SafeDir(tmp_path) as safe:
+        assert read_result(safe, "a") == ResultFile()
+        assert read_result(safe, None) == ResultFile()
+        (tmp_path / "a" / "result.json").write_bytes(b" " * (MAX_RESULT_BYTES + 1))
+        note = read_result(safe, "a").note
     assert note is not None and "larger than" in note
 
 
@@ -81,7 +84,7 @@ def test_csv_and_jsonl_have_one_row_per_run_under_the_same_columns(tmp_path: Pat
         row("r2", ResultFile(note="result.json: not valid JSON: x"), MODEL="b"),
         row("r3", ResultFile({"extra.depth": 3}), MODEL="a"),
     ]
-    csv_path, jsonl_path = write_results(rows, tmp_path)
+    csv_path, jsonl_path = write_results(rows, SafeDir(tmp_path))
     with csv_path.open(encoding="utf-8", newline="") as handle:
         table = list(csv.DictReader(handle))
     lines = [json.loads(line) for line in jsonl_path.read_text("utf-8").splitlines()]
@@ -91,3 +94,32 @@ def test_csv_and_jsonl_have_one_row_per_run_under_the_same_columns(tmp_path: Pat
     assert table[1]["score"] == "" and lines[1]["score"] is None
     assert lines[1]["result_note"] == "result.json: not valid JSON: x"
     assert lines[2]["extra.depth"] == 3 and lines[0]["duration_seconds"] == 1.5
+
+
+def test_an_integer_of_any_size_stays_exact_and_stays_out_of_means(tmp_path: Path) -> None:
+    """400 digits crashed the report at the end of `run` (no float holds them)."""
+    big = 10**400 + 7
+    result = parse_result(json.dumps({"tokens": big, "small": 2**62, "score": 1}).encode())
+    assert result.fields == {"tokens": str(big), "small": 2**62, "score": 1}
+    assert mean_of([str(big), 1, 3]) == 2.0
+    csv_path, jsonl_path = write_results([row("r1", result)], SafeDir(tmp_path))
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        [cells] = list(csv.DictReader(handle))
+    assert cells["tokens"] == str(big) and cells["small"] == str(2**62)
+    assert json.loads(jsonl_path.read_text("utf-8"))["tokens"] == str(big)
+
+
+@pytest.mark.parametrize(
+    "text", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+)
+def test_a_cell_a_spreadsheet_would_run_is_neutralised_jsonl_keeps_it(
+    tmp_path: Path, text: str
+) -> None:
+    rows = [row("r1", ResultFile({"answer": text, "delta": -1.5}), MODEL=text)]
+    csv_path, jsonl_path = write_results(rows, SafeDir(tmp_path))
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        [cells] = list(csv.DictReader(handle))
+    assert cells["answer"] == cells["MODEL"] == "'" + text
+    assert cells["delta"] == "-1.5"  # a number is a number, not a formula
+    [line] = jsonl_path.read_text("utf-8").splitlines()
+    assert json.loads(line)["answer"] == text

@@ -16,7 +16,8 @@ import pytest
 
 from safeagents_batch.core.tarsafe import StreamingTar
 from safeagents_batch.core.units import format_size
-from safeagents_batch.execution.sink import LocalSink
+from safeagents_batch.execution.sink import MAX_DROPS_LISTED, LocalSink
+from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_LIMIT
 from safeagents_batch.records.layout import LOG_NAMES
 from safeagents_batch.records.layout import TRACEBACK as TRACEBACK_NAME
 
@@ -91,9 +92,11 @@ class Guarded:
         self.closed = True
 
 
-def collect(tmp_path: Path, stream: Iterable[bytes], limit: int | None = None) -> LocalSink:
-    kwargs = {} if limit is None else {"artifact_limit": limit}
-    with LocalSink(tmp_path / "attempt", **kwargs) as sink:
+def collect(
+    tmp_path: Path, stream: Iterable[bytes], limit: int | None = None, file_limit: int = 10_000
+) -> LocalSink:
+    cap = DEFAULT_ARTIFACT_LIMIT if limit is None else limit
+    with LocalSink(tmp_path / "attempt", cap, file_limit=file_limit) as sink:
         sink.artifacts(stream)
     return sink
 
@@ -383,7 +386,9 @@ def test_a_link_planted_in_the_attempt_dir_is_not_followed(tmp_path: Path) -> No
 # --- artifacts: the cap ----------------------------------------------------------------
 
 
-def test_the_member_over_the_cap_stops_collection(tmp_path: Path) -> None:
+def test_a_member_over_the_cap_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    """The cap counts what the archive holds of each kept member: headers and padded data
+    (dir 512 + a.bin 512 + 6,144 = 7,168; b.bin would make it 13,824; c.txt 1,024 fits)."""
     stream = archive(
         entry("logs", tarfile.DIRTYPE),
         file("logs/a.bin", bytes(6000)),
@@ -392,25 +397,63 @@ def test_the_member_over_the_cap_stops_collection(tmp_path: Path) -> None:
     )
     sink = collect(tmp_path, chunks(stream), limit=10_000)
     assert sink.dropped == [
-        "b.bin: 5.9 KiB, over the artifact limit of 9.8 KiB",
-        "later entries not collected: artifact limit reached",
+        "b.bin: 5.9 KiB, over the artifact limit of 9.8 KiB (archive bytes, headers included)"
     ]
-    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "a.bin"])
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "a.bin", "c.txt"])
+    assert (tmp_path / "attempt" / "c.txt").read_bytes() == b"after the cap"
 
 
-def test_exactly_the_cap_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("limit", "kept"), [(11_264, ["a.bin", "b.bin"]), (11_263, ["a.bin"])])
+def test_exactly_the_cap_is_kept(tmp_path: Path, limit: int, kept: list[str]) -> None:
     stream = archive(file("logs/a.bin", bytes(4000)), file("logs/b.bin", bytes(6000)))
-    assert collect(tmp_path, chunks(stream), limit=10_000).dropped == []
+    collect(tmp_path, chunks(stream), limit=limit)
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, *kept])
 
 
-def test_dropped_members_data_counts_toward_the_cap(tmp_path: Path) -> None:
+def test_only_what_is_kept_counts_toward_the_cap(tmp_path: Path) -> None:
     stream = archive(file("logs/stdout.log", bytes(8000)), file("logs/b.bin", bytes(3000)))
     sink = collect(tmp_path, chunks(stream), limit=10_000)
-    assert sink.dropped == [
-        "stdout.log: reserved name",
-        "b.bin: 2.9 KiB, over the artifact limit of 9.8 KiB",
-        "later entries not collected: artifact limit reached",
-    ]
+    assert sink.dropped == ["stdout.log: reserved name"]
+    assert (tmp_path / "attempt" / "b.bin").read_bytes() == bytes(3000)
+
+
+def test_empty_files_count_by_their_headers_and_the_drops_are_listed_in_bounds(
+    tmp_path: Path,
+) -> None:
+    """20,000 empty files under a 1k cap (once, only content bytes counted: all of them
+    passed). Each takes a 512-byte header; the top directory is docker cp's, free."""
+    stream = archive(
+        entry("logs", tarfile.DIRTYPE), *(file(f"logs/e{i}", b"") for i in range(20_000))
+    )
+    sink = collect(tmp_path, chunks(stream), limit=1024)
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "e0", "e1"])
+    assert len(sink.dropped) == MAX_DROPS_LISTED + 1
+    assert (
+        sink.dropped[0]
+        == "e2: 0 B, over the artifact limit of 1.0 KiB (archive bytes, headers included)"
+    )
+    assert sink.dropped[-1] == f"... and {19_998 - MAX_DROPS_LISTED} more entries not kept"
+
+
+def test_no_more_files_than_the_file_limit_are_kept(tmp_path: Path) -> None:
+    stream = archive(
+        *(file(f"logs/f{i}", b"x") for i in range(10)), file("logs/sub/late.txt", b"y")
+    )
+    sink = collect(tmp_path, chunks(stream), file_limit=3)
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "f0", "f1", "f2"])
+    assert sink.dropped == ["later entries not collected: 3 files and directories kept already"]
+
+
+def test_directories_count_toward_the_file_limit_and_the_top_one_does_not(tmp_path: Path) -> None:
+    stream = archive(
+        entry("logs", tarfile.DIRTYPE),
+        entry("logs/d1", tarfile.DIRTYPE),
+        entry("logs/d2", tarfile.DIRTYPE),
+        file("logs/f", b"x"),
+    )
+    sink = collect(tmp_path, chunks(stream), file_limit=2)
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "d1", "d2"])
+    assert sink.dropped == ["later entries not collected: 2 files and directories kept already"]
 
 
 def blocks(info: tarfile.TarInfo, data: bytes = b"") -> bytes:
@@ -428,29 +471,32 @@ def big_member_stream(head: bytes, big: tarfile.TarInfo) -> Guarded:
     return Guarded(prefix, allowed=len(prefix) + tarfile.RECORDSIZE)
 
 
-def test_a_huge_member_is_not_read_through(tmp_path: Path) -> None:
+def test_a_member_too_large_to_read_past_ends_collection_unread(tmp_path: Path) -> None:
+    """Past a member is only by reading it: beyond the cap plus READ_SLACK the archive is read
+    no further (a huge file must not stall collection)."""
     head = blocks(entry("logs", tarfile.DIRTYPE)) + blocks(entry("logs/small.txt"), b"small")
-    source = big_member_stream(head, entry("logs/big.bin", size=5 * GIB))
+    source = big_member_stream(head, entry("logs/big.bin", size=20 * GIB))
     sink = collect(tmp_path, source)
     assert sink.dropped == [
-        "big.bin: 5.0 GiB, over the artifact limit of 1.0 GiB",
-        "later entries not collected: artifact limit reached",
+        "big.bin: 20.0 GiB, too large to read past",
+        "later entries not collected: the archive is read no further",
     ]
     assert source.closed
     assert (tmp_path / "attempt" / "small.txt").read_bytes() == b"small"
     assert not (tmp_path / "attempt" / "big.bin").exists()
 
 
-def test_a_sparse_member_counts_at_its_apparent_size(tmp_path: Path) -> None:
+def test_a_sparse_member_counts_at_its_apparent_size_and_what_follows_is_kept(
+    tmp_path: Path,
+) -> None:
     stream = pax_archive(sparse("logs/holes.bin", 5 * GIB), file("logs/after.txt", b"x"))
     source = Guarded(stream, allowed=len(stream))
     sink = collect(tmp_path, source, limit=1024**2)
     assert sink.dropped == [
-        "holes.bin: 5.0 GiB, over the artifact limit of 1.0 MiB",
-        "later entries not collected: artifact limit reached",
+        "holes.bin: 5.0 GiB, over the artifact limit of 1.0 MiB (archive bytes, headers included)"
     ]
     assert source.closed
-    assert sorted(os.listdir(tmp_path / "attempt")) == sorted(LOG_NAMES)
+    assert sorted(os.listdir(tmp_path / "attempt")) == sorted([*LOG_NAMES, "after.txt"])
 
 
 def test_a_huge_metadata_header_is_refused_unread(tmp_path: Path) -> None:

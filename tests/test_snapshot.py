@@ -251,6 +251,7 @@ EVERY_KEY = """
     name: every-key
     output_dir: out
     workers: 9
+    max_runs: 5000
     image_name: mine/runtime
     secret_patterns: ["*PASS*"]
     pools: {api: 3}
@@ -286,6 +287,7 @@ EVERY_KEY = """
           init: false
         max_code_size: 2k
         max_artifacts_size: 3m
+        max_artifacts_files: 77
         max_parallel: 2
         pool: api
 """

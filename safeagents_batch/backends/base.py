@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_LIMIT, Hardening, Resources
+from safeagents_batch.jobs.model import (
+    DEFAULT_ARTIFACT_FILES,
+    DEFAULT_ARTIFACT_LIMIT,
+    Hardening,
+    Resources,
+)
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
@@ -40,6 +45,7 @@ class AttemptRequest:
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
     artifact_limit: int = DEFAULT_ARTIFACT_LIMIT
+    artifact_files: int = DEFAULT_ARTIFACT_FILES
 
 
 class Sink(Protocol):

@@ -25,6 +25,7 @@ from safeagents_batch.core.errors import (
     BatchError,
     JobsFileError,
 )
+from safeagents_batch.core.text import printable
 from safeagents_batch.core.version import VERSION
 
 # In the order `--help` lists them.
@@ -52,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error_text(exc: BatchError) -> str:
     if isinstance(exc, JobsFileError):
-        return str(exc)  # one located line per problem
-    return f"safeagents-batch: error: {exc}"
+        return str(exc)  # one located line per problem, each made printable
+    return f"safeagents-batch: error: {printable(str(exc))}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,6 +57,7 @@ def ray_backend(args: argparse.Namespace) -> Iterator[RayBackend]:
         address=args.ray_address,
         ship_azure=getattr(args, "ship_azure", False),
         registry=getattr(args, "registry", None),
+        insecure=args.insecure_cluster,
     )
     with docker_backend() as local:
         backend = RayBackend.connect(local, options, warn=ConsoleReporter().warning)
@@ -82,6 +83,12 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
         "--ray-address",
         metavar="ADDR",
         help="with --backend ray: the cluster's head, HOST:PORT (default: RAY_ADDRESS)",
+    )
+    p.add_argument(
+        "--insecure-cluster",
+        action="store_true",
+        help="with --backend ray: join a cluster that asks for no token (refused by default: "
+        "whoever reaches its port runs code on it; start it with RAY_AUTH_MODE=token)",
     )
 
 

@@ -8,10 +8,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TextIO
 
+from safeagents_batch.core.text import printable
 from safeagents_batch.execution.reporting import Progress
 from safeagents_batch.records.model import RunRecord
 
 PREFIX = "safeagents-batch: "
+ERROR_LIMIT = 500  # characters of a run's error on its line (the manifest has it whole)
 
 
 class ConsoleReporter:
@@ -25,10 +27,10 @@ class ConsoleReporter:
         self.on_first_finish = on_first_finish
 
     def notice(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        print(printable(text), file=sys.stderr, flush=True)
 
     def warning(self, text: str) -> None:
-        print(f"{PREFIX}warning: {text}", file=sys.stderr, flush=True)
+        print(f"{PREFIX}warning: {printable(text)}", file=sys.stderr, flush=True)
 
     def progress(self, total: int) -> Progress:
         """A bar on a TTY unless told otherwise; plain lines elsewhere."""
@@ -99,7 +101,8 @@ class LineProgress:
         width = len(str(self.total))
         duration = record.duration_seconds
         seconds = f" {duration:.1f}s" if duration is not None else ""
-        reason = f"  ({record.error})" if record.error and record.status != "succeeded" else ""
+        shown = printable(record.error or "", ERROR_LIMIT)
+        reason = f"  ({shown})" if shown and record.status != "succeeded" else ""
         position = f"[{self.done:>{width}}/{self.total}]"
         return f"{position} {record.status:<9} {record.run_id}{seconds}{reason}"
 
@@ -150,7 +153,8 @@ class BarProgress:
         self.counts[record.status] += 1
         if record.status != "succeeded":
             # tqdm.write is a classmethod: it writes to stdout unless given the bar's stream.
-            self.bar.write(f"{record.status}: {record.run_id}  ({record.error})", file=self.bar.fp)
+            shown = printable(record.error or "", ERROR_LIMIT)
+            self.bar.write(f"{record.status}: {record.run_id}  ({shown})", file=self.bar.fp)
         # Counts and position change together: one refresh, by update(), shows both.
         self.bar.set_postfix(
             ok=self.counts["succeeded"],

@@ -42,6 +42,12 @@ def add_parser(sub: SubParsers) -> None:
         help="use this (edited) jobs file instead of the batch's snapshot; it "
         "becomes the batch's jobs file for later reruns",
     )
+    p.add_argument(
+        "--trust-batch-dir",
+        action="store_true",
+        help="rerun a batch dir this tool did not write for you as it is now (received from "
+        "someone, or its jobs.yaml edited): look at its jobs.yaml first",
+    )
     p.add_argument("-j", "--workers", type=positive_int, metavar="N")
     p.add_argument("--only", metavar="PATTERN", help="only runs whose id or job matches the glob")
     add_execution_flags(p)
@@ -49,7 +55,7 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    choice = RerunChoice(everything=args.all, jobs_file=args.jobs)
+    choice = RerunChoice(everything=args.all, jobs_file=args.jobs, trust=args.trust_batch_dir)
     if args.status:
         choice = replace(choice, statuses=args.status)
     options = BatchOptions(workers=args.workers, only=args.only, engine_wait=args.engine_wait)

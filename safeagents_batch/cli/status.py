@@ -10,10 +10,13 @@ from typing import Any
 
 from safeagents_batch.cli.options import SubParsers
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED, UsageError
+from safeagents_batch.core.text import printable
 from safeagents_batch.records.manifest import Manifest, load_manifest
-from safeagents_batch.records.model import FINISHED, RunRecord, located
+from safeagents_batch.records.model import FINISHED, RunRecord
+from safeagents_batch.records.safedir import inside
 
 STATUS_LINES = 20  # unsuccessful runs `status` names before it sums the rest up
+ERROR_LIMIT = 500  # characters of a run's error on its line (--json has it whole)
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -40,7 +43,7 @@ def logs_now(record: RunRecord, manifest: Manifest, batch_dir: Path) -> str | No
     records it relative to the batch dir, which may have moved since (`batch_dir`: now)."""
     if record.log_dir is None:
         return None
-    return str(located(record.log_dir, batch_dir, manifest.batch_dir))
+    return str(batch_dir / inside(record.log_dir, manifest.batch_dir))
 
 
 def status_json(manifest: Manifest, batch_dir: Path) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def status_json(manifest: Manifest, batch_dir: Path) -> dict[str, Any]:
 
 
 def print_status(manifest: Manifest, batch_dir: Path) -> None:
-    print(f"batch {manifest.batch_id} ({manifest.state})")
+    print(f"batch {printable(manifest.batch_id)} ({manifest.state})")
     for status, count in manifest.summary().items():
         print(f"  {status:<10} {count}")
     unsuccessful = [r for r in manifest.runs.values() if r.status != "succeeded"]
@@ -79,7 +82,8 @@ def print_status(manifest: Manifest, batch_dir: Path) -> None:
 def print_run(record: RunRecord, manifest: Manifest, batch_dir: Path) -> None:
     code = f" exit {record.exit_code}" if record.exit_code is not None else ""
     note = "" if record.status in FINISHED else " (not finished)"
-    print(f"  {record.status:<9}{code}{note}  {record.run_id}  {record.error or ''}".rstrip())
+    error = printable(record.error or "", ERROR_LIMIT)
+    print(f"  {record.status:<9}{code}{note}  {printable(record.run_id)}  {error}".rstrip())
     logs = logs_now(record, manifest, batch_dir)
     if logs:
-        print(f"             logs: {logs}")
+        print(f"             logs: {printable(logs)}")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safeagents_batch.cli.options import SubParsers
 from safeagents_batch.core.errors import EXIT_OK, JobsFileError, Problem
-from safeagents_batch.jobs.load import load_and_expand
-from safeagents_batch.jobs.plan import needed_images
+from safeagents_batch.jobs.load import load_and_count
+from safeagents_batch.jobs.plan import used_images
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -28,14 +28,14 @@ def command(args: argparse.Namespace) -> int:
     several = len(args.files) > 1
     for path in args.files:
         try:
-            jobs_file, specs = load_and_expand(path)
+            jobs_file, runs = load_and_count(path)
         except JobsFileError as exc:
             problems += exc.problems
             continue
         for warning in jobs_file.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         prefix = f"{path}: " if several else ""
-        print(f"{prefix}OK: {len(specs)} runs, {len(needed_images(specs))} images")
+        print(f"{prefix}OK: {runs} runs, {len(used_images(jobs_file))} images")
     if problems:
         raise JobsFileError(problems)
     return EXIT_OK

@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
+from safeagents_batch.core.text import printable
 from safeagents_batch.core.units import format_size
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class ChunkReader(io.RawIOBase):
         super().__init__()
         self._chunks = chunks
         self._pending = memoryview(b"")
+        self.consumed = 0  # bytes handed to the reader so far
 
     def readable(self) -> bool:
         return True
@@ -72,6 +74,7 @@ class ChunkReader(io.RawIOBase):
             size = min(len(view), len(self._pending))
             view[:size] = self._pending[:size]
         self._pending = self._pending[size:]
+        self.consumed += size
         return size
 
 
@@ -149,8 +152,7 @@ def unsafe_name(name: str, parts: Sequence[str]) -> bool:
 
 def shown(name: str) -> str:
     """An untrusted name fit for one line of a report: control characters escaped, cut short."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
-    return text if len(text) <= SHOWN_NAME_LIMIT else text[:SHOWN_NAME_LIMIT] + "..."
+    return printable(name, SHOWN_NAME_LIMIT)
 
 
 @contextmanager

@@ -114,7 +114,7 @@ def run_batch(
         if made_output_dir:
             output_dir.rmdir()
         raise
-    write_jobs_copies(batch_dir, jobs_file)
+    snapshot_seal = write_jobs_copies(batch_dir, jobs_file)
     scripts = list(dict.fromkeys(s.script for s in specs))
     manifest = Manifest(
         batch_id=batch_id,
@@ -123,6 +123,7 @@ def run_batch(
             path=str(jobs_file.path),
             sha256=jobs_file.sha256,
             git=git_state(jobs_file.path, scripts),
+            snapshot_seal=snapshot_seal,
         ),
         created_at=now_iso(),
         runs=runs,
@@ -252,7 +253,13 @@ class BatchRunner:
             number=number, log_dir=recorded, started_at=now_iso(), code_digest=code.digest
         )
         self.store.record_attempt(spec.run_id, started)
-        with LocalSink(log_dir, spec.job.max_artifacts_size) as sink:
+        # Walked from the batch dir, no link followed: runs/<id> may have been planted.
+        dir_fd = self.store.safe.open_directory(recorded, create=True)
+        job = spec.job
+        sink = LocalSink(
+            log_dir, job.max_artifacts_size, file_limit=job.max_artifacts_files, dir_fd=dir_fd
+        )
+        with sink:
             try:
                 outcome = self.backend.run(self._request(spec, number, code), sink, cancel)
             except Exception as exc:  # recorded by run_one as an internal error
@@ -302,6 +309,7 @@ class BatchRunner:
             read_only_rootfs=spec.job.read_only_rootfs,
             hardening=spec.job.hardening,
             artifact_limit=spec.job.max_artifacts_size,
+            artifact_files=spec.job.max_artifacts_files,
         )
 
     def _azure_dir(self) -> Path | None:

@@ -24,11 +24,14 @@ from safeagents_batch.jobs.model import ImageConfig, JobsFile
 from safeagents_batch.jobs.plan import RunSpec, needed_images
 from safeagents_batch.jobs.resolved import resolved_yaml
 from safeagents_batch.jobs.secrets import is_secret_name, redact_env, redact_yaml_text
+from safeagents_batch.records import layout
 from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.model import (
     ImageRecord,
     RunRecord,
 )
+from safeagents_batch.records.safedir import SafeDir
+from safeagents_batch.records.trust import seal
 from safeagents_batch.staging.code import StagedCode, stage_code
 from safeagents_batch.staging.images import ImageSpec, file_sha256, image_spec
 
@@ -194,8 +197,9 @@ def new_batch_id(name: str) -> str:
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 
 
-def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
-    """The resolved snapshot `rerun` reads, and the file as written, into the batch dir."""
+def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> str:
+    """The resolved snapshot `rerun` reads, and the file as written, into the batch dir (never
+    through a name planted there); returns this user's seal of the snapshot."""
     # Both copies lose literal secret values: a batch dir is shared further than a jobs file.
     patterns = jobs_file.secret_patterns
     # Finding them parses the YAML again (a tenth of a second for a big matrix, before the
@@ -206,6 +210,8 @@ def write_jobs_copies(batch_dir: Path, jobs_file: JobsFile) -> None:
     def kept(text: str) -> str:
         return redact_yaml_text(text, patterns) if secret else text
 
-    layout = BatchLayout(batch_dir)
-    layout.jobs_snapshot.write_text(kept(resolved_yaml(jobs_file)), encoding="utf-8")
-    layout.jobs_source.write_text(kept(jobs_file.text), encoding="utf-8")
+    snapshot = kept(resolved_yaml(jobs_file)).encode("utf-8")
+    with SafeDir(batch_dir) as safe:
+        safe.write(layout.JOBS_SNAPSHOT, snapshot)
+        safe.write(layout.JOBS_SOURCE, kept(jobs_file.text).encode("utf-8"))
+    return seal(snapshot)

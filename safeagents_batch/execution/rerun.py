@@ -17,14 +17,17 @@ from safeagents_batch.execution.prepare import (
     write_jobs_copies,
 )
 from safeagents_batch.execution.reporting import Reporter
-from safeagents_batch.jobs.load import load_and_expand
+from safeagents_batch.jobs.load import MAX_JOBS_FILE_BYTES, load_and_expand
 from safeagents_batch.jobs.plan import RunSpec
 from safeagents_batch.jobs.secrets import REDACTED
+from safeagents_batch.records import layout
 from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.lock import BatchLock
 from safeagents_batch.records.manifest import load_manifest
 from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.safedir import SafeDir
 from safeagents_batch.records.store import ManifestStore
+from safeagents_batch.records.trust import owned_by_me, seal, sealed
 
 INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
 
@@ -36,6 +39,8 @@ class RerunChoice:
     statuses: frozenset[str] = frozenset(set(STATUSES) - {"succeeded"})
     everything: bool = False
     jobs_file: Path | None = None
+    # The user looked at a batch dir this tool did not write (or not as it is now): run it.
+    trust: bool = False
 
     def wants(self, status: str) -> bool:
         return self.everything or status in self.statuses
@@ -63,9 +68,11 @@ def rerun_batch(
     if not batch_dir.is_dir():
         raise UsageError(f"{batch_dir}: no such batch directory")
     batch_dir = batch_dir.absolute()
+    _check_owner(batch_dir, choice)
     with BatchLock(batch_dir), _store(batch_dir) as store:
         jobs_path = choice.jobs_file or BatchLayout(batch_dir).jobs_snapshot
-        jobs_file, specs = load_and_expand(jobs_path)
+        snapshot = None if choice.jobs_file else _snapshot(batch_dir, store, choice)
+        jobs_file, specs = load_and_expand(jobs_path, snapshot)
         _recover_after_crash(backend, store, reporter)
         inputs = read_inputs(specs)
         known = store.manifest.runs
@@ -85,8 +92,8 @@ def rerun_batch(
         if choice.jobs_file is not None:
             # FILE becomes the batch's jobs file: a later plain `rerun` must not go back to the
             # old snapshot, which lacks the new runs and has the fixes undone.
-            write_jobs_copies(batch_dir, jobs_file)
-            store.adopt_jobs_file(str(jobs_file.path), jobs_file.sha256)
+            snapshot_seal = write_jobs_copies(batch_dir, jobs_file)
+            store.adopt_jobs_file(str(jobs_file.path), jobs_file.sha256, snapshot_seal)
         store.reopen()  # the merged runs too: written only once the input proved good
         reporter.notice(f"rerunning {len(selected)} of {len(store.runs())} runs in {batch_dir}")
         runner = BatchRunner(backend, store, batch_dir, work, reporter, options)
@@ -95,6 +102,40 @@ def rerun_batch(
 
 def _store(batch_dir: Path) -> ManifestStore:
     return ManifestStore(load_manifest(batch_dir), batch_dir)
+
+
+TRUST_HINT = (
+    "a batch dir runs what its jobs.yaml says (host variables, ~/.azure, the network, root): "
+    "look at it, then rerun with --trust-batch-dir, or give your own jobs file with --jobs FILE"
+)
+
+
+def _check_owner(batch_dir: Path, choice: RerunChoice) -> None:
+    """Like git's safe.directory: another user's batch dir is not rerun unasked."""
+    if not choice.trust and not owned_by_me(batch_dir):
+        owner = batch_dir.stat().st_uid
+        raise UsageError(f"{batch_dir} belongs to another user (uid {owner}); {TRUST_HINT}")
+
+
+def _snapshot(batch_dir: Path, store: ManifestStore, choice: RerunChoice) -> bytes:
+    """The batch's jobs.yaml, read as a regular file (never through a link), and only as this
+    tool last wrote it for this user (its seal), unless the user trusts it: then it is sealed
+    as theirs from now on."""
+    where = BatchLayout(batch_dir).jobs_snapshot
+    try:
+        with SafeDir(batch_dir) as safe:
+            data = safe.read(layout.JOBS_SNAPSHOT, MAX_JOBS_FILE_BYTES)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: missing; rerun with --jobs FILE") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: unreadable: {exc.strerror or exc}") from None
+    if choice.trust:
+        store.trust_snapshot(seal(data))
+    elif not sealed(data, store.manifest.jobs_file.snapshot_seal):
+        raise UsageError(
+            f"{where} is not as this tool wrote it for you (edited, or received); {TRUST_HINT}"
+        )
+    return data
 
 
 def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:

@@ -30,7 +30,7 @@ from safeagents_batch.core.tarsafe import (
     write_file,
 )
 from safeagents_batch.core.units import format_size
-from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_LIMIT
+from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_FILES, DEFAULT_ARTIFACT_LIMIT
 from safeagents_batch.records.layout import (
     CONSOLE_LOG,
     LOG_NAMES,
@@ -41,6 +41,10 @@ from safeagents_batch.records.layout import (
 )
 
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+# How far past the cap the archive is read to reach what comes after a skipped member: a
+# 5 GiB file before a small result is read through (seconds); more than this stops reading.
+READ_SLACK = 8 * 1024**3
+MAX_DROPS_LISTED = 100  # lines of `dropped_artifacts`; the rest is one count
 # Failures of the host's own file system calls that the archive's content causes (a name given
 # twice, a file where a directory goes, a name too long): that entry is dropped, not the run.
 _CONTENT_ERRNOS = {
@@ -63,11 +67,24 @@ class LocalSink:
     after the checks cannot redirect a write.
     """
 
-    def __init__(self, attempt_dir: Path, artifact_limit: int = DEFAULT_ARTIFACT_LIMIT) -> None:
+    def __init__(
+        self,
+        attempt_dir: Path,
+        artifact_limit: int = DEFAULT_ARTIFACT_LIMIT,
+        *,
+        file_limit: int = DEFAULT_ARTIFACT_FILES,
+        dir_fd: int | None = None,
+    ) -> None:
+        """`artifact_limit`: archive bytes kept (headers and data); `file_limit`: files and
+        directories kept.
+        `dir_fd`: the attempt dir, already opened (a batch's, walked from the batch dir
+        without following a link: records/safedir.py); the sink takes it over."""
         self.attempt_dir = attempt_dir
         self.artifact_limit = artifact_limit
+        self.file_limit = file_limit
         self.dropped: list[str] = []
-        self._dir_fd = _open_attempt_dir(attempt_dir)
+        self._not_listed = 0  # drops past MAX_DROPS_LISTED, counted
+        self._dir_fd = _open_attempt_dir(attempt_dir) if dir_fd is None else dir_fd
         self._logs: dict[str, int] = {}
         try:
             for name in LOG_NAMES:
@@ -110,13 +127,16 @@ class LocalSink:
         of `tar_chunks` itself. The iterator is closed once collection stops."""
         self._check_open()
         chunks = iter(tar_chunks)
+        reader = ChunkReader(chunks)
         try:
-            with StreamingTar.open(fileobj=ChunkReader(chunks), mode="r|") as tar:
-                self._collect(tar)
+            with StreamingTar.open(fileobj=reader, mode="r|") as tar:
+                self._collect(tar, reader)
         except ARCHIVE_ERRORS as exc:
-            self.dropped.append(f"artifacts: unreadable archive: {one_line(exc)}")
+            self._drop(f"artifacts: unreadable archive: {one_line(exc)}")
         finally:
             _close_source(chunks)
+            if self._not_listed:
+                self.dropped.append(f"... and {self._not_listed} more entries not kept")
 
     def close(self) -> None:
         """Closes the log files and the attempt dir; a second call does nothing."""
@@ -131,30 +151,60 @@ class LocalSink:
         if self._dir_fd < 0:
             raise ValueError(f"the sink of {self.attempt_dir} is closed")
 
-    def _collect(self, tar: tarfile.TarFile) -> None:
-        """Member by member, in archive order; stops at the first member over the cap without
-        reading its data (a huge sparse file would take as long to read through as its size)."""
+    def _collect(self, tar: tarfile.TarFile, reader: ChunkReader) -> None:
+        """Member by member, in archive order. A member that would take what is kept over the
+        cap is skipped and the rest kept (a huge file first must not cost the small result
+        after it); reading stops once the archive has given READ_SLACK bytes beyond the cap,
+        or once `file_limit` files and directories are kept (every later one would be over)."""
         top: str | None = None
-        counted = 0
+        kept_bytes = kept_entries = 0
+        read_limit = self.artifact_limit + READ_SLACK
         while (member := tar.next()) is not None:
+            if reader.consumed > read_limit:
+                self._drop(f"later entries not read: {format_size(read_limit)} of archive read")
+                return
             parts = split_name(member.name)
             if top is None and parts and not unsafe_name(member.name, parts):
                 top = parts[0]  # docker cp's layout: the copied directory, then its contents
-            name = shown(_relative_name(member.name, parts, top))
-            # Data of dropped members counts too: it is read all the same, to skip over it.
-            counted += _data_size(member)
-            if counted > self.artifact_limit:
-                self.dropped.append(
-                    f"{name}: {format_size(member.size)}, over the artifact limit of "
-                    f"{format_size(self.artifact_limit)}"
+            # The top directory is docker cp's, not the script's: it costs the script nothing.
+            is_top = parts == [top]
+            if not is_top and kept_entries >= self.file_limit:
+                self._drop(
+                    f"later entries not collected: {self.file_limit} files and directories "
+                    "kept already"
                 )
-                self.dropped.append("later entries not collected: artifact limit reached")
                 return
-            problem = _problem(member, parts, top)
-            if not problem:
-                problem = self._keep(tar, member, parts[1:])
+            size = 0 if is_top else _archive_size(member)
+            name = shown(_relative_name(member.name, parts, top))
+            if reader.consumed + size > read_limit:  # past it is only by reading through it
+                self._drop(f"{name}: {format_size(member.size)}, too large to read past")
+                self._drop("later entries not collected: the archive is read no further")
+                return
+            problem = (
+                _problem(member, parts, top)
+                or self._over_cap(member, kept_bytes + size)
+                or self._keep(tar, member, parts[1:])
+            )
             if problem:
-                self.dropped.append(f"{name}: {problem}")
+                self._drop(f"{name}: {problem}")
+                continue
+            kept_bytes += size
+            kept_entries += not is_top
+
+    def _over_cap(self, member: tarfile.TarInfo, total: int) -> str:
+        if total <= self.artifact_limit:
+            return ""
+        return (
+            f"{format_size(member.size)}, over the artifact limit of "
+            f"{format_size(self.artifact_limit)} (archive bytes, headers included)"
+        )
+
+    def _drop(self, line: str) -> None:
+        """What was not kept, one line each, the first MAX_DROPS_LISTED (then a count)."""
+        if len(self.dropped) < MAX_DROPS_LISTED:
+            self.dropped.append(line)
+        else:
+            self._not_listed += 1
 
     def _keep(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: Sequence[str]) -> str:
         """Writes one checked member; returns why it was not written, or "" when it was."""
@@ -195,12 +245,14 @@ def _relative_name(name: str, parts: Sequence[str], top: str | None) -> str:
     return name
 
 
-def _data_size(member: tarfile.TarInfo) -> int:
-    """What the member counts against the cap: its apparent size when data follows its header
-    (tarfile reads an unknown type's data as a file's)."""
-    if member.isreg() or member.type not in tarfile.SUPPORTED_TYPES:
-        return member.size
-    return 0
+def _archive_size(member: tarfile.TarInfo) -> int:
+    """What the member takes in the archive: its headers (long names, pax records included)
+    and its data, padded to blocks; data follows the header of a file and of an unknown type
+    (tarfile reads that as a file's)."""
+    headers = member.offset_data - member.offset
+    has_data = member.isreg() or member.type not in tarfile.SUPPORTED_TYPES
+    blocks = -(-member.size // tarfile.BLOCKSIZE) if has_data else 0
+    return headers + blocks * tarfile.BLOCKSIZE
 
 
 def _problem(member: tarfile.TarInfo, parts: Sequence[str], top: str | None) -> str:

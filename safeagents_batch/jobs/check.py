@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from safeagents_batch.core.errors import Location, Problem
+from safeagents_batch.core.text import printable as core_printable
 from safeagents_batch.jobs.schema import format_key_path
 from safeagents_batch.jobs.yamlmarks import KeyPath, MarkedDocument, Position
 
@@ -48,6 +49,11 @@ class Checker:
     base: Path
     problems: list[Entry] = field(default_factory=list)
     warnings: list[Entry] = field(default_factory=list)
+    # Every prefix of a problem's key path, kept up with the problems as they come: asking
+    # whether a key is clean is then one lookup, not a pass over every problem (a file with
+    # thousands of faulty jobs asks thousands of times).
+    _faulty: set[KeyPath] = field(default_factory=set, repr=False)
+    _indexed: int = field(default=0, repr=False)
 
     def add(self, path: KeyPath, message: str, *, of_key: bool = False) -> None:
         self.problems.append((self.doc.position(path, of_key=of_key), path, message))
@@ -70,7 +76,10 @@ class Checker:
 
     def is_clean(self, prefix: KeyPath) -> bool:
         """No schema problem at or below `prefix`: its data has the types the schema promises."""
-        return not any(path[: len(prefix)] == prefix for _, path, _ in self.problems)
+        for _, path, _ in self.problems[self._indexed :]:
+            self._faulty.update(path[:end] for end in range(len(path) + 1))
+        self._indexed = len(self.problems)
+        return prefix not in self._faulty
 
     def clean_part(self, raw: Any, prefix: KeyPath) -> dict[str, Any]:
         """The keys of a mapping the schema found no fault in (all of them in a valid file)."""
@@ -101,7 +110,10 @@ def is_dir(path: Path) -> bool:
         return False
 
 
+MESSAGE_LIMIT = 500  # characters of one problem's message: it may quote a long value
+
+
 def printable(text: str) -> str:
     """Problems print one per line: a newline (or another control character) taken from the
-    file, a key or a path is shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    file, a key or a path is shown escaped; a message that quotes much of a value is cut."""
+    return core_printable(text, MESSAGE_LIMIT)

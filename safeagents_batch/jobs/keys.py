@@ -7,6 +7,7 @@ match, frameworks are known, sizes written with a unit) and makes the `Job` fiel
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,6 +16,7 @@ from typing import Any
 
 from safeagents_batch.jobs.check import Checker, Key, as_is, as_tuple, is_file
 from safeagents_batch.jobs.model import (
+    DEFAULT_ARTIFACT_FILES,
     DEFAULT_ARTIFACT_LIMIT,
     DEFAULT_CODE_LIMIT,
     DEFAULT_RETRY_ON,
@@ -27,6 +29,8 @@ from safeagents_batch.jobs.secrets import is_secret_name
 from safeagents_batch.jobs.yamlmarks import KeyPath
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
+MAX_GLOB_WILDCARDS = 32
+MAX_GLOB_MATCHES = 100_000
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_MEMORY = 4 * 1024**2  # the schema's minimum for a byte count; Docker refuses much less
 MIN_SIZE_LIMIT = 1024  # the schema's minimum for max_code_size and max_artifacts_size
@@ -148,9 +152,13 @@ def _scripts(job: JobScope, path: KeyPath, value: str | list[str]) -> tuple[Path
 def _script_paths(checker: Checker, path: KeyPath, pattern: str) -> list[Path]:
     if not _GLOB_MAGIC.search(pattern):
         return [checker.existing_file(pattern, path, "script")]
+    problem = _glob_problem(pattern)
+    if problem is not None:
+        checker.add(path, problem)
+        return []
     try:
         matches = _glob_files(checker.base, pattern)
-    except (ValueError, OSError) as exc:  # e.g. 'a**.py': '**' must be a whole component
+    except (ValueError, OSError, RecursionError) as exc:  # 'a**.py': '**' is a whole component
         checker.add(path, f"invalid glob '{pattern}': {exc}")
         return []
     root = checker.base.resolve()
@@ -166,11 +174,24 @@ def _script_paths(checker: Checker, path: KeyPath, pattern: str) -> list[Path]:
     return [] if outside else matches
 
 
+def _glob_problem(pattern: str) -> str | None:
+    """What no script glob needs and pathlib would choke on (its matcher recurses once per
+    wildcard): hundreds of wildcard components."""
+    wild = sum(1 for part in pattern.split("/") if _GLOB_MAGIC.search(part))
+    if wild > MAX_GLOB_WILDCARDS:
+        return f"glob with {wild} wildcard components (at most {MAX_GLOB_WILDCARDS})"
+    return None
+
+
 def _glob_files(base: Path, pattern: str) -> list[Path]:
-    """The files a relative glob matches, sorted; none for an absolute one (refused)."""
+    """The files a relative glob matches, sorted; none for an absolute one (refused). More
+    than MAX_GLOB_MATCHES entries is an error: no batch has that many scripts."""
     if Path(pattern).is_absolute():
         return []
-    return sorted(p for p in base.glob(pattern) if is_file(p))
+    entries = list(itertools.islice(base.glob(pattern), MAX_GLOB_MATCHES + 1))
+    if len(entries) > MAX_GLOB_MATCHES:
+        raise ValueError(f"it matches more than {MAX_GLOB_MATCHES} entries")
+    return sorted(p for p in entries if is_file(p))
 
 
 # -- env, env_file, matrix ---------------------------------------------------------------------
@@ -288,6 +309,7 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("hardening", _hardening, Hardening()),
     Key("max_code_size", _size_limit, DEFAULT_CODE_LIMIT),
     Key("max_artifacts_size", _size_limit, DEFAULT_ARTIFACT_LIMIT),
+    Key("max_artifacts_files", as_is, DEFAULT_ARTIFACT_FILES),
     Key("max_parallel", as_is, None),
     Key("pool", _pool, None),
 )

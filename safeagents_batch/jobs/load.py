@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from safeagents_batch.core.errors import JobsFileError, Location, Problem
+from safeagents_batch.core.files import read_regular
 from safeagents_batch.core.names import safe_name
 from safeagents_batch.jobs import frameworks as builtin
 from safeagents_batch.jobs.check import Checker, printable
@@ -20,21 +21,25 @@ from safeagents_batch.jobs.keys import MIN_MEMORY as MIN_MEMORY
 from safeagents_batch.jobs.keys import FileScope, check_unique_names, job_record
 from safeagents_batch.jobs.keys import parse_memory as parse_memory
 from safeagents_batch.jobs.model import (
+    DEFAULT_MAX_RUNS,
     DEFAULT_OUTPUT_DIR,
     DEFAULT_SECRET_PATTERNS,
     DEFAULT_WORKERS,
     Job,
     JobsFile,
 )
-from safeagents_batch.jobs.plan import RunSpec, expand
+from safeagents_batch.jobs.plan import RunSpec, check_runs, expand
 from safeagents_batch.jobs.schema import jobs_schema_problems
 from safeagents_batch.jobs.yamlmarks import MarkedDocument, YamlSyntaxError, load_marked
 
+MAX_JOBS_FILE_BYTES = 16 * 1024**2  # a jobs file of a million runs is a few kB
 
-def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
-    """Read and validate one jobs file; raises JobsFileError listing every problem found."""
+
+def load_jobs_file(path: Path, label: str | None = None, data: bytes | None = None) -> JobsFile:
+    """Read and validate one jobs file (`data`: its bytes, already read); raises JobsFileError
+    listing every problem found."""
     label = label if label is not None else str(path)
-    text = _read_text(path, label)
+    text = _decode(data, label) if data is not None else _read_text(path, label)
     doc = _parse(text, label)
     checker = Checker(doc, label, path.absolute().parent, problems=list(doc.problems))
     if doc.data is None:
@@ -47,20 +52,30 @@ def load_jobs_file(path: Path, label: str | None = None) -> JobsFile:
     return jobs_file
 
 
-def load_and_expand(path: Path) -> tuple[JobsFile, list[RunSpec]]:
+def load_and_expand(path: Path, data: bytes | None = None) -> tuple[JobsFile, list[RunSpec]]:
     """The jobs file at `path` and its runs: what every command that takes a jobs file needs."""
-    jobs_file = load_jobs_file(path)
+    jobs_file = load_jobs_file(path, data=data)
     return jobs_file, expand(jobs_file)
+
+
+def load_and_count(path: Path) -> tuple[JobsFile, int]:
+    """The jobs file at `path`, and how many runs it has (their ids checked, none kept)."""
+    jobs_file = load_jobs_file(path)
+    return jobs_file, check_runs(jobs_file)
 
 
 def _read_text(path: Path, label: str) -> str:
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_JOBS_FILE_BYTES)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise JobsFileError(
             [Problem(Location(label, 1, 1), "(file)", f"cannot read: {reason}")]
         ) from None
+    return _decode(raw, label)
+
+
+def _decode(raw: bytes, label: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -113,6 +128,7 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
         jobs=tuple(jobs),
         warnings=tuple(str(p) for p in checker.located(checker.warnings)),
         pools=_pools(data),
+        max_runs=int(data.get("max_runs", DEFAULT_MAX_RUNS)),
     )
 
 

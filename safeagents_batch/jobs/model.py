@@ -7,6 +7,8 @@ from pathlib import Path
 
 from safeagents_batch.core.errors import Location
 
+DEFAULT_MAX_RUNS = 1_000_000
+DEFAULT_ARTIFACT_FILES = 10_000
 DEFAULT_IMAGE_NAME = "safeagents-runtime"
 DEFAULT_PYTHON_VERSION = "3.11"
 DEFAULT_OUTPUT_DIR = "./logs"
@@ -87,6 +89,7 @@ class Job:
     hardening: Hardening = Hardening()
     max_code_size: int = DEFAULT_CODE_LIMIT
     max_artifacts_size: int = DEFAULT_ARTIFACT_LIMIT
+    max_artifacts_files: int = DEFAULT_ARTIFACT_FILES
     max_parallel: int | None = None  # at most this many of the job's runs at once
     pool: str | None = None  # a limit shared with other jobs (`pools:`)
 
@@ -107,3 +110,4 @@ class JobsFile:
     jobs: tuple[Job, ...]
     warnings: tuple[str, ...] = ()
     pools: dict[str, int] = field(default_factory=dict)  # name -> runs at once, shared
+    max_runs: int = DEFAULT_MAX_RUNS  # runs the file may expand to (counted before any is made)

@@ -30,6 +30,7 @@ def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:
         "name": jobs_file.name,
         "output_dir": str(jobs_file.output_dir),
         "workers": jobs_file.workers,
+        "max_runs": jobs_file.max_runs,
         "image_name": images[0].image_name if images else DEFAULT_IMAGE_NAME,
         "secret_patterns": list(jobs_file.secret_patterns),
         **({"pools": dict(jobs_file.pools)} if jobs_file.pools else {}),
@@ -75,6 +76,7 @@ def _job(job: Job) -> dict[str, Any]:
         "hardening": asdict(job.hardening),
         "max_code_size": job.max_code_size,
         "max_artifacts_size": job.max_artifacts_size,
+        "max_artifacts_files": job.max_artifacts_files,
     }
     if job.matrix:
         data["matrix"] = {name: list(values) for name, values in job.matrix}

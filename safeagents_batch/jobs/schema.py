@@ -124,6 +124,8 @@ def _allowed_keys(subschema: Any) -> set[str]:
 
 
 def _friendly(error: jsonschema.ValidationError) -> str:
+    if _is_env_value(tuple(error.absolute_path)):
+        return _without_value(error)
     if (
         error.validator == "type"
         and error.validator_value == "string"
@@ -137,6 +139,19 @@ def _friendly(error: jsonschema.ValidationError) -> str:
     if list(error.absolute_path) == ["version"]:
         return f"unsupported version {error.instance!r}; this tool reads version 1"
     return str(error.message)
+
+
+def _is_env_value(path: KeyPath) -> bool:
+    """An env value may be a secret (a password a user wrote unquoted): never in a message."""
+    return len(path) >= 2 and path[-2] == "env"
+
+
+def _without_value(error: jsonschema.ValidationError) -> str:
+    if error.validator == "type" and error.validator_value == "string":
+        kind = "a boolean" if isinstance(error.instance, bool) else "a number"
+        return f"{kind} is not a string; quote it to make it a string (value not shown)"
+    rule = f"{error.validator} {error.validator_value!r}"
+    return f"this value is not allowed here ({rule}; value not shown)"
 
 
 def format_key_path(path: KeyPath) -> str:

@@ -13,6 +13,10 @@ KeyPath = tuple[str | int, ...]
 # Alias expansion can blow a tiny file up exponentially ("billion laughs"); a jobs file never
 # legitimately holds this many values.
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # nested collections; a jobs file needs five
+MAX_NUMBER_DIGITS = 40  # any count, size or limit of a jobs file fits in far fewer
+MAX_STRING = 65_536  # characters of one value or key
+SHOWN = 60  # characters of a value a message shows
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,16 @@ def load_marked(text: str) -> MarkedDocument:
         # Parser and walker recurse once per nesting level; `[[[[...` must not be a traceback.
         mark = loader.get_mark()
         raise YamlSyntaxError(Position(mark.line, mark.column), "nesting too deep") from None
+    except Exception as exc:
+        # PyYAML's scanner and constructors fail on some input with bare errors: an escape
+        # past the last code point (OverflowError), a number past Python's digit limit.
+        mark = loader.get_mark()
+        reason = (
+            "an escape sequence past the last character (\\U00110000 and up)"
+            if isinstance(exc, OverflowError)
+            else f"cannot read: {type(exc).__name__}: {_one_line(str(exc))}"
+        )
+        raise YamlSyntaxError(Position(mark.line, mark.column), reason) from None
     finally:
         loader.dispose()
 
@@ -90,12 +104,38 @@ def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YamlSyntaxError:
     )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _one_line(text: str, limit: int = 300) -> str:
+    """One line, bounded: a message quotes a value of the file, which may be huge."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: str) -> str:
+    """A value of the file as a message quotes it: its start only when it is long."""
+    return (
+        repr(value)
+        if len(value) <= SHOWN
+        else repr(value[:SHOWN]) + f"... ({len(value)} characters)"
+    )
 
 
 def _short_tag(tag: str) -> str:
     return tag.replace("tag:yaml.org,2002:", "!!", 1)
+
+
+def _check_bounds(node: yaml.ScalarNode) -> None:
+    """What no jobs file needs and every later step would choke on: a huge value, a number
+    of thousands of digits (past Python's limit for text conversion), a NUL."""
+    value: str = node.value
+    problem = None
+    if len(value) > MAX_STRING:
+        problem = f"a value of {len(value)} characters (at most {MAX_STRING})"
+    elif node.tag == "tag:yaml.org,2002:int" and len(value) > MAX_NUMBER_DIGITS:
+        problem = f"a number of {len(value)} digits (at most {MAX_NUMBER_DIGITS})"
+    elif "\0" in value:
+        problem = "a NUL character in a value"
+    if problem is not None:
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
 class _Walker:
@@ -114,6 +154,8 @@ class _Walker:
             raise yaml.MarkedYAMLError(
                 problem="document too large after alias expansion", problem_mark=node.start_mark
             )
+        if len(path) > MAX_DEPTH:
+            raise yaml.MarkedYAMLError(problem="nesting too deep", problem_mark=node.start_mark)
         self.doc.values[path] = Position(node.start_mark.line, node.start_mark.column)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
@@ -165,6 +207,7 @@ class _Walker:
         return self.explicit_keys[id(node)]
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
+        _check_bounds(node)
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
@@ -175,7 +218,7 @@ class _Walker:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"cannot read {node.value!r} as {_short_tag(node.tag)}: {exc}",
+                f"cannot read {shown(node.value)} as {_short_tag(node.tag)}: {_one_line(str(exc))}",
                 node.start_mark,
             ) from None
 

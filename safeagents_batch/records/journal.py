@@ -9,7 +9,9 @@ line (the process died mid-write) is ignored on read and cut off before the next
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,9 @@ from safeagents_batch.records.events import (
 from safeagents_batch.records.legacy import AttemptEventV1
 
 FSYNC_SECONDS = 0.2
+MAX_LINE_BYTES = 64 * 1024**2  # an event is a few kB; one with many dropped artifacts, more
+WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_VERSIONS = (1, JOURNAL_VERSION)
 _HEADER = msgspec.json.Decoder(Header)
 _DECODERS = {
@@ -46,8 +51,12 @@ class JournalWriter:
     def __init__(self, path: Path, last_seq: int = 0) -> None:
         self.path = path
         self.seq = last_seq
-        _cut_torn_tail(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        self._fd = _open(path, WRITE_FLAGS)
+        try:
+            _cut_torn_tail(self._fd)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.size = os.fstat(self._fd).st_size  # bytes written so far: where the next event starts
         self.failure: OSError | None = None
         self._dirty = threading.Event()
@@ -109,21 +118,42 @@ class JournalWriter:
 def read_events(path: Path, after_seq: int = 0, offset: int = 0) -> Iterator[AnyEvent]:
     """The journal's events with seq > `after_seq`, in order. A missing journal has none; a
     torn last line is skipped; a damaged line before the last is a clear error naming its
-    line (and the field, for a wrong one). `offset` (a snapshot's hint: where its last event
-    ended) skips reading what the snapshot holds."""
+    line (and the field, for a wrong one), and so is a line longer than any event. `offset` (a
+    snapshot's hint: where its last event ended) skips reading what the snapshot holds. A
+    journal that is not a regular file (a link, a FIFO, a device) is refused."""
     try:
-        handle = path.open("rb")
+        fd = _open(path, READ_FLAGS)
     except FileNotFoundError:
         return
-    with handle:
+    with os.fdopen(fd, "rb") as handle:
         position = _seek_line(handle, offset)
         previous: tuple[int, bytes] | None = None
-        for raw in handle:
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise UsageError(
+                    f"{path}:{_line_number(path, position)}: journal line longer than "
+                    f"{MAX_LINE_BYTES} bytes"
+                )
             if previous is not None:
                 yield from _event(path, previous, after_seq, last=False)
             previous, position = (position, raw), position + len(raw)
         if previous is not None:
             yield from _event(path, previous, after_seq, last=True)
+
+
+def _open(path: Path, flags: int) -> int:
+    """The journal, never through a link (a direct child of the batch dir: O_NOFOLLOW is the
+    whole walk), and only as a regular file."""
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path}: a link, not followed") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: not a regular file")
+    return fd
 
 
 def _event(
@@ -156,14 +186,19 @@ def _event(
 
 def _line_number(path: Path, start: int) -> int:
     """The line (1-based) that starts at byte `start`; counted only for an error message."""
-    with path.open("rb") as handle:
-        return handle.read(start).count(b"\n") + 1
+    lines = 1
+    with os.fdopen(_open(path, READ_FLAGS), "rb") as handle:
+        while start > 0 and (chunk := handle.read(min(start, 1 << 20))):
+            lines += chunk.count(b"\n")
+            start -= len(chunk)
+    return lines
 
 
 def _seek_line(handle: BinaryIO, offset: int) -> int:
     """To `offset` if a line starts there (the byte before is a newline), else to the start;
-    returns the position."""
-    if offset > 0:
+    returns the position. The offset is a hint read from the manifest: one past the file's
+    end (or of any size) means start at the top."""
+    if 0 < offset <= os.fstat(handle.fileno()).st_size:
         handle.seek(offset - 1)
         if handle.read(1) == b"\n":
             return offset
@@ -171,30 +206,22 @@ def _seek_line(handle: BinaryIO, offset: int) -> int:
     return 0
 
 
-def _last_line_end(handle: BinaryIO, size: int, block: int = 65536) -> int:
+def _last_line_end(fd: int, size: int, block: int = 65536) -> int:
     """Where the last whole line ends (just after its newline), 0 if there is none; searched
     backwards block by block, so a torn line of any length costs only its own length."""
     end = size
     while end > 0:
         start = max(0, end - block)
-        handle.seek(start)
-        cut = handle.read(end - start).rfind(b"\n")
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
         if cut >= 0:
             return start + cut + 1
         end = start
     return 0
 
 
-def _cut_torn_tail(path: Path) -> None:
+def _cut_torn_tail(fd: int) -> None:
     """Removes a last line without its newline, so the next event starts on a line of its own."""
-    try:
-        with path.open("rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            handle.truncate(_last_line_end(handle, size))
-    except FileNotFoundError:
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
+    os.ftruncate(fd, _last_line_end(fd, size))

@@ -9,7 +9,9 @@ from pathlib import Path
 from types import TracebackType
 
 from safeagents_batch.core.errors import BatchLocked
+from safeagents_batch.records import layout
 from safeagents_batch.records.layout import BatchLayout
+from safeagents_batch.records.safedir import SafeDir
 
 
 class BatchLock:
@@ -17,11 +19,13 @@ class BatchLock:
     a killed process is simply taken over; a live holder is named in the error."""
 
     def __init__(self, batch_dir: Path) -> None:
+        self.batch_dir = batch_dir
         self.path = BatchLayout(batch_dir).lock
         self.fd: int | None = None
 
     def __enter__(self) -> BatchLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with SafeDir(self.batch_dir) as safe:  # a planted link is refused, never truncated
+            fd = safe.open_lock(layout.LOCK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -10,7 +10,7 @@ records/legacy.py; this tool writes version 3.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,14 @@ from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.legacy import RunV1
 from safeagents_batch.records.model import STATUSES, ImageRecord, RunRecord
 from safeagents_batch.records.provenance import GitState
+from safeagents_batch.records.safedir import SafeDir, UnsafePath, inside
 
 # 3: an attempt embeds its outcome; runs carry their matrix values and why their last turn
 # started no attempt. 2: paths into the batch dir are relative to it (1: absolute, as created).
 MANIFEST_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
 TOOL_NAME = "safeagents-batch"
+MAX_MANIFEST_BYTES = 2 * 1024**3  # a million runs' manifest is well under a gigabyte
 
 
 class ToolRecord(Struct, frozen=True, kw_only=True):
@@ -56,6 +58,8 @@ class JobsFileRecord(Struct, frozen=True, kw_only=True):
     sha256: str
     git: GitState | None = None
     earlier: tuple[str, ...] = ()
+    # This user's seal of the batch's jobs.yaml as the tool wrote it (records/trust.py).
+    snapshot_seal: str | None = None
 
 
 class JournalMark(Struct, frozen=True, kw_only=True):
@@ -170,21 +174,38 @@ def decode(path: Path, data: bytes) -> Manifest:
             + ", ".join(map(str, READ_VERSIONS))
         )
     try:
-        return from_document(_DECODERS[version].decode(data))
+        doc = _DECODERS[version].decode(data)
     except msgspec.DecodeError as exc:
         raise UsageError(f"{path}: invalid manifest: {exc}") from None
+    for field, recorded in _recorded_paths(doc):
+        try:
+            inside(recorded, doc.batch_dir)
+        except UnsafePath as exc:
+            raise UsageError(f"{path}: invalid manifest: {exc} - at `{field}`") from None
+    return from_document(doc)
+
+
+def _recorded_paths(doc: ManifestDoc) -> Iterator[tuple[str, str]]:
+    """(field, path) of every path the document records into the batch dir."""
+    for i, image in enumerate(doc.images):
+        if image.build_log is not None:
+            yield f"$.images[{i}].build_log", image.build_log
+    for i, run in enumerate(doc.runs):
+        for j, attempt in enumerate(run.attempts):
+            yield f"$.runs[{i}].attempts[{j}].log_dir", attempt.log_dir
 
 
 def load_manifest(batch_dir: Path) -> Manifest:
-    """A batch's manifest with its journal's later events folded in; a missing or corrupt one
-    is a clear UsageError, never a crash."""
+    """A batch's manifest with its journal's later events folded in; a missing, corrupt or
+    planted one (a link, a FIFO, a device) is a clear UsageError, never a crash or a hang."""
     where = BatchLayout(batch_dir)
     try:
-        data = where.manifest.read_bytes()
+        with SafeDir(batch_dir) as safe:
+            data = safe.read(layout.MANIFEST, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise UsageError(f"{batch_dir}: not a batch directory (no {layout.MANIFEST})") from None
     except OSError as exc:
-        raise UsageError(f"{where.manifest}: unreadable manifest: {exc}") from None
+        raise UsageError(f"{where.manifest}: unreadable manifest: {exc.strerror or exc}") from None
     manifest = decode(where.manifest, data)
     fold(manifest, read_events(where.journal, manifest.journal.seq, manifest.journal.offset))
     return manifest
@@ -200,10 +221,13 @@ def fold(manifest: Manifest, events: Iterable[AnyEvent]) -> None:
             raise UsageError(
                 f"journal event {event.seq} does not fit the manifest: no run {exc}"
             ) from None
+        except UnsafePath as exc:
+            raise UsageError(f"journal event {event.seq}: {exc}") from None
 
 
 def apply_event(manifest: Manifest, event: AnyEvent) -> None:
     if isinstance(event, AttemptEvent):
+        inside(event.attempt.log_dir, manifest.batch_dir)  # UnsafePath: not a batch's record
         manifest.runs[event.run_id] = manifest.runs[event.run_id].with_attempt(event.attempt)
     elif isinstance(event, UnstartedEvent):
         run = manifest.runs[event.run_id]

@@ -33,20 +33,6 @@ def recorded_path(path: Path, batch_dir: Path) -> str:
         return str(absolute)  # outside the batch dir: it does not move with it
 
 
-def located(recorded: str, batch_dir: Path, recorded_batch_dir: str) -> Path:
-    """Where a recorded path is now that the batch dir is at `batch_dir`. A relative one is
-    under it. An absolute one under `recorded_batch_dir` (where the batch was created: what
-    manifest version 1 recorded) is mapped to the same place under `batch_dir`, so a batch
-    dir written before paths were relative still works after a move; others are as recorded."""
-    path = Path(recorded)
-    if not path.is_absolute():
-        return batch_dir / path
-    try:
-        return batch_dir / path.relative_to(recorded_batch_dir)
-    except ValueError:
-        return path
-
-
 class AttemptOutcome(Struct, frozen=True, kw_only=True):
     """How one attempt ended, as its backend says. `engine_lost`: the engine stopped answering
     during the attempt (the pool pauses until it is back). `node`: where a remote backend ran
@@ -72,7 +58,7 @@ class Attempt(Struct, frozen=True, kw_only=True):
     its end (the backend's outcome, embedded)."""
 
     number: int
-    log_dir: str  # as `recorded_path` names it; `located` finds it (old records: absolute)
+    log_dir: str  # as `recorded_path` names it; safedir.inside finds it (old records: absolute)
     started_at: str  # when it was recorded running
     code_digest: str | None = None
     outcome: AttemptOutcome | None = None

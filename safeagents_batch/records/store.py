@@ -13,6 +13,7 @@ from pathlib import Path
 from msgspec import structs
 
 from safeagents_batch.core.clock import now_iso
+from safeagents_batch.records import layout
 from safeagents_batch.records.events import (
     AttemptEvent,
     BatchState,
@@ -21,11 +22,11 @@ from safeagents_batch.records.events import (
     StateEvent,
     UnstartedEvent,
 )
-from safeagents_batch.records.files import write_atomically
 from safeagents_batch.records.journal import JournalWriter
 from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.manifest import Manifest, encode
 from safeagents_batch.records.model import STATUSES, Attempt, ImageRecord, RunRecord, Status
+from safeagents_batch.records.safedir import SafeDir
 
 SNAPSHOT_SECONDS = 1.0
 HUMAN_SIZED = 100
@@ -42,6 +43,7 @@ class ManifestStore:
     def __init__(self, manifest: Manifest, batch_dir: Path) -> None:
         self.manifest = manifest
         self.layout = BatchLayout(batch_dir)
+        self.safe = SafeDir(batch_dir)  # every open below the batch dir goes through it
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter(r.status for r in manifest.runs.values())
         self._journal = JournalWriter(self.layout.journal, manifest.journal.seq)
@@ -64,8 +66,11 @@ class ManifestStore:
             return
         self._stop.set()
         self._snapshots.join()
-        self.save()
-        self._journal.close()
+        try:
+            self.save()
+            self._journal.close()
+        finally:
+            self.safe.close()
 
     # -- transitions: one journal event each --------------------------------------------
 
@@ -125,15 +130,23 @@ class ManifestStore:
             wanted = {r.run_id for r in fresh}
             return added, [run_id for run_id in runs if run_id not in wanted]
 
-    def adopt_jobs_file(self, path: str, sha256: str) -> None:
+    def adopt_jobs_file(self, path: str, sha256: str, snapshot_seal: str) -> None:
+        """FILE (`rerun --jobs FILE`) is now the batch's jobs file, its snapshot sealed."""
         with self._lock:
             old = self.manifest.jobs_file
             earlier = old.earlier
             if old.path != path and old.path not in earlier:
                 earlier = (*earlier, old.path)
             self.manifest.jobs_file = structs.replace(
-                old, path=path, sha256=sha256, earlier=earlier
+                old, path=path, sha256=sha256, earlier=earlier, snapshot_seal=snapshot_seal
             )
+
+    def trust_snapshot(self, snapshot_seal: str) -> None:
+        """The user looked at the batch's jobs.yaml (`rerun --trust-batch-dir`): it is sealed
+        as theirs, and later reruns take it without asking."""
+        with self._lock:
+            old = self.manifest.jobs_file
+            self.manifest.jobs_file = structs.replace(old, snapshot_seal=snapshot_seal)
 
     def reopen(self) -> None:
         """A rerun starts: the batch is running again."""
@@ -209,5 +222,5 @@ class ManifestStore:
             data = encode(snapshot, indent=len(snapshot.runs) <= HUMAN_SIZED)
             # The journal first: a snapshot must never name events that a power loss could take.
             self._journal.sync()
-            write_atomically(self.layout.manifest, data)
+            self.safe.write(layout.MANIFEST, data, sync=True)
             self._written = version

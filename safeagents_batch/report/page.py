@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,9 +23,11 @@ import jinja2
 from markupsafe import Markup
 
 from safeagents_batch.core.errors import UsageError
+from safeagents_batch.records import layout
 from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
 from safeagents_batch.records.manifest import Manifest, load_manifest
-from safeagents_batch.records.model import STATUSES, RunRecord, located
+from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.safedir import SafeDir, inside
 from safeagents_batch.report.compare import Comparison, compare_rows
 from safeagents_batch.report.matrix import job_matrices
 from safeagents_batch.report.results import ResultRow, read_result, write_results
@@ -38,22 +40,27 @@ MAX_ARTIFACTS_LISTED = 50  # per run: a script that leaves 10,000 files gets a c
 
 @dataclass(frozen=True)
 class BatchView:
-    """A batch as the report reads it: the manifest, where it really is now, and per run its
-    matrix values (variable -> value, in the jobs file's order)."""
+    """A batch as the report reads it: the manifest, where it really is now (every file below
+    it read through `safe`), and per run its matrix values (in the jobs file's order)."""
 
     manifest: Manifest
     batch_dir: Path
     matrix: dict[str, dict[str, str]]
+    safe: SafeDir
 
     @property
     def layout(self) -> BatchLayout:
         return BatchLayout(self.batch_dir)
 
-    def local(self, recorded: str | None) -> Path | None:
-        """A path the manifest recorded, where it is now: the batch dir may have moved."""
+    def local(self, recorded: str | None) -> str | None:
+        """A path the manifest recorded, relative to the batch dir where it is now (checked
+        inside it when the manifest was read)."""
         if recorded is None:
             return None
-        return located(recorded, self.batch_dir, self.manifest.batch_dir)
+        return inside(recorded, self.manifest.batch_dir)
+
+    def close(self) -> None:
+        self.safe.close()
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,12 @@ class ReportFiles:
 
 
 def open_batch(batch_dir: Path) -> BatchView:
+    """The batch at `batch_dir`, to read (the caller closes it)."""
     if not batch_dir.is_dir():
         raise UsageError(f"{batch_dir}: no such batch directory")
     manifest = load_manifest(batch_dir)
-    return BatchView(manifest, batch_dir.absolute(), matrix_of_runs(manifest))
+    safe = SafeDir(batch_dir.absolute())
+    return BatchView(manifest, batch_dir.absolute(), matrix_of_runs(manifest), safe)
 
 
 def matrix_of_runs(manifest: Manifest) -> dict[str, dict[str, str]]:
@@ -115,23 +124,21 @@ def _result_row(view: BatchView, record: RunRecord) -> ResultRow:
             "duration_seconds": record.duration_seconds,
         },
         matrix=view.matrix.get(record.run_id, {}),
-        result=read_result(view.local(record.log_dir)),
+        result=read_result(view.safe, view.local(record.log_dir)),
     )
 
 
 # -- files of an attempt ------------------------------------------------------------------
 
 
-def stderr_tail(attempt_dir: Path | None) -> str | None:
-    """The last TAIL_LINES lines of stderr.log, at most TAIL_BYTES; None if there is none."""
+def stderr_tail(safe: SafeDir, attempt_dir: str | None) -> str | None:
+    """The last TAIL_LINES lines of stderr.log, at most TAIL_BYTES; None if there is none (or
+    something other than a regular file stands in its place)."""
     if attempt_dir is None:
         return None
     try:
-        with (attempt_dir / STDERR_LOG).open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
-            raw = handle.read(TAIL_BYTES)
-    except OSError:
+        raw, size = safe.read_tail(f"{attempt_dir}/{STDERR_LOG}", TAIL_BYTES)
+    except (OSError, UsageError):
         return None
     lines = raw.decode("utf-8", "replace").splitlines()
     if size > TAIL_BYTES and lines:
@@ -139,20 +146,15 @@ def stderr_tail(attempt_dir: Path | None) -> str | None:
     return "\n".join(lines[-TAIL_LINES:]) or None
 
 
-def artifact_names(attempt_dir: Path | None) -> tuple[list[str], int]:
+def artifact_names(safe: SafeDir, attempt_dir: str | None) -> tuple[list[str], int]:
     """Files the script left (not the logs), relative to the attempt dir, sorted; and how many
     there are in all. Links are not followed: the sink keeps none, a later hand might."""
-    if attempt_dir is None or not attempt_dir.is_dir():
+    if attempt_dir is None:
         return [], 0
-    names = sorted(_files_under(attempt_dir))
+    names, count = safe.files(attempt_dir, MAX_ARTIFACTS_LISTED + len(RESERVED_NAMES))
+    reserved = sum(1 for n in RESERVED_NAMES if safe.kind(f"{attempt_dir}/{n}") == "file")
     names = [n for n in names if n not in RESERVED_NAMES]
-    return names[:MAX_ARTIFACTS_LISTED], len(names)
-
-
-def _files_under(top: Path) -> Iterator[str]:
-    for directory, _, files in os.walk(top):
-        for name in files:
-            yield Path(directory, name).relative_to(top).as_posix()
+    return names[:MAX_ARTIFACTS_LISTED], count - reserved
 
 
 def href(path: Path, report_dir: Path) -> str:
@@ -182,8 +184,11 @@ def _run_entry(
     view: BatchView, record: RunRecord, row: ResultRow, columns: list[str], report_dir: Path
 ) -> dict[str, Any]:
     attempt_dir = view.local(record.log_dir)
-    artifacts, artifact_count = artifact_names(attempt_dir)
+    artifacts, artifact_count = artifact_names(view.safe, attempt_dir)
     unsuccessful = record.status != "succeeded"
+    dir_link = None
+    if attempt_dir is not None and view.safe.kind(attempt_dir) == "dir":
+        dir_link = href(view.batch_dir / attempt_dir, report_dir)
     return {
         "id": record.run_id,
         "job": record.job,
@@ -194,10 +199,10 @@ def _run_entry(
         "exit": record.exit_code,
         "err": record.error,
         "m": [row.matrix.get(c, "") for c in columns],
-        "dir": href(attempt_dir, report_dir) if attempt_dir and attempt_dir.is_dir() else None,
+        "dir": dir_link,
         "art": artifacts,
         "nart": artifact_count,
-        "tail": stderr_tail(attempt_dir) if unsuccessful else None,
+        "tail": stderr_tail(view.safe, attempt_dir) if unsuccessful else None,
         "note": row.result.note,
     }
 
@@ -270,9 +275,10 @@ def render(
 def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
     image = view.manifest.images[tag]
     log = view.local(image.build_log)
+    shown = log is not None and view.safe.kind(log) == "file"
     return {
         "record": image,
-        "log": href(log, report_dir) if log is not None and log.is_file() else None,
+        "log": href(view.batch_dir / log, report_dir) if log is not None and shown else None,
     }
 
 
@@ -284,21 +290,31 @@ def write_report(
     batch_dir: Path, output: Path | None = None, compare_with: Path | None = None
 ) -> ReportFiles:
     """report.html (or `output`), results.csv and results.jsonl for the batch at `batch_dir`;
-    with `compare_with`, the report compares the batch against that earlier one."""
+    with `compare_with`, the report compares the batch against that earlier one. Every file
+    is written whole under a new name and renamed into place: a name planted in the batch dir
+    (a link to a file elsewhere) is replaced, never written through."""
     view = open_batch(batch_dir)
-    rows = result_rows(view)
-    comparison = None
-    if compare_with is not None:
-        other = open_batch(compare_with)
-        comparison = compare_rows(other.manifest.batch_id, result_rows(other), rows)
-    csv_path, jsonl_path = write_results(rows, view.batch_dir)
-    html_path = (output or view.layout.report).absolute()
-    html = render(view, rows, html_path, comparison)
-    _write_text(html_path, html)
+    try:
+        rows = result_rows(view)
+        comparison = _comparison(compare_with, rows)
+        csv_path, jsonl_path = write_results(rows, view.safe)
+        html_path = (output or view.layout.report).absolute()
+        html = render(view, rows, html_path, comparison).encode("utf-8")
+        if output is None:
+            view.safe.write(layout.REPORT, html)
+        else:  # wherever the user said, written the same way
+            with SafeDir(html_path.parent) as there:
+                there.write(html_path.name, html)
+    finally:
+        view.close()
     return ReportFiles(html_path, csv_path, jsonl_path, comparison)
 
 
-def _write_text(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)  # a browser reloading it meanwhile sees the old or the new page
+def _comparison(compare_with: Path | None, rows: Sequence[ResultRow]) -> Comparison | None:
+    if compare_with is None:
+        return None
+    other = open_batch(compare_with)
+    try:
+        return compare_rows(other.manifest.batch_id, result_rows(other), rows)
+    finally:
+        other.close()

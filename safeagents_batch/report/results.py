@@ -8,6 +8,8 @@ the row, never an exception. Rows go to results.csv and results.jsonl beside the
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,9 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from safeagents_batch.core.errors import UsageError
+from safeagents_batch.records import layout
 from safeagents_batch.records.layout import RESULT, BatchLayout
+from safeagents_batch.records.safedir import SafeDir
 
 MAX_RESULT_BYTES = 1024**2  # a result is a few numbers and labels; more is not a result
+# An integer past 64 bits fits no float a mean is taken in, and few readers of a table: it is
+# carried exactly, as its digits in a string, and left out of means.
+BIG_INTEGER = 2**63
+# What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection rule).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 Scalar = str | int | float | bool | None
 FIXED_COLUMNS = (
     "run_id",
@@ -48,20 +58,20 @@ class ResultRow:
     result: ResultFile
 
 
-def read_result(attempt_dir: Path | None) -> ResultFile:
+def read_result(safe: SafeDir, attempt_dir: str | None) -> ResultFile:
     """The result.json the latest attempt left; no file is no fields and no note."""
     if attempt_dir is None:
         return ResultFile()
-    path = attempt_dir / RESULT
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_RESULT_BYTES + 1)
+        raw = safe.read(f"{attempt_dir}/{RESULT}", MAX_RESULT_BYTES)
     except FileNotFoundError:
         return ResultFile()
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            return ResultFile(note=f"{RESULT}: larger than {MAX_RESULT_BYTES} bytes, not read")
         return ResultFile(note=f"{RESULT}: unreadable: {exc.strerror or exc}")
-    if len(raw) > MAX_RESULT_BYTES:
-        return ResultFile(note=f"{RESULT}: larger than {MAX_RESULT_BYTES} bytes, not read")
+    except UsageError as exc:  # a link, FIFO or device in its place
+        return ResultFile(note=f"{RESULT}: not read: {exc}")
     return parse_result(raw)
 
 
@@ -91,6 +101,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
             flat.update(flatten(value, f"{name}."))
         elif isinstance(value, float) and not math.isfinite(value):
             continue  # 1e999 parses as infinity: not a number any reader after us accepts
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= BIG_INTEGER:
+            flat[name] = str(value)
         elif value is None or isinstance(value, str | bool | int | float):
             flat[name] = value
     return flat
@@ -98,7 +110,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
 
 def is_number(value: Scalar) -> TypeGuard[int | float]:
     """Numbers and booleans (a mean of `refused` is a refusal rate); never NaN or infinity."""
-    return isinstance(value, int | float) and math.isfinite(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and abs(value) < BIG_INTEGER
 
 
 def mean_of(values: Iterable[Scalar]) -> float | None:
@@ -141,25 +155,28 @@ def as_dict(row: ResultRow, columns: Sequence[str]) -> dict[str, Scalar]:
     return {c: values.get(c) for c in columns}
 
 
-def write_results(rows: Sequence[ResultRow], batch_dir: Path) -> tuple[Path, Path]:
-    """results.csv and results.jsonl in `batch_dir`, one row per run, the same columns."""
+def write_results(rows: Sequence[ResultRow], safe: SafeDir) -> tuple[Path, Path]:
+    """results.csv and results.jsonl in the batch dir, one row per run, the same columns."""
     columns = header(rows)
-    layout = BatchLayout(batch_dir)
-    csv_path, jsonl_path = layout.results_csv, layout.results_jsonl
-    with csv_path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(_csv_cell(v) for v in as_dict(row, columns).values())
-    with jsonl_path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(as_dict(row, columns), ensure_ascii=False) + "\n")
-    return csv_path, jsonl_path
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(_csv_cell(v) for v in as_dict(row, columns).values())
+    lines = "".join(json.dumps(as_dict(row, columns), ensure_ascii=False) + "\n" for row in rows)
+    safe.write(layout.RESULTS_CSV, table.getvalue().encode("utf-8"))
+    safe.write(layout.RESULTS_JSONL, lines.encode("utf-8"))
+    where = BatchLayout(safe.root)
+    return where.results_csv, where.results_jsonl
 
 
 def _csv_cell(value: Scalar) -> str:
+    """A cell as a spreadsheet should take it: text that would run as a formula is quoted
+    with a leading apostrophe (numbers stay numbers); results.jsonl keeps the raw value."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"  # as in the JSON the script wrote
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return str(value)

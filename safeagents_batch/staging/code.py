@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from safeagents_batch.core.errors import UsageError
 from safeagents_batch.core.units import format_size
 from safeagents_batch.jobs.model import DEFAULT_CODE_LIMIT
 from safeagents_batch.staging.select import (
@@ -117,6 +119,8 @@ def _content_sha256(source: Path) -> str:
 
 def _make_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():  # a batch dir's code/ planted as a link: snapshots would land there
+        raise UsageError(f"{path}: a link, not a directory; refusing to stage code through it")
     os.chmod(path, DIR_MODE)  # explicit: mkdir's mode is reduced by the umask
 
 
@@ -168,15 +172,36 @@ def _copy_file(file: CodeFile, target: Path, allowance: int) -> _Copied | None:
 
 
 def _publish(temp: Path, target: Path) -> bool:
-    """Renames the copy into place; False when a snapshot of that digest is already there
-    (an earlier stage, or a concurrent one that won the race): the caller discards the copy."""
+    """Renames the copy into place; False when a snapshot of that digest is already there,
+    whole (an earlier stage, or a concurrent one that won the race): the caller discards the
+    copy. What stands at the name and is not that snapshot (a link planted there, a dir whose
+    files no longer hash to its name) is moved aside first: a container mounts what is there."""
     os.chmod(temp, DIR_MODE)  # mkdtemp makes it 0700
-    if target.is_dir():
+    if _is_snapshot(target):
         return False
+    if os.path.lexists(target):
+        os.rename(target, target.with_name(f".stale-{target.name[:12]}-{secrets.token_hex(4)}"))
     try:
         os.rename(temp, target)
     except OSError:
-        if target.is_dir():
+        if _is_snapshot(target):
             return False
         raise
     return True
+
+
+def _is_snapshot(target: Path) -> bool:
+    """A real directory whose regular files, and nothing else, hash to its name."""
+    if target.is_symlink() or not target.is_dir():
+        return False
+    entries: list[tuple[str, bool, str]] = []
+    for root, dirs, names in os.walk(target):
+        for name in [*dirs, *names]:
+            path = Path(root, name)
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                return False
+        for name in names:
+            path = Path(root, name)
+            executable = owner_executable(path.lstat().st_mode)
+            entries.append((path.relative_to(target).as_posix(), executable, _content_sha256(path)))
+    return _tree_digest(entries) == target.name

@@ -18,6 +18,7 @@ import requests
 
 from safeagents_batch.core import labels
 from safeagents_batch.core.errors import one_line
+from safeagents_batch.core.files import open_log
 from safeagents_batch.core.version import VERSION
 from safeagents_batch.records.model import ImageRecord
 from safeagents_batch.staging.images import AZURE_CLI_VENV, ImageSpec, write_build_context
@@ -151,12 +152,11 @@ class DockerImages:
                 raise docker.errors.BuildError(error, [])
 
     def _build(self, spec: ImageSpec) -> ImageRecord:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
         started = time.monotonic()
         with (
             tempfile.TemporaryDirectory(prefix="safeagents-build-") as context,
-            log_path.open("w", encoding="utf-8") as log,
+            open_log(log_path) as log,
         ):
             write_build_context(spec, Path(context))
             error = self._stream_build(spec, Path(context), log)

@@ -32,6 +32,7 @@ import ray
 import ray.cloudpickle
 import ray.exceptions
 from msgspec import structs
+from ray._private.services import canonicalize_bootstrap_address_or_die
 
 from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
 from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend
@@ -48,11 +49,13 @@ from safeagents_batch.backends.ray.agents import (
     live_nodes,
     on_node,
 )
+from safeagents_batch.backends.ray.auth import require_token_auth
 from safeagents_batch.backends.ray.boot import Shipment
 from safeagents_batch.backends.ray.items import Art, ArtOver, Done, Err, Item, NoImage, Out, Trace
 from safeagents_batch.backends.ray.remote import RemoteError
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
+from safeagents_batch.core.files import open_log
 from safeagents_batch.core.once import OncePerKey
 from safeagents_batch.core.units import format_size
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
@@ -82,6 +85,7 @@ class RayOptions:
     address: str | None = None  # None: RAY_ADDRESS
     ship_azure: bool = False
     registry: str | None = None  # HOST:PORT of a registry the nodes can pull from
+    insecure: bool = False  # join a cluster that asks for no token
 
 
 def connect(options: RayOptions) -> str:
@@ -94,8 +98,11 @@ def connect(options: RayOptions) -> str:
             "--backend ray needs the cluster's address: --ray-address HOST:PORT or RAY_ADDRESS "
             "(start a cluster with `ray start`, see docs/ray.md)"
         )
-    if address != "auto":
-        require_answer(address)
+    if address == "auto":  # the cluster this machine started last, as Ray finds it
+        address = str(canonicalize_bootstrap_address_or_die(address))
+    require_answer(address)
+    if not options.insecure:
+        require_token_auth(address)
     # What the nodes get whole: the node cannot import it before it has the package.
     by_value: Callable[[ModuleType], None] = ray.cloudpickle.register_pickle_by_value
     by_value(ray_boot)
@@ -386,9 +393,9 @@ class RayBackend:
             error = f"image {outcome.tag} not shipped to the nodes: {one_line(exc, 600)}"
             if isinstance(exc, NodeFailure):
                 name = outcome.tag.replace("/", "_").replace(":", "_")
-                build_logs.mkdir(parents=True, exist_ok=True)
                 trace = build_logs / f"{name}.shipping-traceback.log"
-                trace.write_text(exc.remote.traceback, encoding="utf-8")
+                with open_log(trace) as handle:
+                    handle.write(exc.remote.traceback)
                 error = f"{error} (the node's traceback: {trace.name}, beside the build logs)"
             return structs.replace(outcome, status="failed", error=error)
         return outcome

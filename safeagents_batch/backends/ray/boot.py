@@ -83,19 +83,63 @@ def require_python() -> None:
 
 
 def node_cache() -> Path:
-    """The node's cache of packages, code and locks. Its code is imported and run there, so
-    it must be this user's own: a dir another user made first (the default is under the
-    shared temp dir) or may write to is refused."""
+    """The node's cache of packages, code and locks: mode 0700, this user's own. Its code is
+    imported and run there, so every directory from `/` down to it is checked through a
+    descriptor (no link followed): owned by root or this user and writable by no one else
+    (unless sticky, as /tmp); a cache another user made first, or may write to, is refused."""
     default = Path(tempfile.gettempdir()) / f"safeagents-batch-node-{os.getuid()}"
-    path = Path(os.environ.get(NODE_CACHE_ENV) or default)
+    path = Path(os.environ.get(NODE_CACHE_ENV) or default).absolute()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    seen = path.lstat()
-    if stat.S_ISLNK(seen.st_mode) or seen.st_uid != os.geteuid() or seen.st_mode & 0o022:
-        raise RuntimeError(
-            f"node cache {path} is not this user's own (owner uid {seen.st_uid}, mode "
-            f"{stat.S_IMODE(seen.st_mode):o}): remove it, or set {NODE_CACHE_ENV} on the node"
-        )
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts = path.parts[1:]
+        for index, part in enumerate(parts):
+            parent, fd = fd, -1
+            try:
+                fd = _open_dir(parent, part, path)
+            finally:
+                os.close(parent)
+            if index < len(parts) - 1:
+                _safe_parent(fd, part, path)
+        _own_and_closed(fd, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return path
+
+
+def _open_dir(parent: int, name: str, cache: Path) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        raise _refused(cache, f"{name} is a link or not a directory ({exc.strerror})") from None
+
+
+def _safe_parent(fd: int, name: str, cache: Path) -> None:
+    """A directory above the cache: root's or this user's, and writable by no one else
+    unless sticky (where no one removes another's entries)."""
+    seen = os.fstat(fd)
+    others_write = seen.st_mode & 0o022 and not seen.st_mode & stat.S_ISVTX
+    if seen.st_uid not in (0, os.geteuid()) or others_write:
+        mode = f"{stat.S_IMODE(seen.st_mode):o}"
+        raise _refused(cache, f"{name} (owner uid {seen.st_uid}, mode {mode}) is not safe")
+
+
+def _own_and_closed(fd: int, cache: Path) -> None:
+    """The cache itself: this user's, and closed to others (an earlier release made it 0755:
+    made 0700 now)."""
+    seen = os.fstat(fd)
+    if seen.st_uid != os.geteuid() or seen.st_mode & 0o022:
+        mode = f"{stat.S_IMODE(seen.st_mode):o}"
+        raise _refused(cache, f"not this user's own (owner uid {seen.st_uid}, mode {mode})")
+    if seen.st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+
+
+def _refused(cache: Path, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"node cache {cache}: {why}: remove it, or set {NODE_CACHE_ENV} on the node"
+    )
 
 
 @contextlib.contextmanager

@@ -87,13 +87,12 @@ def node_info() -> dict[str, str]:
 def code_dir(digest: str, tar_box: list[Any]) -> Path:
     """The node's copy of a code snapshot; unpacked from the driver's tar on first use."""
     root = node_cache() / "code"
-    root.mkdir(exist_ok=True)
-    # World-traversable: the container user (not root) must reach the snapshot.
-    os.chmod(root, 0o755)
-    os.chmod(root.parent, 0o755)
+    root.mkdir(mode=0o700, exist_ok=True)
 
     def untar(staging: Path) -> None:
         unpack(ray.get(tar_box[0]), staging)
+        # Readable by the container's user: the snapshot is bind-mounted, and only the mount
+        # itself is traversed in the container (the 0700 cache above it keeps others out).
         os.chmod(staging, 0o755)
 
     return unpacked_once(root, digest, untar)
