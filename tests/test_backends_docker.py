@@ -32,7 +32,10 @@ class ListSink:
     def traceback(self, text: str) -> None:
         raise AssertionError("not expected here")
 
-    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
+    def artifacts(self, tar_chunks: Iterable[bytes], *, selected: bool = False) -> None:
+        raise AssertionError("not expected here")
+
+    def not_kept(self, line: str) -> None:
         raise AssertionError("not expected here")
 
     def close(self) -> None:

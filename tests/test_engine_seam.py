@@ -162,18 +162,21 @@ def test_a_hostile_script_leaves_regular_files_only_and_the_record_says_what_was
     assert archive.stat().st_size < 10 * 1024**2
 
 
-# The issue's script output, in the archive's order (docker sorts names): a 5 GiB sparse file
-# before a small result.json holding a 400-digit integer and a formula, then 20,000 empty files.
+# The issue's script output. `before`: a 5 GiB sparse file and 20,000 empty files, then (in
+# the archive's order: docker sorts names) a small result.json holding a 400-digit integer and
+# a formula. `capped`: the result, then 20,000 empty files under a 1 MiB cap.
 FLOOD = """\
-import json, os
+import json, os, sys
 logs = '/safeagents/logs'
-with open(os.path.join(logs, 'a-sparse.bin'), 'wb') as f:
-    f.truncate(5 * 1024 ** 3)
+if sys.argv[0].endswith('before.py'):
+    with open(os.path.join(logs, 'a-sparse.bin'), 'wb') as f:
+        f.truncate(5 * 1024 ** 3)
+empty = os.path.join(logs, 'b-empty' if sys.argv[0].endswith('before.py') else 'z-empty')
+os.mkdir(empty)
+for i in range(20000):
+    open(os.path.join(empty, f'e{i:05d}'), 'w').close()
 with open(os.path.join(logs, 'result.json'), 'w') as f:
     json.dump({'big': int('9' * 400), 'note': '=HYPERLINK("http://x")', 'score': 0.5}, f)
-os.mkdir(os.path.join(logs, 'z-empty'))
-for i in range(20000):
-    open(os.path.join(logs, 'z-empty', f'e{i:05d}'), 'w').close()
 print('flooded')
 """
 
@@ -185,43 +188,50 @@ def test_a_flood_of_output_keeps_the_small_result_and_the_report_renders(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     jobs_yaml = header(fresh_image_name) + (
-        "jobs:\n  - {name: f, framework: plain, scripts: f.py, max_artifacts_size: 1m}\n"
+        "jobs:\n"
+        "  - {name: f, framework: plain, scripts: before.py, max_artifacts_files: 25000}\n"
+        "  - {name: g, framework: plain, scripts: capped.py, max_artifacts_size: 1m}\n"
     )
-    jobs = write_project(tmp_path / "proj", jobs_yaml, {"f.py": FLOOD})
+    jobs = write_project(tmp_path / "proj", jobs_yaml, {"before.py": FLOOD, "capped.py": FLOOD})
     out_dir = tmp_path / "out"
 
     code, out = run(["run", str(jobs), "-o", str(out_dir)], capsys)
 
     assert code == EXIT_OK, out
     batch_dir = only_batch_dir(out_dir)
-    attempt = runs_by_id(load_valid_manifest(batch_dir))["f-f"]["attempts"][0]
+    runs = runs_by_id(load_valid_manifest(batch_dir))
+    # `before`: the sparse file is skipped, the 20,000 files and the result after it kept.
+    attempt = runs["f-before"]["attempts"][0]
     log_dir = batch_dir / attempt["log_dir"]
-    # The sparse file is skipped, the result after it kept whole.
-    dropped = attempt["dropped_artifacts"]
-    assert dropped[0] == (
-        "a-sparse.bin: 5.0 GiB, over the artifact limit of 1.0 MiB "
+    assert attempt["dropped_artifacts"] == [
+        "a-sparse.bin: 5.0 GiB, over the artifact limit of 1.0 GiB "
         "(archive bytes, headers included)"
-    )
+    ]
     assert not (log_dir / "a-sparse.bin").exists()
+    assert len(os.listdir(log_dir / "b-empty")) == 20_000
     assert json.loads((log_dir / "result.json").read_text())["big"] == int("9" * 400)
-    # Empty files count by their headers: 1 MiB holds about 2,000 of the 20,000; the rest
-    # are listed (the first 100, then a count) and not one is lost from the count.
+    # `capped`: empty files count by their headers: 1 MiB holds about 2,000 of the 20,000;
+    # the rest are listed (the first 100, then a count) and not one is lost from the count.
+    attempt = runs["g-capped"]["attempts"][0]
+    log_dir = batch_dir / attempt["log_dir"]
+    dropped = attempt["dropped_artifacts"]
     kept = len(os.listdir(log_dir / "z-empty"))
     assert 1_000 < kept < 2_100
     assert len(dropped) == 101
-    assert all(line.startswith("z-empty/e") for line in dropped[1:100])
+    assert all(line.startswith("z-empty/e") for line in dropped[:100])
     not_listed = int(dropped[-1].removeprefix("... and ").removesuffix(" more entries not kept"))
-    assert kept + 99 + not_listed == 20_000
+    assert kept + 100 + not_listed == 20_000
+    assert json.loads((log_dir / "result.json").read_text())["score"] == 0.5
     # The report renders; the table carries the big number exactly, the formula as text.
     # (it shows means of numeric fields: the score's, not the big number's, which is skipped)
     html = (batch_dir / "report.html").read_text(encoding="utf-8")
-    assert '"f-f"' in html and "score" in html and "9" * 400 not in html
+    assert '"f-before"' in html and "score" in html and "9" * 400 not in html
     with (batch_dir / "results.csv").open(newline="", encoding="utf-8") as table:
-        [row] = list(csv.DictReader(table))
-    assert row["big"] == "9" * 400
-    assert row["note"] == '\'=HYPERLINK("http://x")'
-    [line] = (batch_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    assert json.loads(line)["note"] == '=HYPERLINK("http://x")'
+        rows = list(csv.DictReader(table))
+    assert [row["big"] for row in rows] == ["9" * 400] * 2
+    assert [row["note"] for row in rows] == ['\'=HYPERLINK("http://x")'] * 2
+    for line in (batch_dir / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        assert json.loads(line)["note"] == '=HYPERLINK("http://x")'
     assert cli.main(["report", str(batch_dir)]) == EXIT_OK
 
 

@@ -21,7 +21,7 @@ from conftest import Project
 from fakes import FakeBackend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from report_batches import default_behaviour, run_fake_batch
+from report_batches import default_behaviour, run_fake_batch, succeeded_with
 
 from safeagents_batch.cli.main import main
 from safeagents_batch.core.errors import UsageError
@@ -96,8 +96,8 @@ def test_a_planted_file_in_an_attempt_dir_is_not_read(
     project: Project, tmp_path: Path, name: str, kind: str
 ) -> None:
     batch = run_fake_batch(project, default_behaviour)
-    secret = tmp_path / "key.pem"
-    secret.write_text(SECRET)
+    secret = tmp_path / "key.json"
+    secret.write_text(json.dumps({"key": SECRET}))  # valid JSON: read through, it would show
     for run in manifest(batch)["runs"]:
         replace_with(batch / run["log_dir"] / name, kind, secret)
     done = tool("report", str(batch))
@@ -218,6 +218,21 @@ def test_an_attempt_dir_through_a_linked_parent_is_refused(batch: Path, tmp_path
     [record] = [r for r in manifest(batch)["runs"] if r["run_id"] == run_id]
     assert record["status"] == "error" and "a link or a file, not a directory" in record["error"]
     assert outcome.exit_code == 1
+
+
+def test_a_planted_next_attempt_dir_is_moved_aside_not_written_into(batch: Path) -> None:
+    """A FIFO at its console.log hung the rerun; a result.json there won over the script's."""
+    [record] = [r for r in manifest(batch)["runs"] if r["run_id"] == "single-b"]
+    planted = batch / "runs" / "single-b" / f"attempt-{len(record['attempts']) + 1}"
+    planted.mkdir()
+    os.mkfifo(planted / "console.log")
+    (planted / "result.json").write_text('{"score": 99}')
+    backend = FakeBackend(behaviours={"single-b": [succeeded_with({"score": 1})]})
+    rerun_batch(batch, backend, CollectingReporter(), RerunChoice(everything=True))
+    assert json.loads((planted / "result.json").read_text()) == {"score": 1}
+    assert (planted / "console.log").read_bytes() == b"done\n"
+    [aside] = (batch / "runs" / "single-b").glob(f".{planted.name}.stale-*")
+    assert sorted(os.listdir(aside)) == ["console.log", "result.json"]
 
 
 # -- what reaches a terminal ---------------------------------------------------------------------

@@ -85,6 +85,30 @@ def test_a_secret_looking_value_is_never_in_a_message(project: Path) -> None:
                          "it a string (value not shown)")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("env: {DB_PASSWORD: [hunter5]}", "env.DB_PASSWORD: a list is not a string"),
+        ("env: {DB_PASSWORD: !!float hunter5}", "cannot read this value as !!float"),
+        ("matrix: {API_KEY: [{x: hunter5}]}", "matrix.API_KEY[0]: a mapping is not allowed"),
+        ("defaults_env: {TOKEN: {a: hunter5}}", "env.TOKEN: a mapping is not a string"),
+    ],
+    ids=["a list", "a bad tag", "a matrix mapping", "defaults"],
+)
+def test_a_value_of_any_shape_under_env_or_matrix_is_never_in_a_message(
+    project: Path, setting: str, says: str
+) -> None:
+    if setting.startswith("defaults_env"):
+        text = HEAD.replace(
+            "jobs:", "defaults:\n  " + setting.removeprefix("defaults_") + "\njobs:"
+        )
+        text += JOB
+    else:
+        text = HEAD + JOB.replace("scripts:", f"{setting}, scripts:")
+    line = one_located_line(project, text)
+    assert "hunter5" not in line and says in line, line
+
+
 def test_deep_nesting_is_one_line(project: Path) -> None:
     deep = "[" * 5000 + "]" * 5000
     line = one_located_line(project, HEAD + JOB.replace("scripts:", f"x: {deep}, scripts:"))
@@ -186,6 +210,9 @@ HOSTILE_VALUES = st.one_of(
             ".nan",
             '"\\ud800"',
             "'" + "y" * 70_000 + "'",
+            '"' + "9" * 5000 + 'k"',
+            '"1.' + "1" * 5000 + 'k"',
+            '"999999999999999g"',
         ]
     ),
     st.integers(min_value=-(10**50), max_value=10**50).map(str),
@@ -202,6 +229,7 @@ PLACES = [
     HEAD + JOB.replace("scripts:", f"timeout: {V}, scripts:"),
     HEAD + JOB.replace("name: a", f"name: {V}"),
     HEAD + JOB.replace("scripts:", f"resources: {{memory: {V}}}, scripts:"),
+    HEAD + JOB.replace("scripts:", f"max_artifacts_size: {V}, scripts:"),
     HEAD.replace("packages: []", f"packages: [{V}]") + JOB,
 ]
 

@@ -701,9 +701,9 @@ def test_tab_indentation_is_a_located_syntax_error(project: Project) -> None:
         ("version: 1\njobs: !!python/object:os.system\n  - name: a\n", "could not determine"),
         ("a: *nowhere\n", "found undefined alias 'nowhere'"),
         ("a: &x [*x]\n", "recursive alias"),
-        ("version: !!int one\n", "cannot read 'one' as !!int: invalid literal"),
-        ("version: !!timestamp soon\n", "cannot read 'soon' as !!timestamp"),
-        ("? !!float ''\n: 1\n", "cannot read '' as !!float"),
+        ("version: !!int one\n", "cannot read this value as !!int (ValueError; value not shown)"),
+        ("version: !!timestamp soon\n", "cannot read this value as !!timestamp"),
+        ("? !!float ''\n: 1\n", "cannot read this value as !!float"),
     ],
 )
 def test_unsafe_or_broken_yaml_is_a_syntax_error(project: Project, text: str, message: str) -> None:
@@ -955,8 +955,10 @@ def test_size_limit_exactly_the_minimum_is_accepted(project: Project) -> None:
     assert job.max_code_size == job.max_artifacts_size == 1024
 
 
-def test_long_run_of_digits_is_a_size_not_a_crash(project: Project) -> None:
-    digits = "9" * 400  # as a float it would be infinity
+def test_long_run_of_digits_is_a_located_line_not_a_crash(project: Project) -> None:
+    """Sizes are bounded (at most 1 PiB); a run of digits far past it is refused, exactly:
+    as a float it would be infinity, as a Fraction of 5,000 digits a crash."""
+    digits = "9" * 400
     assert parse_memory(digits + "k") == int(digits) * 1024
     path = project.jobs(f"""
         version: 1
@@ -964,12 +966,15 @@ def test_long_run_of_digits_is_a_size_not_a_crash(project: Project) -> None:
           - name: a
             framework: langgraph
             scripts: scripts/a.py
-            resources: {{memory: "{digits}"}}
-            max_code_size: "{digits}m"
+            resources: {{memory: "{"9" * 15}k"}}
+            max_code_size: "{"9" * 5000}m"
     """)
-    (job,) = load(path).jobs
-    assert job.resources.memory == int(digits)
-    assert job.max_code_size == int(digits) * 1024**2
+    with pytest.raises(JobsFileError) as raised:
+        load(path)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2, lines
+    assert "memory: memory '999999999999999k' is above the maximum of 1048576g" in lines[0]
+    assert "max_code_size: '9999" in lines[1] and "(5003 chars) is not allowed here" in lines[1]
 
 
 def test_name_from_a_stem_starting_with_underscore_is_a_valid_name(project: Project) -> None:

@@ -4,7 +4,9 @@ import Ray."""
 
 from __future__ import annotations
 
+import io
 import queue
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +16,13 @@ from typing import Any, cast
 import pytest
 import ray
 import ray.exceptions
+from fakes import tar_of
 
 from safeagents_batch.backends.base import AttemptRequest, Sink
 from safeagents_batch.backends.ray import backend as ray_backend
 from safeagents_batch.backends.ray import node as ray_node
 from safeagents_batch.backends.ray.backend import tar_tree
-from safeagents_batch.backends.ray.items import Art, ArtOver, Done, Err, Item, Out, Trace
+from safeagents_batch.backends.ray.items import Art, ArtDrop, Done, Err, Item, Out, Trace
 from safeagents_batch.backends.ray.node import CHUNK_BYTES, QueueSink, _drain, unpack
 from safeagents_batch.records.model import AttemptOutcome
 
@@ -56,14 +59,39 @@ def test_coalescing_stops_at_the_chunk_size() -> None:
     assert out == [Out(big), Out(b"yy"), Done(OUTCOME)]
 
 
-def test_artifacts_past_the_cap_are_announced_not_sent() -> None:
+def test_the_node_sends_only_what_the_artifact_rules_keep() -> None:
+    """A file over the cap first, a link, then the small result: the node's tar holds the
+    top directory and the result, and a line says each entry it did not keep."""
+    archive = tar_of({"a-big.bin": bytes(5000), "result.json": b'{"score": 1}'})
     items: queue.Queue[Item] = queue.Queue()
-    QueueSink(items, artifact_cap=10).artifacts([b"12345", b"67890", b"1"])
-    assert [items.get_nowait() for _ in range(items.qsize())] == [
-        Art(b"12345"),
-        Art(b"67890"),
-        ArtOver(10),
+    QueueSink(items, artifact_limit=2048, file_limit=10).artifacts(_pieces(archive, 700))
+    got = [items.get_nowait() for _ in range(items.qsize())]
+    pieces = b"".join(item.chunk for item in got if isinstance(item, Art))
+    drops = [item.line for item in got if isinstance(item, ArtDrop)]
+    assert drops == [
+        "a-big.bin: 4.9 KiB, over the artifact limit of 2.0 KiB (archive bytes, headers included)"
     ]
+    with tarfile.open(fileobj=io.BytesIO(pieces)) as tar:
+        assert tar.getnames() == ["logs", "logs/result.json"]
+        member = tar.extractfile("logs/result.json")
+        assert member is not None and member.read() == b'{"score": 1}'
+
+
+def test_the_node_stops_at_the_file_limit_and_says_so() -> None:
+    archive = tar_of({f"e{i}": b"" for i in range(5)})
+    items: queue.Queue[Item] = queue.Queue()
+    QueueSink(items, artifact_limit=1 << 20, file_limit=2).artifacts([archive])
+    got = [items.get_nowait() for _ in range(items.qsize())]
+    assert [item.line for item in got if isinstance(item, ArtDrop)] == [
+        "later entries not collected: 2 files and directories kept already"
+    ]
+    pieces = b"".join(item.chunk for item in got if isinstance(item, Art))
+    with tarfile.open(fileobj=io.BytesIO(pieces)) as tar:
+        assert tar.getnames() == ["logs", "logs/e0", "logs/e1"]
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def test_a_code_tar_unpacks_to_the_same_files_and_modes(tmp_path: Path) -> None:

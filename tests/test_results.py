@@ -109,6 +109,22 @@ def test_an_integer_of_any_size_stays_exact_and_stays_out_of_means(tmp_path: Pat
     assert json.loads(jsonl_path.read_text("utf-8"))["tokens"] == str(big)
 
 
+@pytest.mark.parametrize("digits", [19, 20, 4_300, 5_000, 100_000])
+def test_an_integer_past_pythons_text_limit_keeps_the_file(digits: int) -> None:
+    """Python's int() refuses more than 4,300 digits: such a file lost every field."""
+    text = "9" * digits
+    result = parse_result(f'{{"n": {text}, "m": -{text}, "score": 1}}'.encode())
+    assert result.note is None
+    assert result.fields == {"n": text, "m": "-" + text, "score": 1}
+
+
+def test_a_result_field_named_as_a_formula_is_neutralised_in_the_header(tmp_path: Path) -> None:
+    result = parse_result(b'{"=HYPERLINK(1)": 1}')
+    csv_path, _ = write_results([row("r1", result)], SafeDir(tmp_path))
+    header = csv_path.read_text("utf-8").splitlines()[0]
+    assert header.endswith(",'=HYPERLINK(1),result_note"), header
+
+
 @pytest.mark.parametrize(
     "text", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
 )

@@ -16,8 +16,9 @@ import pytest
 
 from safeagents_batch.core.tarsafe import StreamingTar
 from safeagents_batch.core.units import format_size
-from safeagents_batch.execution.sink import MAX_DROPS_LISTED, LocalSink
+from safeagents_batch.execution.sink import LocalSink
 from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_LIMIT
+from safeagents_batch.records.artifacts import MAX_DROPS_LISTED
 from safeagents_batch.records.layout import LOG_NAMES
 from safeagents_batch.records.layout import TRACEBACK as TRACEBACK_NAME
 

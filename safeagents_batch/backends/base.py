@@ -60,9 +60,17 @@ class Sink(Protocol):
         (the attempt's record has the one-line cause)."""
         ...
 
-    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
+    def artifacts(self, tar_chunks: Iterable[bytes], *, selected: bool = False) -> None:
         """The files the script left in /safeagents/logs, as a tar stream whose members are
-        under one top directory (what `docker cp` of that directory gives)."""
+        under one top directory (what `docker cp` of that directory gives). `selected`: the
+        artifact rules (records/artifacts.py) were applied where the archive was made (a Ray
+        node), which wrote it again: its caps are not counted a second time."""
+        ...
+
+    def not_kept(self, line: str) -> None:
+        """One entry of that archive the backend did not hand over, and why (a Ray node
+        applies the artifact rules itself, records/artifacts.py, and sends only what they
+        keep)."""
         ...
 
     def close(self) -> None: ...

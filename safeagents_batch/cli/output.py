@@ -13,7 +13,7 @@ from safeagents_batch.execution.reporting import Progress
 from safeagents_batch.records.model import RunRecord
 
 PREFIX = "safeagents-batch: "
-ERROR_LIMIT = 500  # characters of a run's error on its line (the manifest has it whole)
+ERROR_LIMIT = 500  # characters of a run's error on its line (manifest, --json: whole)
 
 
 class ConsoleReporter:

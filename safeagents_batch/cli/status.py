@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from safeagents_batch.cli.options import SubParsers
+from safeagents_batch.cli.output import ERROR_LIMIT
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED, UsageError
 from safeagents_batch.core.text import printable
 from safeagents_batch.records.manifest import Manifest, load_manifest
@@ -16,7 +17,6 @@ from safeagents_batch.records.model import FINISHED, RunRecord
 from safeagents_batch.records.safedir import inside
 
 STATUS_LINES = 20  # unsuccessful runs `status` names before it sums the rest up
-ERROR_LIMIT = 500  # characters of a run's error on its line (--json has it whole)
 
 
 def add_parser(sub: SubParsers) -> None:

@@ -13,10 +13,11 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
+from safeagents_batch.core.files import DIR_FLAGS, open_dir_below
 from safeagents_batch.core.text import printable
 from safeagents_batch.core.units import format_size
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 COPY_CHUNK = 1024**2
 # Long names, link targets and pax records come as headers that tarfile reads whole into
 # memory; real ones are a few KiB (PATH_MAX, xattrs), so a bigger one is a hostile archive.
@@ -159,24 +159,11 @@ def shown(name: str) -> str:
 def directory(root_fd: int, parts: Sequence[str]) -> Iterator[int]:
     """A descriptor of root/parts..., each missing directory made (0755 before the umask),
     no link followed on the way."""
-    fd = os.dup(root_fd)
+    fd = open_dir_below(root_fd, parts, create=True)
     try:
-        for part in parts:
-            parent, fd = fd, -1
-            try:
-                fd = _enter(parent, part)
-            finally:
-                os.close(parent)
         yield fd
     finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _enter(parent_fd: int, name: str) -> int:
-    with suppress(FileExistsError):  # an earlier member made it; the open checks what it is
-        os.mkdir(name, 0o755, dir_fd=parent_fd)
-    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        os.close(fd)
 
 
 def write_file(

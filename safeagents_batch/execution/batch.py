@@ -253,8 +253,10 @@ class BatchRunner:
             number=number, log_dir=recorded, started_at=now_iso(), code_digest=code.digest
         )
         self.store.record_attempt(spec.run_id, started)
-        # Walked from the batch dir, no link followed: runs/<id> may have been planted.
-        dir_fd = self.store.safe.open_directory(recorded, create=True)
+        # Walked from the batch dir, no link followed (runs/<id> may have been planted), and
+        # new: a dir already there (a crash's, or planted with a FIFO or a result in it) is
+        # moved aside, never written into.
+        dir_fd = self.store.safe.fresh_directory(recorded)
         job = spec.job
         sink = LocalSink(
             log_dir, job.max_artifacts_size, file_limit=job.max_artifacts_files, dir_fd=dir_fd

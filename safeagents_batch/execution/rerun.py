@@ -25,7 +25,7 @@ from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.lock import BatchLock
 from safeagents_batch.records.manifest import load_manifest
 from safeagents_batch.records.model import STATUSES, RunRecord
-from safeagents_batch.records.safedir import SafeDir
+from safeagents_batch.records.safedir import read_batch_file
 from safeagents_batch.records.store import ManifestStore
 from safeagents_batch.records.trust import owned_by_me, seal, sealed
 
@@ -114,7 +114,10 @@ def _check_owner(batch_dir: Path, choice: RerunChoice) -> None:
     """Like git's safe.directory: another user's batch dir is not rerun unasked."""
     if not choice.trust and not owned_by_me(batch_dir):
         owner = batch_dir.stat().st_uid
-        raise UsageError(f"{batch_dir} belongs to another user (uid {owner}); {TRUST_HINT}")
+        raise UsageError(
+            f"{batch_dir} belongs to another user (uid {owner}), and a rerun runs what its "
+            "jobs.yaml says and writes into it: look at it, then rerun with --trust-batch-dir"
+        )
 
 
 def _snapshot(batch_dir: Path, store: ManifestStore, choice: RerunChoice) -> bytes:
@@ -122,13 +125,8 @@ def _snapshot(batch_dir: Path, store: ManifestStore, choice: RerunChoice) -> byt
     tool last wrote it for this user (its seal), unless the user trusts it: then it is sealed
     as theirs from now on."""
     where = BatchLayout(batch_dir).jobs_snapshot
-    try:
-        with SafeDir(batch_dir) as safe:
-            data = safe.read(layout.JOBS_SNAPSHOT, MAX_JOBS_FILE_BYTES)
-    except FileNotFoundError:
-        raise UsageError(f"{where}: missing; rerun with --jobs FILE") from None
-    except OSError as exc:
-        raise UsageError(f"{where}: unreadable: {exc.strerror or exc}") from None
+    missing = f"{where}: missing; rerun with --jobs FILE"
+    data = read_batch_file(batch_dir, layout.JOBS_SNAPSHOT, MAX_JOBS_FILE_BYTES, missing=missing)
     if choice.trust:
         store.trust_snapshot(seal(data))
     elif not sealed(data, store.manifest.jobs_file.snapshot_seal):

@@ -34,6 +34,7 @@ MAX_GLOB_MATCHES = 100_000
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_MEMORY = 4 * 1024**2  # the schema's minimum for a byte count; Docker refuses much less
 MIN_SIZE_LIMIT = 1024  # the schema's minimum for max_code_size and max_artifacts_size
+MAX_BYTE_COUNT = 1024**5  # the schema's maximum for sizes: 1 PiB, far past any machine's
 LITERAL_SECRET = (
     "literal value under a secret-looking name is committed "
     "with this file; use env_passthrough or env_file instead"
@@ -271,6 +272,9 @@ def byte_count(checker: Checker, path: KeyPath, value: str | int, minimum: int) 
     size = parse_memory(value)
     if isinstance(value, str) and size < minimum:
         checker.add(path, f"{path[-1]} {value!r} is below the minimum of {size_text(minimum)}")
+    if isinstance(value, str) and size > MAX_BYTE_COUNT:
+        shown = size_text(MAX_BYTE_COUNT)
+        checker.add(path, f"{path[-1]} {value!r} is above the maximum of {shown}")
     return size
 
 

@@ -17,6 +17,9 @@ from safeagents_batch.jobs.yamlmarks import KeyPath, MarkedDocument, Position
 SchemaProblem = tuple[Position, KeyPath, str]
 
 
+SHOWN_CHARS = 60  # of a value quoted in a message
+
+
 def schema_text(name: str) -> str:
     """`name` is `jobs` or `manifest`; the file lives inside the installed package."""
     return (
@@ -124,7 +127,7 @@ def _allowed_keys(subschema: Any) -> set[str]:
 
 
 def _friendly(error: jsonschema.ValidationError) -> str:
-    if _is_env_value(tuple(error.absolute_path)):
+    if _may_be_secret(tuple(error.absolute_path)):
         return _without_value(error)
     if (
         error.validator == "type"
@@ -135,23 +138,46 @@ def _friendly(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern":
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         rule = description or f"must match {error.validator_value}"
-        return f"{error.instance!r} is not allowed here: {rule}"
+        return f"{_shown(error.instance)} is not allowed here: {rule}"
     if list(error.absolute_path) == ["version"]:
-        return f"unsupported version {error.instance!r}; this tool reads version 1"
-    return str(error.message)
+        return f"unsupported version {_shown(error.instance)}; this tool reads version 1"
+    # jsonschema's messages start with the value's repr, whole: a long one is cut.
+    whole = repr(error.instance)
+    return str(error.message).replace(whole, _shown(error.instance), 1)
 
 
-def _is_env_value(path: KeyPath) -> bool:
-    """An env value may be a secret (a password a user wrote unquoted): never in a message."""
-    return len(path) >= 2 and path[-2] == "env"
+def _shown(value: object) -> str:
+    whole = repr(value)
+    return whole if len(whole) <= SHOWN_CHARS else f"{whole[:SHOWN_CHARS]}... ({len(whole)} chars)"
+
+
+def _may_be_secret(path: KeyPath) -> bool:
+    """A value under `env` (a password a user wrote unquoted) or `matrix` (a key among the
+    values) may be a secret: never in a message."""
+    return any(part in ("env", "matrix") for part in path[:-1])
 
 
 def _without_value(error: jsonschema.ValidationError) -> str:
+    kind = _kind(error.instance)
     if error.validator == "type" and error.validator_value == "string":
-        kind = "a boolean" if isinstance(error.instance, bool) else "a number"
-        return f"{kind} is not a string; quote it to make it a string (value not shown)"
-    rule = f"{error.validator} {error.validator_value!r}"
-    return f"this value is not allowed here ({rule}; value not shown)"
+        if isinstance(error.instance, (bool, int, float)):
+            return f"{kind} is not a string; quote it to make it a string (value not shown)"
+        return f"{kind} is not a string (value not shown)"
+    rule = f"{error.validator} {_shown(error.validator_value)}"
+    return f"{kind} is not allowed here ({rule}; value not shown)"
+
+
+def _kind(value: object) -> str:
+    """What a YAML value is, in a user's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping" if isinstance(value, dict) else "a string"
 
 
 def format_key_path(path: KeyPath) -> str:

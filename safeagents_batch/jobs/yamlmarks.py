@@ -215,10 +215,12 @@ class _Walker:
         except Exception as exc:
             # PyYAML's scalar constructors trust the resolver's regexes; an explicit tag skips
             # them (`!!int fuzz`, `!!timestamp x`, `!!bool maybe`) and they fail with bare errors.
+            # Neither the value nor the error (which quotes it) is shown: it may be a secret.
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"cannot read {shown(node.value)} as {_short_tag(node.tag)}: {_one_line(str(exc))}",
+                f"cannot read this value as {_short_tag(node.tag)} "
+                f"({type(exc).__name__}; value not shown)",
                 node.start_mark,
             ) from None
 

@@ -9,9 +9,7 @@ line (the process died mid-write) is ignored on read and cut off before the next
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import BinaryIO
 import msgspec
 
 from safeagents_batch.core.errors import UsageError
+from safeagents_batch.core.files import NotAFile, open_regular
 from safeagents_batch.records.events import (
     JOURNAL_VERSION,
     AnyEvent,
@@ -145,15 +144,9 @@ def _open(path: Path, flags: int) -> int:
     """The journal, never through a link (a direct child of the batch dir: O_NOFOLLOW is the
     whole walk), and only as a regular file."""
     try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UsageError(f"{path}: a link, not followed") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UsageError(f"{path}: not a regular file")
-    return fd
+        return open_regular(path, flags)
+    except NotAFile as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def _event(

@@ -34,7 +34,7 @@ from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.legacy import RunV1
 from safeagents_batch.records.model import STATUSES, ImageRecord, RunRecord
 from safeagents_batch.records.provenance import GitState
-from safeagents_batch.records.safedir import SafeDir, UnsafePath, inside
+from safeagents_batch.records.safedir import UnsafePath, inside, read_batch_file
 
 # 3: an attempt embeds its outcome; runs carry their matrix values and why their last turn
 # started no attempt. 2: paths into the batch dir are relative to it (1: absolute, as created).
@@ -199,13 +199,8 @@ def load_manifest(batch_dir: Path) -> Manifest:
     """A batch's manifest with its journal's later events folded in; a missing, corrupt or
     planted one (a link, a FIFO, a device) is a clear UsageError, never a crash or a hang."""
     where = BatchLayout(batch_dir)
-    try:
-        with SafeDir(batch_dir) as safe:
-            data = safe.read(layout.MANIFEST, MAX_MANIFEST_BYTES)
-    except FileNotFoundError:
-        raise UsageError(f"{batch_dir}: not a batch directory (no {layout.MANIFEST})") from None
-    except OSError as exc:
-        raise UsageError(f"{where.manifest}: unreadable manifest: {exc.strerror or exc}") from None
+    missing = f"{batch_dir}: not a batch directory (no {layout.MANIFEST})"
+    data = read_batch_file(batch_dir, layout.MANIFEST, MAX_MANIFEST_BYTES, missing=missing)
     manifest = decode(where.manifest, data)
     fold(manifest, read_events(where.journal, manifest.journal.seq, manifest.journal.offset))
     return manifest

@@ -23,14 +23,14 @@ ImageStatus = Literal["pending", "built", "cached", "failed"]
 
 
 def recorded_path(path: Path, batch_dir: Path) -> str:
-    """How a record names `path`: relative to the batch dir, POSIX, when it lies inside it,
-    so that a moved, copied or zipped batch dir keeps records that are true; else absolute.
-    Lexical on purpose: the tool builds the paths it records from this same `batch_dir`."""
-    absolute = path.absolute()
+    """How a record names `path`: relative to the batch dir, POSIX, so that a moved, copied
+    or zipped batch dir keeps records that are true. Lexical on purpose: the tool builds the
+    paths it records from this same `batch_dir`. A path outside it is a bug of the tool's
+    (ValueError): the readers refuse such a record."""
     try:
-        return absolute.relative_to(batch_dir.absolute()).as_posix()
+        return path.absolute().relative_to(batch_dir.absolute()).as_posix()
     except ValueError:
-        return str(absolute)  # outside the batch dir: it does not move with it
+        raise ValueError(f"{path} is outside the batch dir {batch_dir}: not recorded") from None
 
 
 class AttemptOutcome(Struct, frozen=True, kw_only=True):
@@ -179,8 +179,8 @@ class ImageRecord(Struct, frozen=True, kw_only=True):
         return self.status != "failed"
 
     def recorded(self, batch_dir: Path) -> ImageRecord:
-        """This record as the batch at `batch_dir` keeps it: its build log named relative to
-        the batch dir when it lies inside (a backend names it by its absolute path)."""
+        """This record as the batch at `batch_dir` keeps it: its build log (in the batch dir)
+        named relative to it (a backend names it by its absolute path)."""
         if self.build_log is None:
             return self
         return structs.replace(self, build_log=recorded_path(Path(self.build_log), batch_dir))

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from safeagents_batch.core.errors import UsageError
-from safeagents_batch.core.files import read_fd
+from safeagents_batch.core.files import DIR_FLAGS, NotAFile, open_dir_below, open_regular, read_fd
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LIST_DEPTH = 32  # directories below an attempt dir that a listing of its files enters
 NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_RDWR: opening a FIFO planted there does not wait for a writer; fstat then refuses it.
 LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
 
@@ -61,6 +61,18 @@ def inside(recorded: str, recorded_batch_dir: str) -> str:
         except ValueError:
             raise UnsafePath(f"{recorded!r} is outside the batch dir") from None
     return "/".join(relative_parts(path))
+
+
+def read_batch_file(batch_dir: Path, name: str, limit: int, *, missing: str) -> bytes:
+    """`name` in the batch dir, read the ways below; UsageError `missing` when it is not
+    there, and one naming the cause when it cannot be read (a link, a FIFO, too large)."""
+    try:
+        with SafeDir(batch_dir) as safe:
+            return safe.read(name, limit)
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except OSError as exc:
+        raise UsageError(f"{batch_dir / name}: unreadable: {exc.strerror or exc}") from None
 
 
 class SafeDir:
@@ -100,19 +112,33 @@ class SafeDir:
         """The caller closes it."""
         return self._walk(relative_parts(relative), create=create)
 
-    def _walk(self, parts: tuple[str, ...], *, create: bool) -> int:
-        fd = os.dup(self.fd)
+    def fresh_directory(self, relative: str) -> int:
+        """A new, empty directory `relative` (its parents made as needed), opened; whatever
+        stood at its name (a dir left by a crash, or planted) is moved aside to a hidden
+        name first, never entered. The caller closes it."""
+        parent, name = self._parent(relative, create=True)
         try:
-            for part in parts:
-                parent, fd = fd, -1
-                try:
-                    fd = _enter(parent, part, create=create, shown=self._shown(parts))
-                finally:
-                    os.close(parent)
-            return fd
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            try:
+                os.mkdir(name, 0o777, dir_fd=parent)
+            except FileExistsError:
+                aside = f".{name}.stale-{secrets.token_hex(4)}"
+                os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+                os.mkdir(name, 0o777, dir_fd=parent)
+            return self._walk((name,), create=False, start=parent)
+        finally:
+            os.close(parent)
+
+    def _walk(self, parts: tuple[str, ...], *, create: bool, start: int | None = None) -> int:
+        """A descriptor of `parts` below `start` (the batch dir when None)."""
+        try:
+            return open_dir_below(
+                self.fd if start is None else start, parts, create=create, mode=0o777
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath(
+                    f"{self._shown(parts)}: {exc.filename} is a link or a file, not a directory"
+                ) from None
             raise
 
     def _parent(self, relative: str, *, create: bool) -> tuple[int, str]:
@@ -124,11 +150,7 @@ class SafeDir:
     def read(self, relative: str, limit: int) -> bytes:
         """The regular file's bytes, at most `limit` (OSError beyond, or for anything else
         that stands there; FileNotFoundError when nothing does)."""
-        parent, name = self._parent(relative, create=False)
-        try:
-            fd = self._open_regular(parent, name, relative)
-        finally:
-            os.close(parent)
+        fd = self._open_below(relative, READ_FLAGS, create=False)
         try:
             return read_fd(fd, limit, self.root / relative)
         finally:
@@ -136,32 +158,23 @@ class SafeDir:
 
     def read_tail(self, relative: str, size: int) -> tuple[bytes, int]:
         """The last `size` bytes of the regular file, and its whole size."""
-        fd = self.open_read(relative)
+        fd = self._open_below(relative, READ_FLAGS, create=False)
         try:
             total = os.fstat(fd).st_size
             return os.pread(fd, size, max(0, total - size)), total
         finally:
             os.close(fd)
 
-    def open_read(self, relative: str) -> int:
-        """A descriptor of the regular file (the caller closes it)."""
-        parent, name = self._parent(relative, create=False)
+    def _open_below(self, relative: str, flags: int, *, create: bool) -> int:
+        """A descriptor of the regular file `relative` (the caller closes it); UnsafePath
+        naming what stands there instead."""
+        parent, name = self._parent(relative, create=create)
         try:
-            return self._open_regular(parent, name, relative)
+            return open_regular(name, flags, dir_fd=parent)
+        except NotAFile as exc:
+            raise UnsafePath(f"{self.root / relative}: {exc}") from None
         finally:
             os.close(parent)
-
-    def _open_regular(self, parent: int, name: str, relative: str) -> int:
-        try:
-            fd = os.open(name, READ_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"{self.root / relative}: a link, not followed") from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UnsafePath(f"{self.root / relative}: not a regular file")
-        return fd
 
     def kind(self, relative: str) -> str | None:
         """`file`, `dir`, `other` (a link, FIFO, device...) or None when nothing is there;
@@ -182,40 +195,16 @@ class SafeDir:
 
     def files(self, relative: str, limit: int) -> tuple[list[str], int]:
         """The regular files below the directory (relative to it, sorted), at most `limit` of
-        them listed, and how many there are (counted up to 10 x `limit`); links never
-        followed, entered or listed."""
-        found: list[str] = []
-        count = 0
+        them listed, and how many there are. The walk is bounded: it stops after 10 x `limit`
+        entries (files and directories), and goes MAX_LIST_DEPTH directories deep (one
+        descriptor open per level); links are never followed, entered or listed."""
         try:
             top = self.open_directory(relative)
         except (OSError, UnsafePath):
             return [], 0
-        pending: list[tuple[int, str]] = [(top, "")]
-        try:
-            while pending and count <= 10 * limit:
-                fd, prefix = pending.pop()
-                count = self._scan(fd, prefix, pending, found, count)
-        finally:
-            for fd, _ in pending:
-                os.close(fd)
-        return sorted(found)[:limit], count
-
-    def _scan(
-        self, fd: int, prefix: str, pending: list[tuple[int, str]], found: list[str], count: int
-    ) -> int:
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        with contextlib.suppress(OSError):
-                            child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                            pending.append((child, f"{prefix}{entry.name}/"))
-                    elif entry.is_file(follow_symlinks=False):
-                        count += 1
-                        found.append(prefix + entry.name)
-        finally:
-            os.close(fd)
-        return count
+        walk = _Walk(budget=10 * limit)
+        walk.scan(top, "", depth=0)  # closes `top`
+        return sorted(walk.found)[:limit], len(walk.found)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -240,43 +229,39 @@ class SafeDir:
         finally:
             os.close(parent)
 
-    def open_append(self, relative: str) -> int:
-        """A descriptor for appending to the regular file (made if missing)."""
-        return self._open_file(relative, APPEND_FLAGS)
-
     def open_lock(self, relative: str) -> int:
         """A descriptor of the regular file (made if missing, never truncated on open)."""
-        return self._open_file(relative, LOCK_FLAGS)
-
-    def _open_file(self, relative: str, flags: int) -> int:
-        parent, name = self._parent(relative, create=True)
-        try:
-            fd = os.open(name, flags, 0o666, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"{self.root / relative}: a link, not followed") from None
-            raise
-        finally:
-            os.close(parent)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UnsafePath(f"{self.root / relative}: not a regular file")
-        return fd
+        return self._open_below(relative, LOCK_FLAGS, create=True)
 
     def _shown(self, parts: tuple[str, ...]) -> str:
         return str(self.root.joinpath(*parts))
 
 
-def _enter(parent: int, name: str, *, create: bool, shown: str) -> int:
-    if create:
-        with contextlib.suppress(FileExistsError):  # the open below checks what it is
-            os.mkdir(name, 0o777, dir_fd=parent)
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(f"{shown}: {name} is a link or a file, not a directory") from None
-        raise
+class _Walk:
+    """One bounded walk of SafeDir.files."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget  # entries still to look at
+        self.found: list[str] = []
+
+    def scan(self, fd: int, prefix: str, depth: int) -> None:
+        """The directory `fd` (closed here) and, depth first, those below it."""
+        subdirs = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if self.budget <= 0:
+                        break
+                    self.budget -= 1
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        self.found.append(prefix + entry.name)
+            for name in subdirs if depth < MAX_LIST_DEPTH else ():
+                with contextlib.suppress(OSError):
+                    self.scan(os.open(name, DIR_FLAGS, dir_fd=fd), f"{prefix}{name}/", depth + 1)
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -46,7 +46,11 @@ class ManifestStore:
         self.safe = SafeDir(batch_dir)  # every open below the batch dir goes through it
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter(r.status for r in manifest.runs.values())
-        self._journal = JournalWriter(self.layout.journal, manifest.journal.seq)
+        try:
+            self._journal = JournalWriter(self.layout.journal, manifest.journal.seq)
+        except BaseException:  # a link or FIFO planted at the journal: nothing stays open
+            self.safe.close()
+            raise
         self._changed = False
         self._version = 0  # counts changes: a snapshot never replaces a newer one
         self._written = -1

@@ -11,16 +11,15 @@ refused until the user says, with a flag, that they looked at it.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from safeagents_batch.core.errors import UsageError
-from safeagents_batch.core.files import read_regular
+from safeagents_batch.core.files import NotAFile, open_regular, read_fd
 
 KEY_NAME = "batch.key"
 KEY_BYTES = 32
@@ -45,31 +44,42 @@ def owned_by_me(batch_dir: Path) -> bool:
 
 
 def _key() -> bytes:
+    """This user's key, made on first use: written whole under a temp name, then linked into
+    place, so a second process starting at the same time, or a crash, never sees half a key
+    (the first link wins; the loser reads the winner's)."""
     path = key_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return _read_key(path)
-    try:
-        key = secrets.token_bytes(KEY_BYTES)
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return key
+    if not path.exists():
+        temp = path.with_name(f".{KEY_NAME}.{secrets.token_hex(8)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+        finally:
+            temp.unlink()
+    return _read_key(path)
 
 
 def _read_key(path: Path) -> bytes:
     """The key, if it is this user's alone: a key others may read seals nothing."""
-    info = path.lstat()
-    private = stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
-    if not private or info.st_mode & 0o077:
-        raise UsageError(f"{path}: not this user's private key (mode 0600): remove it")
     try:
-        key = read_regular(path, KEY_BYTES)
+        fd = open_regular(path, os.O_RDONLY | os.O_NONBLOCK)
+    except NotAFile as exc:
+        raise UsageError(f"{path}: {exc}; not this user's private key: remove it") from None
     except OSError as exc:
         raise UsageError(f"{path}: unreadable key: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise UsageError(f"{path}: not this user's private key (mode 0600): remove it")
+        key = read_fd(fd, KEY_BYTES, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: unreadable key: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(key) != KEY_BYTES:
-        raise UsageError(f"{path}: a damaged key ({errno.EINVAL}): remove it")
+        raise UsageError(f"{path}: a damaged key ({len(key)} bytes, not {KEY_BYTES}): remove it")
     return key

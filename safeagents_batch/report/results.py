@@ -26,6 +26,7 @@ MAX_RESULT_BYTES = 1024**2  # a result is a few numbers and labels; more is not 
 # An integer past 64 bits fits no float a mean is taken in, and few readers of a table: it is
 # carried exactly, as its digits in a string, and left out of means.
 BIG_INTEGER = 2**63
+BIG_DIGITS = len(str(BIG_INTEGER))  # an integer of more digits is past 64 bits
 # What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection rule).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 Scalar = str | int | float | bool | None
@@ -77,7 +78,7 @@ def read_result(safe: SafeDir, attempt_dir: str | None) -> ResultFile:
 
 def parse_result(raw: bytes) -> ResultFile:
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_integer)
     except (UnicodeDecodeError, ValueError) as exc:
         return ResultFile(note=f"{RESULT}: not valid JSON: {exc}")
     except RecursionError:
@@ -85,6 +86,12 @@ def parse_result(raw: bytes) -> ResultFile:
     if not isinstance(data, dict):
         return ResultFile(note=f"{RESULT}: not a JSON object but {type(data).__name__}")
     return ResultFile(fields=flatten(data))
+
+
+def _integer(text: str) -> int | str:
+    """An integer of more digits than any 64-bit one stays its text (the table carries such
+    numbers as text anyway): int() refuses past 4,300 digits, which would lose the file."""
+    return int(text) if len(text.lstrip("-")) <= BIG_DIGITS else text
 
 
 def _no_constant(name: str) -> float:
@@ -160,7 +167,7 @@ def write_results(rows: Sequence[ResultRow], safe: SafeDir) -> tuple[Path, Path]
     columns = header(rows)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    writer.writerow(columns)
+    writer.writerow(_csv_cell(column) for column in columns)  # result.json names its fields
     for row in rows:
         writer.writerow(_csv_cell(v) for v in as_dict(row, columns).values())
     lines = "".join(json.dumps(as_dict(row, columns), ensure_ascii=False) + "\n" for row in rows)

@@ -51,13 +51,12 @@ from safeagents_batch.backends.ray.agents import (
 )
 from safeagents_batch.backends.ray.auth import require_token_auth
 from safeagents_batch.backends.ray.boot import Shipment
-from safeagents_batch.backends.ray.items import Art, ArtOver, Done, Err, Item, NoImage, Out, Trace
+from safeagents_batch.backends.ray.items import Art, ArtDrop, Done, Err, Item, NoImage, Out, Trace
 from safeagents_batch.backends.ray.remote import RemoteError
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.core.files import open_log
 from safeagents_batch.core.once import OncePerKey
-from safeagents_batch.core.units import format_size
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
@@ -482,7 +481,6 @@ class RemoteAttempt:
         # The archive of /safeagents/logs as it arrives, kept until the outcome says the run
         # ended: in memory up to a few MB, on the driver's disk beyond (it may be GBs).
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
-        self.artifacts_over: int | None = None
         self.image_missing = False
         self.finished = threading.Event()
 
@@ -540,26 +538,18 @@ class RemoteAttempt:
                     # Closed by _drop_spool, in follow()'s finally.
                     self.spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, prefix="sab-art-")  # noqa: SIM115
                 self.spool.write(chunk)
-            case ArtOver(cap):
-                self._drop_spool()
-                self.artifacts_over = cap
+            case ArtDrop(line):
+                self.sink.not_kept(line)
             case NoImage():
                 self.image_missing = True
 
     def _with_artifacts(self, outcome: AttemptOutcome) -> AttemptOutcome:
-        if self.artifacts_over is not None:
-            # The node's cap is the job's max_artifacts_size plus the tar overhead it allows.
-            limit = format_size(self.artifacts_over - ray_node.TAR_SLACK)
-            note = (
-                f"artifacts in /safeagents/logs over max_artifacts_size ({limit}; the node "
-                f"stopped at {format_size(self.artifacts_over)} of archive): not shipped"
-            )
-            error = f"{outcome.error}; {note}" if outcome.error else note
-            return structs.replace(outcome, status="error", error=error)
         if self.spool is not None:
             spool = self.spool
             spool.seek(0)
-            self.sink.artifacts(iter(lambda: spool.read(SPOOL_READ), b""))
+            # What the node's artifact rules kept, in a tar the node wrote: its headers may
+            # differ in size from the engine's, so the caps are not counted again.
+            self.sink.artifacts(iter(lambda: spool.read(SPOOL_READ), b""), selected=True)
         return outcome
 
     def _drop_spool(self) -> None:

@@ -1,6 +1,7 @@
 """What a node's attempt streams to the driver, one typed item at a time: output chunks as
-they come, the traceback of an error raised there, the artifacts' archive in pieces (or word
-that it went over the cap), word that the node lacks the image, and last the outcome."""
+they come, the traceback of an error raised there, the artifacts' archive in pieces (only
+what the artifact rules keep) and what they did not keep, word that the node lacks the image,
+and last the outcome."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ class Art(Struct, frozen=True):
     chunk: bytes
 
 
-class ArtOver(Struct, frozen=True):
-    """The archive passed `cap` bytes on the node: nothing more of it is sent."""
+class ArtDrop(Struct, frozen=True):
+    """An entry of /safeagents/logs the node's artifact rules did not keep, and why (one line
+    of the attempt's `dropped_artifacts`)."""
 
-    cap: int
+    line: str
 
 
 class NoImage(Struct, frozen=True):
@@ -45,5 +47,5 @@ class Done(Struct, frozen=True):
     outcome: AttemptOutcome
 
 
-Item = Out | Err | Trace | Art | ArtOver | NoImage | Done
+Item = Out | Err | Trace | Art | ArtDrop | NoImage | Done
 Chunk = Out | Err  # the output items that may be joined into one

@@ -17,14 +17,18 @@ import os
 import queue
 import shutil
 import socket
+import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 from safeagents_batch.backends.base import AttemptRequest, CleanRequest
 from safeagents_batch.backends.docker.backend import (
@@ -38,7 +42,7 @@ from safeagents_batch.backends.docker.backend import (
 from safeagents_batch.backends.ray.boot import file_lock, node_cache, unpacked_once
 from safeagents_batch.backends.ray.items import (
     Art,
-    ArtOver,
+    ArtDrop,
     Chunk,
     Done,
     Err,
@@ -51,11 +55,11 @@ from safeagents_batch.backends.ray.remote import from_exception
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, one_line
 from safeagents_batch.core.tarsafe import extract
+from safeagents_batch.records.artifacts import ArtifactSelection
 from safeagents_batch.records.model import AttemptOutcome
 from safeagents_batch.staging.code import StagedCode
 
 CHUNK_BYTES = 256 * 1024  # output is coalesced up to this much per streamed item
-TAR_SLACK = 1 << 20  # tar headers and padding on top of the artifact limit
 POLL_SECONDS = 0.2
 JOIN_SECONDS = 60  # for the attempt thread to kill and remove its container once cancelled
 
@@ -202,11 +206,15 @@ def remove(container_id: str) -> None:
 
 class QueueSink:
     """The Sink of a remote attempt: every call becomes an item for the driver, in order.
-    Artifacts stream as pieces; past the cap the driver drops them and is told so."""
+    The artifacts' archive is read here by the same rules as on the driver
+    (records/artifacts.py): only what they keep is sent, as a tar of its own, in pieces, then
+    a line for each entry not kept. So a huge file, or a flood of empty ones, costs the
+    cluster's network nothing, and what comes after it still arrives."""
 
-    def __init__(self, items: queue.Queue[Item], artifact_cap: int) -> None:
+    def __init__(self, items: queue.Queue[Item], artifact_limit: int, file_limit: int) -> None:
         self.items = items
-        self.artifact_cap = artifact_cap
+        self.artifact_limit = artifact_limit
+        self.file_limit = file_limit
 
     def stdout(self, chunk: bytes) -> None:
         self.items.put(Out(chunk))
@@ -217,17 +225,42 @@ class QueueSink:
     def traceback(self, text: str) -> None:
         self.items.put(Trace(text))
 
-    def artifacts(self, tar_chunks: Iterable[bytes]) -> None:
-        total = 0
-        for chunk in tar_chunks:
-            total += len(chunk)
-            if total > self.artifact_cap:
-                self.items.put(ArtOver(self.artifact_cap))
-                return
-            self.items.put(Art(chunk))
+    def artifacts(self, tar_chunks: Iterable[bytes], *, selected: bool = False) -> None:
+        selection = ArtifactSelection(self.artifact_limit, self.file_limit)
+        pieces = _ArtPieces(self.items)
+        with tarfile.open(
+            fileobj=pieces, mode="w|", bufsize=CHUNK_BYTES, format=tarfile.PAX_FORMAT
+        ) as kept:
+
+            def keep(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: Sequence[str]) -> str:
+                kept.addfile(member, tar.extractfile(member) if member.isreg() else None)
+                return ""
+
+            selection.select(tar_chunks, keep)
+        for line in selection.dropped:
+            self.items.put(ArtDrop(line))
+
+    def not_kept(self, line: str) -> None:
+        self.items.put(ArtDrop(line))
 
     def close(self) -> None:
         pass
+
+
+class _ArtPieces(io.RawIOBase):
+    """What tarfile writes (CHUNK_BYTES at a time), as Art items for the driver."""
+
+    def __init__(self, items: queue.Queue[Item]) -> None:
+        super().__init__()
+        self.items = items
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        piece = bytes(data)
+        self.items.put(Art(piece))
+        return len(piece)
 
 
 class NodeAgent:
@@ -321,7 +354,7 @@ def _supervised(
     backend: DockerBackend, request: AttemptRequest, cancel: threading.Event
 ) -> Iterator[Item]:
     items: queue.Queue[Item] = queue.Queue()
-    sink = QueueSink(items, request.artifact_limit + TAR_SLACK)
+    sink = QueueSink(items, request.artifact_limit, request.artifact_files)
 
     def attempt() -> None:
         try:
