@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from standin_llm import StandIn
 
 # Engine fixtures (docker_client, engine, orchestrators) for every test module that asks.
 pytest_plugins = ["engine_fixtures", "engine_cli", "private_engine", "ray_cluster"]
@@ -68,3 +69,11 @@ def private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ.pop("XDG_CONFIG_HOME", None)
     else:
         os.environ["XDG_CONFIG_HOME"] = before
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """The stand-in model upstream (standin_llm.py) on loopback, for the gateway's tests."""
+    server = StandIn()
+    yield server
+    server.close()

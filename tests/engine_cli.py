@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import jsonschema
 import pytest
+from engine_fixtures import remove_repository
 
 from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
 
@@ -99,11 +100,7 @@ def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionIm
         pin.remove(force=True)
         # Every image under the session's own name: tests may build more there (other
         # framework configs), and none may outlive the session.
-        for left in client.images.list(name=image.image_name):
-            for name in left.tags:
-                if name.startswith(f"{image.image_name}:"):
-                    client.images.remove(name, force=True)
-        assert not client.images.list(name=image.image_name), image.image_name
+        remove_repository(client, image.image_name)
 
 
 def cli(args: list[str], timeout: float = EXIT_TIMEOUT) -> subprocess.CompletedProcess[str]:

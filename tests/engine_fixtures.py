@@ -6,11 +6,14 @@ scripts/provision-docker before running the suite.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -18,6 +21,7 @@ import pytest
 import requests
 
 from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
+from safeagents_batch.cli import main as cli
 from safeagents_batch.core.labels import LABEL_PREFIX
 
 # A framework with no packages: its image builds in about a second from the base image.
@@ -76,6 +80,39 @@ def fresh_image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """A repository name no image has yet: the test's images are built fresh, then removed."""
     name = f"sab-engine-test-{secrets.token_hex(4)}"
     yield name
-    for image in docker_client.images.list(name=name):
+    remove_repository(docker_client, name)
+
+
+def remove_repository(client: docker.DockerClient, repository: str) -> None:
+    """Every tag of `repository`, and only those: an image listed under it may carry other
+    tests' tags too (equal configs build one image id), which must stay."""
+    for image in client.images.list(name=repository):
         for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
+            if tag.startswith(f"{repository}:"):
+                client.images.remove(tag, force=True)
+    assert not client.images.list(name=repository), repository
+
+
+@dataclass(frozen=True)
+class CliBatch:
+    """What one `safeagents-batch` command run in this process left: its exit code, its
+    output (stdout then stderr), its batch dir and that dir's manifest."""
+
+    code: int
+    output: str
+    batch_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = self.manifest["runs"]
+        return runs
+
+
+def cli_batch(capsys: pytest.CaptureFixture[str], out_dir: Path, args: list[str]) -> CliBatch:
+    """`safeagents-batch ARGS` in this process; the one batch dir under `out_dir`."""
+    code = cli.main([*args, "--no-progress"])
+    captured = capsys.readouterr()
+    [batch_dir] = [d for d in out_dir.iterdir() if (d / "manifest.json").is_file()]
+    manifest = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
+    return CliBatch(code, captured.out + captured.err, batch_dir, manifest)

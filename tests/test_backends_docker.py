@@ -38,6 +38,9 @@ class ListSink:
     def not_kept(self, line: str) -> None:
         raise AssertionError("not expected here")
 
+    def model_call(self, line: bytes) -> None:
+        raise AssertionError("not expected here")
+
     def close(self) -> None:
         pass
 

@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import jsonschema
 import pytest
-from engine_fixtures import write_project
+from engine_fixtures import remove_repository, write_project
 
 from safeagents_batch.backends.docker.backend import batch_container_ids
 from safeagents_batch.cli import main as cli
@@ -42,9 +42,7 @@ def image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """A repository name no image has yet: every image of the test is built fresh, then removed."""
     name = f"sab-engine-test-{secrets.token_hex(4)}"
     yield name
-    for image in docker_client.images.list(name=name):
-        for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
+    remove_repository(docker_client, name)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

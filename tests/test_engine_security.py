@@ -28,7 +28,7 @@ from typing import Any
 
 import docker
 import pytest
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, remove_repository, write_project
 from records import outcome_of
 
 from safeagents_batch.backends.docker.backend import batch_container_ids
@@ -54,9 +54,7 @@ def image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """One repository for the module: the `plain` image is built once, removed at the end."""
     name = f"sab-security-test-{secrets.token_hex(4)}"
     yield name
-    for image in docker_client.images.list(name=name):
-        for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
+    remove_repository(docker_client, name)
 
 
 def jobs_yaml(image_name: str, jobs: str) -> str:

@@ -1096,8 +1096,8 @@ def test_a_pool_with_no_pools_defined_is_located(project: Project) -> None:
     [
         ("0", "0 is less than the minimum of 1"),
         ("-2", "-2 is less than the minimum of 1"),
-        ('"2"', "'2' is not of type 'integer'"),
-        ("1.5", "1.5 is not of type 'integer'"),
+        ('"2"', "'2' is not of type 'integer', 'object'"),
+        ("1.5", "1.5 is not of type 'integer', 'object'"),
     ],
 )
 def test_a_bad_pool_size_is_located(project: Project, value: str, message: str) -> None:
@@ -1109,6 +1109,27 @@ def test_a_bad_pool_size_is_located(project: Project, value: str, message: str) 
           - {{name: a, framework: langgraph, scripts: scripts/a.py, pool: api}}
     """)
     assert one_error(path) == f"{LABEL}:3:8: pools.api: {message}"
+
+
+@pytest.mark.parametrize(
+    "value, located",
+    [
+        ("{runs: 0}", "3:15: pools.api.runs: 0 is less than the minimum of 1"),
+        ("{runz: 2}", "3:9: pools.api.runz: unknown key 'runz' (did you mean 'runs'?)"),
+        ("{}", "3:8: pools.api: {} should be non-empty"),
+    ],
+)
+def test_a_bad_pool_of_rates_is_located_at_its_key(
+    project: Project, value: str, located: str
+) -> None:
+    path = project.jobs(f"""
+        version: 1
+        pools:
+          api: {value}
+        jobs:
+          - {{name: a, framework: langgraph, scripts: scripts/a.py, pool: api}}
+    """)
+    assert one_error(path) == f"{LABEL}:{located}"
 
 
 def test_a_bad_max_parallel_is_located_in_a_job_and_in_defaults(project: Project) -> None:

@@ -165,6 +165,27 @@ jobs:
     }
 
 
+def test_a_pool_of_model_call_rates_only_limits_no_runs(project: Project) -> None:
+    path = jobs(
+        project,
+        """
+pools: {quota: {tokens_per_minute: 60000}, both: {runs: 2, requests_per_minute: 10}}
+jobs:
+  - {name: paced, framework: plain, scripts: [scripts/a.py], pool: quota}
+  - {name: capped, framework: plain, scripts: [scripts/b.py], pool: both}
+""",
+    )
+    jobs_file, specs = load_and_expand(path)
+
+    limits = run_limits(specs, jobs_file.pools)
+
+    assert {s.run_id: limits.keys_of(s.run_id) for s in specs} == {
+        "paced-a": (),  # a key with no capacity would hold its runs forever
+        "capped-b": ("pool:both",),
+    }
+    assert dict(limits.capacity) == {"pool:both": 2}
+
+
 # -- located errors ---------------------------------------------------------------------
 
 

@@ -254,7 +254,14 @@ EVERY_KEY = """
     max_runs: 5000
     image_name: mine/runtime
     secret_patterns: ["*PASS*"]
-    pools: {api: 3}
+    pools: {api: {runs: 3, requests_per_minute: 60, tokens_per_minute: 9000}}
+    models:
+      gpt:
+        kind: openai
+        base_url: "http://127.0.0.1:8000/v1"
+        api_key_env: GPT_KEY
+        prices: {input: 2.5, output: 10, cached_input: 1.25}
+      aoai: {kind: azure-openai, endpoint: "https://r.openai.azure.com", api_version: "2024-10-21"}
     frameworks:
       myfw:
         packages: [lib==2]
@@ -278,7 +285,7 @@ EVERY_KEY = """
         retries: 1
         retry_on: [failed]
         resources: {memory: 8m, cpus: 0.25, pids: 16}
-        network: none
+        network: models
         read_only_rootfs: true
         hardening:
           non_root: false
@@ -290,6 +297,9 @@ EVERY_KEY = """
         max_artifacts_files: 77
         max_parallel: 2
         pool: api
+        models: [aoai, gpt]
+        cost_limit: 0.5
+        model_env: {AZURE_ENDPOINT: aoai}
 """
 
 

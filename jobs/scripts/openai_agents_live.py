@@ -1,6 +1,8 @@
 """The safety evaluation of openai_agents_safety_eval.py against a real OpenAI model.
 
-OPENAI_API_KEY comes from the host (env_passthrough) or an env_file; OPENAI_MODEL picks the model.
+OPENAI_API_KEY is the attempt's token for the batch's model gateway (with-api-key.yaml lists
+`models`; the SDK also finds the gateway's URL in OPENAI_BASE_URL), or a key from
+env_passthrough or an env_file; OPENAI_MODEL picks the model.
 Without a key it says so on stderr and falls back to the offline stand-in model, so the script
 still runs end to end. A failing API call (bad key, no network, quota) exits non-zero.
 """

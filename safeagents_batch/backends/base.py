@@ -18,11 +18,21 @@ from safeagents_batch.jobs.model import (
     DEFAULT_ARTIFACT_FILES,
     DEFAULT_ARTIFACT_LIMIT,
     Hardening,
+    ModelUpstream,
+    PoolRate,
     Resources,
 )
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The pool an attempt's model calls are paced in, shared with every attempt in it."""
+
+    pool: str
+    rate: PoolRate
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,12 @@ class AttemptRequest:
     hardening: Hardening = Hardening()
     artifact_limit: int = DEFAULT_ARTIFACT_LIMIT
     artifact_files: int = DEFAULT_ARTIFACT_FILES
+    # The upstreams the attempt may call through the batch's model gateway (`models:`): the
+    # backend starts the gateway where the container runs and tells the container its URL.
+    models: tuple[ModelUpstream, ...] = ()
+    pace: Pace | None = None  # the pool's requests and tokens per minute, when it sets them
+    cost_limit: float | None = None  # USD the run's model calls may cost
+    model_env: dict[str, str] = field(default_factory=dict)  # VARIABLE -> model: its URL
 
 
 class Sink(Protocol):
@@ -65,6 +81,11 @@ class Sink(Protocol):
         under one top directory (what `docker cp` of that directory gives). `selected`: the
         artifact rules (records/artifacts.py) were applied where the archive was made (a Ray
         node), which wrote it again: its caps are not counted a second time."""
+        ...
+
+    def model_call(self, line: bytes) -> None:
+        """One JSON line of `model_calls.jsonl`: a call the attempt made through the model
+        gateway (gateway/record.py); called from the gateway's thread."""
         ...
 
     def not_kept(self, line: str) -> None:

@@ -136,6 +136,13 @@ def finish_batch(outcome: BatchOutcome) -> int:
             "the Docker engine stopped answering and did not come back; runs not started are "
             f"pending; resume with: safeagents-batch rerun {outcome.batch_dir}"
         )
+    if outcome.budget_spent is not None:
+        print(
+            f"safeagents-batch: {outcome.budget_spent}; the runs not started are pending: "
+            "raise cost_limit and continue with: safeagents-batch rerun --jobs FILE "
+            f"{outcome.batch_dir}",
+            file=sys.stderr,
+        )
     if outcome.interrupted:
         print(
             f"safeagents-batch: interrupted; resume with: safeagents-batch rerun "

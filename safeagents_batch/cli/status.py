@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from safeagents_batch.cli.options import SubParsers
 from safeagents_batch.cli.output import ERROR_LIMIT
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED, UsageError
 from safeagents_batch.core.text import printable
 from safeagents_batch.records.manifest import Manifest, load_manifest
-from safeagents_batch.records.model import FINISHED, RunRecord
+from safeagents_batch.records.model import FINISHED, ModelUsage, RunRecord
 from safeagents_batch.records.safedir import inside
 
 STATUS_LINES = 20  # unsuccessful runs `status` names before it sums the rest up
@@ -46,11 +48,40 @@ def logs_now(record: RunRecord, manifest: Manifest, batch_dir: Path) -> str | No
     return str(batch_dir / inside(record.log_dir, manifest.batch_dir))
 
 
+def model_usage(manifest: Manifest) -> ModelUsage | None:
+    """Every attempt's model calls through the gateway, summed; None when there were none."""
+    usages = [
+        usage
+        for record in manifest.runs.values()
+        for attempt in record.attempts
+        if attempt.outcome is not None and attempt.outcome.usage
+        for usage in attempt.outcome.usage.values()
+    ]
+    if not usages:
+        return None
+    total = ModelUsage()
+    for usage in usages:
+        total = total.plus(usage)
+    return total
+
+
+def usage_line(usage: ModelUsage) -> str:
+    cost = f"${usage.cost_usd:.4f}"
+    if usage.unpriced:
+        cost += f" and {usage.unpriced} calls of unknown cost"
+    return (
+        f"model calls: {usage.requests} ({usage.errors} errors, {usage.retries} retried 429s), "
+        f"{usage.input_tokens:,} input and {usage.output_tokens:,} output tokens, {cost}"
+    )
+
+
 def status_json(manifest: Manifest, batch_dir: Path) -> dict[str, Any]:
+    usage = model_usage(manifest)
     return {
         "batch_id": manifest.batch_id,
         "state": manifest.state,
         "summary": manifest.summary(),
+        "model_usage": msgspec.to_builtins(usage) if usage is not None else None,
         "not_succeeded": [
             {
                 "run_id": r.run_id,
@@ -69,6 +100,9 @@ def print_status(manifest: Manifest, batch_dir: Path) -> None:
     print(f"batch {printable(manifest.batch_id)} ({manifest.state})")
     for status, count in manifest.summary().items():
         print(f"  {status:<10} {count}")
+    usage = model_usage(manifest)
+    if usage is not None:
+        print(usage_line(usage))
     unsuccessful = [r for r in manifest.runs.values() if r.status != "succeeded"]
     if unsuccessful:
         print("runs that did not succeed:")

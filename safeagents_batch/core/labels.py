@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 LABEL_PREFIX = "safeagents-batch"
 MANAGED = f"{LABEL_PREFIX}.managed"
 BATCH = f"{LABEL_PREFIX}.batch"
@@ -25,3 +28,14 @@ def batch_filter(batch_id: str | None = None) -> str:
     By the batch label, which only a backend sets: image labels (`managed`) are copied onto
     every container made from our images, also ones a user starts by hand."""
     return f"{BATCH}={batch_id}" if batch_id else BATCH
+
+
+def owned(batch_id: str) -> dict[str, str]:
+    """What a container or network of a batch carries: its batch, and the host and pid of the
+    orchestrator that made it, so `clean` tells a leftover from a part of a running batch."""
+    return {
+        MANAGED: "true",
+        BATCH: batch_id,
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+    }

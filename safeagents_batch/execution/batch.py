@@ -10,7 +10,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from safeagents_batch.backends.base import AttemptRequest, Backend
+from safeagents_batch.backends.base import AttemptRequest, Backend, Pace
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import (
     EXIT_ENGINE_UNAVAILABLE,
@@ -20,6 +20,7 @@ from safeagents_batch.core.errors import (
     one_line,
 )
 from safeagents_batch.core.once import OncePerKey
+from safeagents_batch.execution.budget import Budget
 from safeagents_batch.execution.executor import (
     DEFAULT_ENGINE_WAIT,
     EngineGate,
@@ -76,6 +77,7 @@ class BatchOutcome:
     summary: dict[str, int]
     interrupted: bool
     engine_gone: bool = False
+    budget_spent: str | None = None  # why runs were left pending: the batch's cost limit
 
     @property
     def exit_code(self) -> int:
@@ -162,6 +164,7 @@ class BatchRunner:
         self.images: OncePerKey[str, ImageRecord] = OncePerKey()
         self.azure_dir = Path.home() / ".azure"
         self._azure_warned = False
+        self.budget = Budget(work.cost_limit, store.manifest.runs.values())
 
     def execute(self, *, workers: int) -> BatchOutcome:
         new_images = pending_images(self.work)
@@ -186,9 +189,11 @@ class BatchRunner:
                 self._sweep()  # whatever happened, no container of this batch outlives us
                 # A process that exits never leaves the batch `running`, also when it raises.
                 stopped = not completed or self.cancel.is_set() or self.gate.gone
-                self.store.finish("interrupted" if stopped else "finished")
+                left = self.budget.exhausted and self.store.summary()["pending"] > 0
+                self.store.finish("interrupted" if stopped or left else "finished")
         summary = self.store.summary()
-        return BatchOutcome(self.batch_dir, summary, self.cancel.is_set(), self.gate.gone)
+        spent = self.budget.reason() if left else None
+        return BatchOutcome(self.batch_dir, summary, self.cancel.is_set(), self.gate.gone, spent)
 
     def _sweep(self) -> None:
         try:
@@ -237,6 +242,8 @@ class BatchRunner:
         """Waits while the engine is lost. A run that Ctrl-C stopped before its turn's first
         attempt says so (its earlier attempts, from a previous turn, stay in its history); one
         the engine never came back for is left as it was (pending, or its last attempt)."""
+        if self.budget.exhausted:
+            return False  # the batch's cost limit: it stays as it is, pending if it never ran
         if self.gate.wait_open():
             return True
         if cancel.is_set() and first:
@@ -268,6 +275,7 @@ class BatchRunner:
                 sink.traceback("".join(traceback.format_exception(exc)))
                 raise
         self.store.record_attempt(spec.run_id, started.finished(outcome, tuple(sink.dropped)))
+        self.budget.add(outcome.usage)
         return outcome
 
     def _ensure_image(self, spec: RunSpec) -> ImageRecord:
@@ -312,7 +320,25 @@ class BatchRunner:
             hardening=spec.job.hardening,
             artifact_limit=spec.job.max_artifacts_size,
             artifact_files=spec.job.max_artifacts_files,
+            models=tuple(self.work.models[name] for name in spec.job.models),
+            pace=self._pace(spec),
+            cost_limit=self._cost_left(spec),
+            model_env=spec.job.model_env,
         )
+
+    def _cost_left(self, spec: RunSpec) -> float | None:
+        """What the run's `cost_limit` leaves this attempt: the limit is the run's, so the
+        attempts before this one (retries, earlier turns) have spent some of it."""
+        limit = spec.job.cost_limit
+        if limit is None:
+            return None
+        spent = Budget(None, [self.store.run(spec.run_id)]).spent
+        return max(0.0, limit - spent)
+
+    def _pace(self, spec: RunSpec) -> Pace | None:
+        pool = spec.job.pool
+        rate = self.work.rates.get(pool) if pool is not None else None
+        return Pace(pool, rate) if pool is not None and rate is not None else None
 
     def _azure_dir(self) -> Path | None:
         if self.azure_dir.is_dir():

@@ -20,7 +20,7 @@ from safeagents_batch.execution.executor import (
     Limits,
 )
 from safeagents_batch.jobs.envfile import read_dotenv
-from safeagents_batch.jobs.model import ImageConfig, JobsFile
+from safeagents_batch.jobs.model import ImageConfig, JobsFile, ModelUpstream, PoolRate
 from safeagents_batch.jobs.plan import RunSpec, needed_images
 from safeagents_batch.jobs.resolved import resolved_yaml
 from safeagents_batch.jobs.secrets import is_secret_name, redact_env, redact_yaml_text
@@ -151,10 +151,14 @@ class Work:
     images: Mapping[ImageConfig, ImageSpec]
     code: dict[Path, StagedCode]
     limits: Limits = field(default_factory=Limits)
+    models: Mapping[str, ModelUpstream] = field(default_factory=dict)  # `models:` by name
+    rates: Mapping[str, PoolRate] = field(default_factory=dict)  # pools' model call paces
+    cost_limit: float | None = None  # USD the batch's model calls may cost in all
 
 
 def run_limits(specs: list[RunSpec], pools: Mapping[str, int]) -> Limits:
-    """Each run's limit keys: its job's `max_parallel`, its `pool`; with their capacities."""
+    """Each run's limit keys: its job's `max_parallel`, its `pool`; with their capacities. A
+    pool of model call rates only (no `runs`) limits no runs: it has no key here."""
     capacity = {f"pool:{name}": size for name, size in pools.items()}
     keys: dict[str, tuple[str, ...]] = {}
     for spec in specs:
@@ -163,7 +167,8 @@ def run_limits(specs: list[RunSpec], pools: Mapping[str, int]) -> Limits:
         if job.max_parallel is not None:
             capacity[f"job:{job.name}"] = job.max_parallel
             own = (f"job:{job.name}",)
-        keys[spec.run_id] = own + ((f"pool:{job.pool}",) if job.pool is not None else ())
+        pool = f"pool:{job.pool}"
+        keys[spec.run_id] = own + ((pool,) if pool in capacity else ())
     return Limits(capacity, lambda run_id: keys[run_id])
 
 
@@ -178,7 +183,17 @@ def prepare_work(
     check_passthrough(selected, os.environ)
     envs = {s.run_id: resolve_env(s, inputs.env_files, os.environ) for s in selected}
     code = stage_runs_code(selected, batch_dir, jobs_file, *also_hidden)
-    return Work(selected, envs, inputs.images, code, run_limits(selected, jobs_file.pools))
+    limits = run_limits(selected, jobs_file.pools)
+    return Work(
+        selected,
+        envs,
+        inputs.images,
+        code,
+        limits,
+        jobs_file.models,
+        jobs_file.pool_rates,
+        jobs_file.cost_limit,
+    )
 
 
 def pending_images(work: Work) -> dict[str, ImageRecord]:

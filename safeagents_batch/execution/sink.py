@@ -22,6 +22,7 @@ from safeagents_batch.records.artifacts import ArtifactSelection
 from safeagents_batch.records.layout import (
     CONSOLE_LOG,
     LOG_NAMES,
+    MODEL_CALLS,
     STDERR_LOG,
     STDOUT_LOG,
     TRACEBACK,
@@ -30,6 +31,7 @@ from safeagents_batch.records.layout import (
 # O_NONBLOCK: a FIFO planted at a log's name fails to open (ENXIO) rather than waiting for a
 # reader; open_regular then refuses anything but a regular file.
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
 # Failures of the host's own file system calls that the archive's content causes (a name given
 # twice, a file where a directory goes, a name too long): that entry is dropped, not the run.
 _CONTENT_ERRNOS = {
@@ -68,6 +70,7 @@ class LocalSink:
         self.selection = ArtifactSelection(artifact_limit, file_limit)
         self._dir_fd = _open_attempt_dir(attempt_dir) if dir_fd is None else dir_fd
         self._logs: dict[str, int] = {}
+        self._calls = _CallLog(artifact_limit)
         try:
             for name in LOG_NAMES:
                 self._logs[name] = open_regular(name, _LOG_FLAGS, dir_fd=self._dir_fd)
@@ -103,9 +106,20 @@ class LocalSink:
         finally:
             os.close(fd)
 
+    def model_call(self, line: bytes) -> None:
+        """One call through the model gateway (called from the gateway's thread), appended to
+        `model_calls.jsonl` while the file stays under the artifact cap."""
+        self._check_open()
+        if self._calls.fits(line):
+            fd = open_regular(MODEL_CALLS, _APPEND_FLAGS, dir_fd=self._dir_fd)
+            try:
+                write_all(fd, line)
+            finally:
+                os.close(fd)
+
     @property
     def dropped(self) -> list[str]:
-        return self.selection.dropped
+        return [*self.selection.dropped, *self._calls.dropped()]
 
     def artifacts(self, tar_chunks: Iterable[bytes], *, selected: bool = False) -> None:
         """Keeps the regular files and directories of the archive (records/artifacts.py);
@@ -147,6 +161,27 @@ class LocalSink:
                 raise
             return _CONTENT_ERRNOS[exc.errno]
         return ""
+
+
+class _CallLog:
+    """How much of the model call records one attempt keeps: whole lines, up to the cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.over = 0
+
+    def fits(self, line: bytes) -> bool:
+        if self.size + len(line) > self.limit:
+            self.over += 1
+            return False
+        self.size += len(line)
+        return True
+
+    def dropped(self) -> list[str]:
+        if not self.over:
+            return []
+        return [f"{MODEL_CALLS}: {self.over} call records over the artifact cap not kept"]
 
 
 def _open_attempt_dir(attempt_dir: Path) -> int:

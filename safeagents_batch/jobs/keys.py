@@ -50,6 +50,7 @@ class FileScope:
     known: frozenset[str]  # framework names: built in, or defined under `frameworks:`
     patterns: tuple[str, ...]  # secret_patterns
     pools: frozenset[str] = frozenset()  # names under `pools:`
+    models: frozenset[str] = frozenset()  # names under `models:`
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
     written = set(raw) | scope.written_defaults
     problems_before = len(checker.problems)
     values = {key.name: _value(job, key, merged, written) for key in JOB_KEYS}
+    _check_models_reachable(job, values)
     sound = (
         len(checker.problems) == problems_before
         and checker.is_clean(("jobs", index))
@@ -87,6 +89,26 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
         return None
     where = checker.location(checker.doc.position(("jobs", index)))
     return Job(name=raw["name"], location=where, index=index, **values)
+
+
+def _check_models_reachable(job: JobScope, values: dict[str, Any]) -> None:
+    if values["cost_limit"] is not None and not values["models"]:
+        job.checker.add(
+            job.path("cost_limit"),
+            "cost_limit counts model calls through the gateway: the job lists no `models`",
+        )
+    for variable, model in values["model_env"].items():
+        if model not in values["models"]:
+            job.checker.add(
+                job.path("model_env", variable),
+                f"model '{model}' is not one the job lists under `models`",
+            )
+    if values["models"] and values["network"] == "none":
+        job.checker.add(
+            job.path("network"),
+            "a job with `models` needs a network to reach the model gateway by: "
+            "use network: models (the gateway and nothing else)",
+        )
 
 
 def _merged(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +266,20 @@ def _pool(job: JobScope, path: KeyPath, name: str) -> str:
     return name
 
 
+def _models(job: JobScope, path: KeyPath, names: list[str]) -> tuple[str, ...]:
+    for i, name in enumerate(names):
+        if name not in job.file.models:
+            known = ", ".join(sorted(job.file.models)) or "none defined"
+            hint = difflib.get_close_matches(name, sorted(job.file.models), n=1)
+            guess = f" (did you mean '{hint[0]}'?)" if hint else ""
+            job.checker.add((*path, i), f"unknown model '{name}'{guess}; models: {known}")
+    return tuple(names)
+
+
+def _cost_limit(job: JobScope, path: KeyPath, value: float) -> float:
+    return float(value)
+
+
 # -- resources, hardening, size limits ---------------------------------------------------------
 
 
@@ -316,4 +352,7 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("max_artifacts_files", as_is, DEFAULT_ARTIFACT_FILES),
     Key("max_parallel", as_is, None),
     Key("pool", _pool, None),
+    Key("model_env", as_is, {}),
+    Key("cost_limit", _cost_limit, None),
+    Key("models", _models, ()),
 )

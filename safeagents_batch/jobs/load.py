@@ -27,7 +27,9 @@ from safeagents_batch.jobs.model import (
     DEFAULT_WORKERS,
     Job,
     JobsFile,
+    PoolRate,
 )
+from safeagents_batch.jobs.models import model_upstreams
 from safeagents_batch.jobs.plan import RunSpec, check_runs, expand
 from safeagents_batch.jobs.schema import jobs_schema_problems
 from safeagents_batch.jobs.yamlmarks import MarkedDocument, YamlSyntaxError, load_marked
@@ -113,6 +115,9 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
     jobs = _jobs(checker, data, defined, patterns)
     azure_users = frozenset(j.framework for j in jobs if j.bind_azure_folder)
     images = image_configs(checker, data, {j.framework for j in jobs}, defined, azure_users)
+    models = model_upstreams(checker, data)
+    if "cost_limit" in data and jobs and not any(job.models for job in jobs):
+        checker.add(("cost_limit",), "cost_limit counts model calls: no job lists `models`")
     if checker.problems:
         return None
     return JobsFile(
@@ -128,14 +133,38 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
         jobs=tuple(jobs),
         warnings=tuple(str(p) for p in checker.located(checker.warnings)),
         pools=_pools(data),
+        pool_rates=_pool_rates(data),
+        models=models,
+        cost_limit=float(data["cost_limit"]) if "cost_limit" in data else None,
         max_runs=int(data.get("max_runs", DEFAULT_MAX_RUNS)),
     )
 
 
 def _pools(data: dict[str, Any]) -> dict[str, int]:
-    """`pools:` as the schema passed it (a faulty one has been reported already)."""
+    """The pools' runs at once (a faulty one has been reported already); a pool of rates
+    only has no such limit."""
+    sizes = {name: v if isinstance(v, int) else v.get("runs") for name, v in _pool_items(data)}
+    return {name: size for name, size in sizes.items() if isinstance(size, int)}
+
+
+def _pool_rates(data: dict[str, Any]) -> dict[str, PoolRate]:
+    """The pools' paces for model calls, those that set one."""
+    return {
+        name: PoolRate(value.get("requests_per_minute"), value.get("tokens_per_minute"))
+        for name, value in _pool_items(data)
+        if isinstance(value, dict) and value.keys() & {"requests_per_minute", "tokens_per_minute"}
+    }
+
+
+def _pool_items(data: dict[str, Any]) -> list[tuple[str, Any]]:
     pools = data.get("pools")
-    return {str(k): v for k, v in pools.items()} if isinstance(pools, dict) else {}
+    return [(str(k), v) for k, v in pools.items()] if isinstance(pools, dict) else []
+
+
+def _defined_models(data: dict[str, Any]) -> frozenset[str]:
+    """Names under `models:`; one written with a fault is still defined (reported there)."""
+    models = data.get("models")
+    return frozenset(str(k) for k in models) if isinstance(models, dict) else frozenset()
 
 
 def _secret_patterns(checker: Checker, data: dict[str, Any]) -> tuple[str, ...]:
@@ -162,7 +191,8 @@ def _jobs(
         written_defaults=frozenset(raw_defaults if isinstance(raw_defaults, dict) else ()),
         known=frozenset(builtin.builtin_frameworks()) | defined,
         patterns=patterns,
-        pools=frozenset(_pools(data)),
+        pools=frozenset(name for name, _ in _pool_items(data)),
+        models=_defined_models(data),
     )
     records = [
         job_record(checker, scope, i, raw)

@@ -65,6 +65,36 @@ class Hardening:
 
 
 @dataclass(frozen=True)
+class PoolRate:
+    """A pool's pace for model calls through the gateway, over all the jobs in it."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per million tokens, as a jobs file states them for one upstream."""
+
+    input: float
+    output: float
+    cached_input: float | None = None  # None: the input price
+
+
+@dataclass(frozen=True)
+class ModelUpstream:
+    """One entry of `models:`: where the batch's gateway forwards a model call, and the name of
+    the host variable holding its key (the value is read at run time, by the gateway only)."""
+
+    name: str
+    kind: str  # "openai" (an OpenAI-compatible base URL) or "azure-openai" (an endpoint)
+    url: str  # base_url for openai, endpoint for azure-openai; no trailing slash
+    api_key_env: str | None = None  # None: no key (a local server), or Azure CLI login
+    api_version: str | None = None  # azure-openai: the version the containers are told
+    prices: Prices | None = None  # None: genai-prices' for the model that answered
+
+
+@dataclass(frozen=True)
 class Job:
     """One entry of `jobs:`, with defaults merged and paths resolved."""
 
@@ -92,6 +122,9 @@ class Job:
     max_artifacts_files: int = DEFAULT_ARTIFACT_FILES
     max_parallel: int | None = None  # at most this many of the job's runs at once
     pool: str | None = None  # a limit shared with other jobs (`pools:`)
+    models: tuple[str, ...] = ()  # names under `models:` its runs may call, via the gateway
+    cost_limit: float | None = None  # USD a run may spend on model calls
+    model_env: dict[str, str] = field(default_factory=dict)  # VARIABLE -> model, its URL
 
 
 @dataclass(frozen=True)
@@ -110,4 +143,7 @@ class JobsFile:
     jobs: tuple[Job, ...]
     warnings: tuple[str, ...] = ()
     pools: dict[str, int] = field(default_factory=dict)  # name -> runs at once, shared
+    pool_rates: dict[str, PoolRate] = field(default_factory=dict)  # name -> model call pace
+    models: dict[str, ModelUpstream] = field(default_factory=dict)  # `models:` by name
+    cost_limit: float | None = None  # USD the batch's model calls may cost in all
     max_runs: int = DEFAULT_MAX_RUNS  # runs the file may expand to (counted before any is made)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, ImageConfig, Job, JobsFile
+from safeagents_batch.jobs.models import URL_KEY
 
 HEADER = (
     "# Resolved by safeagents-batch from {source} (sha256 {sha}).\n"
@@ -33,10 +34,45 @@ def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:
         "max_runs": jobs_file.max_runs,
         "image_name": images[0].image_name if images else DEFAULT_IMAGE_NAME,
         "secret_patterns": list(jobs_file.secret_patterns),
-        **({"pools": dict(jobs_file.pools)} if jobs_file.pools else {}),
+        **({"pools": _pools(jobs_file)} if jobs_file.pools or jobs_file.pool_rates else {}),
+        **({"models": _models(jobs_file)} if jobs_file.models else {}),
+        **({"cost_limit": jobs_file.cost_limit} if jobs_file.cost_limit is not None else {}),
         "frameworks": {name: _image(config) for name, config in jobs_file.frameworks.items()},
         "jobs": [_job(job) for job in jobs_file.jobs],
     }
+
+
+def _pools(jobs_file: JobsFile) -> dict[str, int | dict[str, int]]:
+    """Each pool as written: its runs at once alone, or with its pace as a mapping."""
+    written: dict[str, int | dict[str, int]] = {}
+    for name in sorted(jobs_file.pools.keys() | jobs_file.pool_rates.keys()):
+        rate = jobs_file.pool_rates.get(name)
+        runs = jobs_file.pools.get(name)
+        if rate is None and runs is not None:
+            written[name] = runs
+            continue
+        entry = {"runs": runs} if runs is not None else {}
+        if rate is not None and rate.requests_per_minute is not None:
+            entry["requests_per_minute"] = rate.requests_per_minute
+        if rate is not None and rate.tokens_per_minute is not None:
+            entry["tokens_per_minute"] = rate.tokens_per_minute
+        written[name] = entry
+    return written
+
+
+def _models(jobs_file: JobsFile) -> dict[str, dict[str, Any]]:
+    """Each upstream as written: the key's variable name, never a value."""
+    written = {}
+    for name, model in jobs_file.models.items():
+        entry: dict[str, Any] = {"kind": model.kind, URL_KEY[model.kind]: model.url}
+        if model.api_version is not None:
+            entry["api_version"] = model.api_version
+        if model.api_key_env is not None:
+            entry["api_key_env"] = model.api_key_env
+        if model.prices is not None:
+            entry["prices"] = {k: v for k, v in asdict(model.prices).items() if v is not None}
+        written[name] = entry
+    return written
 
 
 def _image(config: ImageConfig) -> dict[str, Any]:
@@ -86,4 +122,10 @@ def _job(job: Job) -> dict[str, Any]:
         data["max_parallel"] = job.max_parallel
     if job.pool is not None:
         data["pool"] = job.pool
+    if job.models:
+        data["models"] = list(job.models)
+    if job.cost_limit is not None:
+        data["cost_limit"] = job.cost_limit
+    if job.model_env:
+        data["model_env"] = dict(job.model_env)
     return data

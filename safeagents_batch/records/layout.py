@@ -10,7 +10,8 @@ BATCH_DIR/
   jobs.source.yaml     the jobs file as written
   code/<digest>/       code snapshots, one per script dir (staging/code.py)
   images/              build logs
-  runs/<run id>/attempt-<k>/   console.log, stdout.log, stderr.log, traceback.log, artifacts
+  runs/<run id>/attempt-<k>/   console.log, stdout.log, stderr.log, traceback.log,
+                       model_calls.jsonl, artifacts
   report.html, results.csv, results.jsonl
 ```
 """
@@ -41,7 +42,9 @@ LOG_NAMES = (CONSOLE_LOG, STDOUT_LOG, STDERR_LOG)
 # The whole traceback of an error raised where the attempt ran (a node, this tool), beside the
 # one line the attempt's record gives; only there when there was one.
 TRACEBACK = "traceback.log"
-RESERVED_NAMES = (*LOG_NAMES, TRACEBACK)
+# Every model call the attempt made through the batch's gateway, one JSON line each.
+MODEL_CALLS = "model_calls.jsonl"
+RESERVED_NAMES = (*LOG_NAMES, TRACEBACK, MODEL_CALLS)
 RESULT = "result.json"  # what a script may leave in /safeagents/logs: its result
 
 

@@ -33,6 +33,37 @@ def recorded_path(path: Path, batch_dir: Path) -> str:
         raise ValueError(f"{path} is outside the batch dir {batch_dir}: not recorded") from None
 
 
+class ModelUsage(Struct, frozen=True, kw_only=True):
+    """One attempt's calls to one model of `models:`, as the batch's gateway counted them:
+    tokens as the upstream's answers state them (`usage`), errors are answers of status 400
+    and over (after the gateway's retries of a 429) or calls the upstream never answered.
+    `answered_by`: the model names the upstream said answered (a deployment may answer with a
+    dated version)."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    errors: int = 0
+    retries: int = 0  # answers of 429 the gateway waited out and asked again
+    cost_usd: float = 0.0  # of the calls whose price is known (gateway/prices.py)
+    unpriced: int = 0  # calls whose cost is not known: `cost_usd` leaves them out
+    answered_by: tuple[str, ...] = ()
+
+    def plus(self, other: ModelUsage) -> ModelUsage:
+        return ModelUsage(
+            requests=self.requests + other.requests,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            errors=self.errors + other.errors,
+            retries=self.retries + other.retries,
+            cost_usd=self.cost_usd + other.cost_usd,
+            unpriced=self.unpriced + other.unpriced,
+            answered_by=tuple(dict.fromkeys((*self.answered_by, *other.answered_by))),
+        )
+
+
 class AttemptOutcome(Struct, frozen=True, kw_only=True):
     """How one attempt ended, as its backend says. `engine_lost`: the engine stopped answering
     during the attempt (the pool pauses until it is back). `node`: where a remote backend ran
@@ -45,6 +76,8 @@ class AttemptOutcome(Struct, frozen=True, kw_only=True):
     error: str | None = None
     engine_lost: bool = False
     node: dict[str, str] | None = None
+    # Model calls through the batch's gateway, per name under `models:`; None: no models.
+    usage: dict[str, ModelUsage] | None = None
     duration_seconds: float | None = None  # derived from the two times
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,11 +26,12 @@ from safeagents_batch.core.errors import UsageError
 from safeagents_batch.records import layout
 from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
 from safeagents_batch.records.manifest import Manifest, load_manifest
-from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.model import STATUSES, ModelUsage, RunRecord
 from safeagents_batch.records.safedir import SafeDir, inside
 from safeagents_batch.report.compare import Comparison, compare_rows
 from safeagents_batch.report.matrix import job_matrices
-from safeagents_batch.report.results import ResultRow, read_result, write_results
+from safeagents_batch.report.results import ResultRow, Scalar, read_result, write_results
+from safeagents_batch.report.usage import usage_lines
 
 REPORT_FORMAT = 1
 TAIL_LINES = 20
@@ -125,7 +126,25 @@ def _result_row(view: BatchView, record: RunRecord) -> ResultRow:
         },
         matrix=view.matrix.get(record.run_id, {}),
         result=read_result(view.safe, view.local(record.log_dir)),
+        usage=usage_cells(latest.outcome.usage if latest and latest.outcome else None),
     )
+
+
+def usage_cells(usage: Mapping[str, ModelUsage] | None) -> dict[str, Scalar]:
+    """The attempt's model calls, summed over its models, as the results table's columns."""
+    if not usage:
+        return {}
+    total = ModelUsage()
+    for one in usage.values():
+        total = total.plus(one)
+    return {
+        "model_requests": total.requests,
+        "input_tokens": total.input_tokens,
+        "output_tokens": total.output_tokens,
+        "cached_tokens": total.cached_tokens,
+        "cost_usd": total.cost_usd if not total.unpriced else None,  # a part unknown: unknown
+        "model": " ".join(total.answered_by),
+    }
 
 
 # -- files of an attempt ------------------------------------------------------------------
@@ -259,6 +278,7 @@ def render(
         statuses=STATUSES,
         images=[_image_entry(view, i.tag, report_dir) for i in manifest.images.values()],
         matrices=job_matrices(rows),
+        usage=usage_lines(rows),
         comparison=comparison,
         data=page_data(view, rows, report_dir),
         css=_asset("report.css"),

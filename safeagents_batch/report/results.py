@@ -40,6 +40,15 @@ FIXED_COLUMNS = (
     "duration_seconds",
 )
 NOTE_COLUMN = "result_note"
+# Model calls through the gateway, summed over the run's models; only in a batch that has any.
+USAGE_COLUMNS = (
+    "model_requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "model",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class ResultRow:
     fixed: dict[str, Scalar]
     matrix: dict[str, str]
     result: ResultFile
+    usage: dict[str, Scalar] = field(default_factory=dict)  # USAGE_COLUMNS, when it had models
 
 
 def read_result(safe: SafeDir, attempt_dir: str | None) -> ResultFile:
@@ -139,9 +149,11 @@ def matrix_columns(rows: Sequence[ResultRow]) -> list[str]:
 def header(rows: Sequence[ResultRow]) -> list[str]:
     """Fixed columns, matrix variables, result fields; a result field whose name is taken
     gets a `result.` prefix so that a script cannot overwrite the run's own status."""
-    taken = {*FIXED_COLUMNS, *matrix_columns(rows), NOTE_COLUMN}
+    usage = USAGE_COLUMNS if any(row.usage for row in rows) else ()
+    taken = {*FIXED_COLUMNS, *usage, *matrix_columns(rows), NOTE_COLUMN}
     return [
         *FIXED_COLUMNS,
+        *usage,
         *matrix_columns(rows),
         *(_result_key(n, taken) for n in result_columns(rows)),
         NOTE_COLUMN,
@@ -154,8 +166,8 @@ def _result_key(name: str, taken: set[str]) -> str:
 
 def as_dict(row: ResultRow, columns: Sequence[str]) -> dict[str, Scalar]:
     """The row under every column of `columns` (None where it has no value)."""
-    taken = {*FIXED_COLUMNS, *row.matrix, NOTE_COLUMN}
-    values: dict[str, Scalar] = {**row.fixed, **row.matrix}
+    taken = {*FIXED_COLUMNS, *USAGE_COLUMNS, *row.matrix, NOTE_COLUMN}
+    values: dict[str, Scalar] = {**row.fixed, **row.usage, **row.matrix}
     for name, value in row.result.fields.items():
         values[_result_key(name, taken)] = value
     values[NOTE_COLUMN] = row.result.note

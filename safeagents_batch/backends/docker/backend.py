@@ -35,10 +35,13 @@ from safeagents_batch.backends.docker.azure import (
     write_back_azure_dir,
 )
 from safeagents_batch.backends.docker.images import DockerImages
+from safeagents_batch.backends.docker.models import ModelAccess, ModelPass, ModelSetupError
+from safeagents_batch.backends.docker.relay import NO_IPV6
 from safeagents_batch.core import labels
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, one_line
 from safeagents_batch.core.names import safe_name
+from safeagents_batch.gateway.passes import AttemptCalls
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.images import CODE_DIR, CONTAINER_UID, LOGS_DIR, ImageSpec
 
@@ -93,13 +96,17 @@ class DockerBackend:
         self.client = client
         self._unremoved: set[str] = set()  # containers whose removal the engine missed
         self._lock = threading.Lock()
+        self.models = ModelAccess(client)
 
     @classmethod
     def from_env(cls) -> DockerBackend:
         return cls(connect())
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.models.close()
+        finally:
+            self.client.close()
 
     # -- Backend -------------------------------------------------------------------------
 
@@ -119,11 +126,36 @@ class DockerBackend:
                 status="error", started_at=started, ended_at=now_iso(), error=_azure_error(exc)
             )
         try:
-            container = self._create(request, azure)
+            models = self.models.open(request, sink) if request.models else None
+        except ModelSetupError as exc:
+            return AttemptOutcome(
+                status="error", started_at=started, ended_at=now_iso(), error=str(exc)
+            )
+        except ENGINE_ERRORS as exc:
+            return self._engine_failure("model network", exc, started)
+        try:
+            return self._run_with_models(request, sink, cancel, started, azure, models)
+        finally:
+            if models is not None:  # the token dies with the attempt, however it ended
+                self.models.close_attempt(models)
+
+    def _run_with_models(
+        self,
+        request: AttemptRequest,
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+        azure: AzurePlan | None,
+        models: ModelPass | None,
+    ) -> AttemptOutcome:
+        try:
+            container = self._create(request, azure, models)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("create", exc, started)
         try:
             outcome = self._supervise(container, request, sink, cancel, started, azure)
+            if models is not None:  # the container has ended: its calls are all counted
+                outcome = with_calls(outcome, self.models.close_attempt(models))
         finally:
             removal_error = self._remove(container.id)
         if removal_error is not None and not outcome.engine_lost:
@@ -140,6 +172,7 @@ class DockerBackend:
             remove_container(self.client, container_id)
         with self._lock:
             self._unremoved.difference_update(removed)
+        self.models.remove_network(batch_id)
         return len(removed)
 
     def clean(self, request: CleanRequest) -> list[str]:
@@ -169,18 +202,27 @@ class DockerBackend:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    def _create(self, request: AttemptRequest, azure: AzurePlan | None) -> Container:
+    def _create(
+        self, request: AttemptRequest, azure: AzurePlan | None, models: ModelPass | None = None
+    ) -> Container:
         resources = request.resources
+        env = azure_env(request.env) if azure else request.env
+        if models is not None:
+            env = {**env, **models.env}
         container: Container = self.client.containers.create(
             image=request.image,
             command=["python", f"{CODE_DIR}/{request.script}"],
             name=f"sab-{safe_name(request.run_id, 80)}-{secrets.token_hex(3)}",
             working_dir=CODE_DIR,
-            environment=azure_env(request.env) if azure else request.env,
+            environment=env,
             user=container_user(request),
             labels=container_labels(request),
-            mounts=[*_mounts(request), *(azure.mounts if azure else ())],
-            network_mode=request.network,
+            mounts=[
+                *_mounts(request),
+                *(azure.mounts if azure else ()),
+                *(models.mounts if models else ()),
+            ],
+            network_mode=models.network if models is not None else request.network,
             init=request.hardening.init,
             cap_drop=["ALL"] if request.hardening.drop_capabilities else None,
             security_opt=["no-new-privileges:true"]
@@ -191,6 +233,7 @@ class DockerBackend:
             memswap_limit=resources.memory,  # no swap beyond the memory limit
             nano_cpus=int(resources.cpus * 1e9) if resources.cpus else None,
             read_only=request.read_only_rootfs,
+            sysctls=NO_IPV6 if models is not None and models.isolated else None,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"} if request.read_only_rootfs else None,
             # The sink keeps the real logs; the engine's copy is only a bounded safety net.
             log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "1"}),
@@ -505,15 +548,19 @@ def _mounts(request: AttemptRequest) -> list[Mount]:
     return mounts
 
 
+def with_calls(outcome: AttemptOutcome, calls: AttemptCalls) -> AttemptOutcome:
+    """The outcome with its model usage; a run its cost limit stopped has `failed`, whatever
+    its script made of the refusals."""
+    if calls.stopped is None or outcome.status in ("timed_out", "cancelled", "error"):
+        return structs.replace(outcome, usage=calls.usage)
+    return structs.replace(outcome, usage=calls.usage, status="failed", error=calls.stopped)
+
+
 def container_labels(request: AttemptRequest) -> dict[str, str]:
     return {
-        labels.MANAGED: "true",
-        labels.BATCH: request.batch_id,
+        **labels.owned(request.batch_id),
         labels.RUN: request.run_id,
         labels.ATTEMPT: str(request.attempt),
-        # Lets `clean` tell a leftover from a container of a batch that is still running.
-        labels.HOST: socket.gethostname(),
-        labels.PID: str(os.getpid()),
     }
 
 

@@ -1,5 +1,6 @@
-"""`clean` on a Docker engine: what the tool left there (labelled containers whose batch no
-longer runs, and with `--images` its images) and their removal, one line per item."""
+"""`clean` on a Docker engine: what the tool left there (labelled containers and `models`
+networks whose batch no longer runs, and with `--images` its images) and their removal, one
+line per item."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import docker.errors
 
 from safeagents_batch.backends.base import CleanRequest
 from safeagents_batch.backends.docker.backend import batch_container_infos, remove_container
+from safeagents_batch.backends.docker.relay import batch_networks
 from safeagents_batch.core import labels
 
 
 def clean_engine(client: docker.DockerClient, request: CleanRequest) -> list[str]:
     """The leftovers of `request` on this engine, removed (or listed, on a dry run)."""
-    items = leftover_containers(client)
+    items = leftover_containers(client) + leftover_networks(client)  # networks once emptied
     if request.images:
         items += tool_images(client, set(request.keep_tags), request.repositories)
     return clean(client, items, dry_run=request.dry_run).lines
@@ -27,7 +29,7 @@ def clean_engine(client: docker.DockerClient, request: CleanRequest) -> list[str
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: Literal["container", "image"]
+    kind: Literal["container", "network", "image"]
     ref: str  # what the engine removes by (an id)
     name: str  # what the user reads
     size_bytes: int = 0
@@ -92,6 +94,14 @@ def leftover_containers(client: docker.DockerClient) -> list[Leftover]:
     return found
 
 
+def leftover_networks(client: docker.DockerClient) -> list[Leftover]:
+    """The `network: models` networks; one whose orchestrator still runs here is kept."""
+    return [
+        Leftover("network", info["Id"], info["Name"], 0, still_running_because(info["Labels"]))
+        for info in batch_networks(client)
+    ]
+
+
 def tool_images(
     client: docker.DockerClient,
     keep_tags: set[str],
@@ -131,6 +141,9 @@ def remove_leftover(client: docker.DockerClient, item: Leftover) -> str | None:
     try:
         if item.kind == "container":
             remove_container(client, item.ref)
+            return None
+        if item.kind == "network":
+            client.api.remove_network(item.ref)
             return None
         # By tag: the engine refuses an id with tags in several repositories (one configuration
         # built under two image names) unless forced; removing the last tag removes the image.

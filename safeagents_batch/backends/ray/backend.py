@@ -51,7 +51,17 @@ from safeagents_batch.backends.ray.agents import (
 )
 from safeagents_batch.backends.ray.auth import require_token_auth
 from safeagents_batch.backends.ray.boot import Shipment
-from safeagents_batch.backends.ray.items import Art, ArtDrop, Done, Err, Item, NoImage, Out, Trace
+from safeagents_batch.backends.ray.items import (
+    Art,
+    ArtDrop,
+    Call,
+    Done,
+    Err,
+    Item,
+    NoImage,
+    Out,
+    Trace,
+)
 from safeagents_batch.backends.ray.remote import RemoteError
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
@@ -69,6 +79,11 @@ SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
 NODE_DEATH_SECONDS = 60.0  # the GCS declares a node dead some seconds after its raylet died
 NAMESPACE = "safeagents-batch"
+# The model gateway runs beside the local engine only, so far; a cluster's nodes have none.
+MODELS_NOT_YET = (
+    "jobs with `models` run on --backend docker only, so far (the model gateway does not "
+    "run on cluster nodes yet)"
+)
 AZURE_NEEDS_OPT_IN = (
     "bind_azure_folder on a Ray cluster ships the driver's ~/.azure to the node only with "
     "--ship-azure; run not started"
@@ -238,6 +253,10 @@ class RayBackend:
         if request.azure_dir is not None and not self.options.ship_azure:
             return AttemptOutcome(
                 status="error", started_at=started, ended_at=now_iso(), error=AZURE_NEEDS_OPT_IN
+            )
+        if request.models:
+            return AttemptOutcome(
+                status="error", started_at=started, ended_at=now_iso(), error=MODELS_NOT_YET
             )
         code = request.code
         code_ref = self._stored.get(code.digest, lambda: ray.put(tar_tree(code.path)))
@@ -540,6 +559,8 @@ class RemoteAttempt:
                 self.spool.write(chunk)
             case ArtDrop(line):
                 self.sink.not_kept(line)
+            case Call(line):
+                self.sink.model_call(line)
             case NoImage():
                 self.image_missing = True
 

@@ -43,6 +43,7 @@ from safeagents_batch.backends.ray.boot import file_lock, node_cache, unpacked_o
 from safeagents_batch.backends.ray.items import (
     Art,
     ArtDrop,
+    Call,
     Chunk,
     Done,
     Err,
@@ -242,6 +243,9 @@ class QueueSink:
 
     def not_kept(self, line: str) -> None:
         self.items.put(ArtDrop(line))
+
+    def model_call(self, line: bytes) -> None:
+        self.items.put(Call(line))
 
     def close(self) -> None:
         pass
