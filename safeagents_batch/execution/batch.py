@@ -10,7 +10,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from safeagents_batch.backends.base import AttemptRequest, Backend, Pace
+from safeagents_batch.backends.base import AttemptRequest, Backend
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import (
     EXIT_ENGINE_UNAVAILABLE,
@@ -20,7 +20,7 @@ from safeagents_batch.core.errors import (
     one_line,
 )
 from safeagents_batch.core.once import OncePerKey
-from safeagents_batch.execution.budget import Budget
+from safeagents_batch.execution.budget import Budget, cost_left, pool_pace
 from safeagents_batch.execution.executor import (
     DEFAULT_ENGINE_WAIT,
     EngineGate,
@@ -321,24 +321,10 @@ class BatchRunner:
             artifact_limit=spec.job.max_artifacts_size,
             artifact_files=spec.job.max_artifacts_files,
             models=tuple(self.work.models[name] for name in spec.job.models),
-            pace=self._pace(spec),
-            cost_limit=self._cost_left(spec),
+            pace=pool_pace(spec.job.pool, self.work.rates),
+            cost_limit=cost_left(spec.job.cost_limit, self.store.run(spec.run_id)),
             model_env=spec.job.model_env,
         )
-
-    def _cost_left(self, spec: RunSpec) -> float | None:
-        """What the run's `cost_limit` leaves this attempt: the limit is the run's, so the
-        attempts before this one (retries, earlier turns) have spent some of it."""
-        limit = spec.job.cost_limit
-        if limit is None:
-            return None
-        spent = Budget(None, [self.store.run(spec.run_id)]).spent
-        return max(0.0, limit - spent)
-
-    def _pace(self, spec: RunSpec) -> Pace | None:
-        pool = spec.job.pool
-        rate = self.work.rates.get(pool) if pool is not None else None
-        return Pace(pool, rate) if pool is not None and rate is not None else None
 
     def _azure_dir(self) -> Path | None:
         if self.azure_dir.is_dir():

@@ -25,6 +25,7 @@ from safeagents_batch.jobs.model import (
     Job,
     Resources,
 )
+from safeagents_batch.jobs.models import model_key_problems
 from safeagents_batch.jobs.secrets import is_secret_name
 from safeagents_batch.jobs.yamlmarks import KeyPath
 
@@ -79,7 +80,8 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
     written = set(raw) | scope.written_defaults
     problems_before = len(checker.problems)
     values = {key.name: _value(job, key, merged, written) for key in JOB_KEYS}
-    _check_models_reachable(job, values)
+    for keys, message in model_key_problems(values):
+        job.checker.add(job.path(*keys), message)
     sound = (
         len(checker.problems) == problems_before
         and checker.is_clean(("jobs", index))
@@ -89,26 +91,6 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
         return None
     where = checker.location(checker.doc.position(("jobs", index)))
     return Job(name=raw["name"], location=where, index=index, **values)
-
-
-def _check_models_reachable(job: JobScope, values: dict[str, Any]) -> None:
-    if values["cost_limit"] is not None and not values["models"]:
-        job.checker.add(
-            job.path("cost_limit"),
-            "cost_limit counts model calls through the gateway: the job lists no `models`",
-        )
-    for variable, model in values["model_env"].items():
-        if model not in values["models"]:
-            job.checker.add(
-                job.path("model_env", variable),
-                f"model '{model}' is not one the job lists under `models`",
-            )
-    if values["models"] and values["network"] == "none":
-        job.checker.add(
-            job.path("network"),
-            "a job with `models` needs a network to reach the model gateway by: "
-            "use network: models (the gateway and nothing else)",
-        )
 
 
 def _merged(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -258,22 +240,26 @@ def _env_text(value: Any) -> str:
 
 
 def _pool(job: JobScope, path: KeyPath, name: str) -> str:
-    if name not in job.file.pools:
-        known = ", ".join(sorted(job.file.pools)) or "none defined"
-        hint = difflib.get_close_matches(name, sorted(job.file.pools), n=1)
-        guess = f" (did you mean '{hint[0]}'?)" if hint else ""
-        job.checker.add(path, f"unknown pool '{name}'{guess}; pools: {known}")
+    _known_name(job.checker, path, name, job.file.pools, "pool")
     return name
 
 
 def _models(job: JobScope, path: KeyPath, names: list[str]) -> tuple[str, ...]:
     for i, name in enumerate(names):
-        if name not in job.file.models:
-            known = ", ".join(sorted(job.file.models)) or "none defined"
-            hint = difflib.get_close_matches(name, sorted(job.file.models), n=1)
-            guess = f" (did you mean '{hint[0]}'?)" if hint else ""
-            job.checker.add((*path, i), f"unknown model '{name}'{guess}; models: {known}")
+        _known_name(job.checker, (*path, i), name, job.file.models, "model")
     return tuple(names)
+
+
+def _known_name(
+    checker: Checker, path: KeyPath, name: str, known: frozenset[str], what: str
+) -> None:
+    """A name under top-level `<what>s:`, or a problem with the closest one."""
+    if name in known:
+        return
+    listed = ", ".join(sorted(known)) or "none defined"
+    hint = difflib.get_close_matches(name, sorted(known), n=1)
+    guess = f" (did you mean '{hint[0]}'?)" if hint else ""
+    checker.add(path, f"unknown {what} '{name}'{guess}; {what}s: {listed}")
 
 
 def _cost_limit(job: JobScope, path: KeyPath, value: float) -> float:

@@ -53,3 +53,22 @@ def _prices(raw: dict[str, float] | None) -> Prices | None:
 
 def _float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def model_key_problems(values: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """A job's model keys against each other, as (key path within the job, message)."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if values["cost_limit"] is not None and not values["models"]:
+        message = "cost_limit counts model calls through the gateway: the job lists no `models`"
+        problems.append((("cost_limit",), message))
+    for variable, model in values["model_env"].items():
+        if model not in values["models"]:
+            message = f"model '{model}' is not one the job lists under `models`"
+            problems.append((("model_env", variable), message))
+    if values["models"] and values["network"] == "none":
+        message = (
+            "a job with `models` needs a network to reach the model gateway by: "
+            "use network: models (the gateway and nothing else)"
+        )
+        problems.append((("network",), message))
+    return problems
