@@ -26,7 +26,7 @@ import docker
 import docker.errors
 import jsonschema
 import pytest
-from engine_fixtures import remove_repository
+from engine_fixtures import own_tags, remove_repository
 
 from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
 
@@ -92,7 +92,7 @@ def session_image(client: docker.DockerClient, root: Path) -> Iterator[SessionIm
     )
     built = cli(["build", str(jobs)])
     assert built.returncode == 0, built.stdout + built.stderr
-    [tag] = [t for i in client.images.list(name=image.image_name) for t in i.tags]
+    [tag] = own_tags(client, image.image_name)
     pin = client.containers.create(tag, ["true"], name=f"{image.image_name}-pin")
     try:
         yield image

@@ -83,13 +83,21 @@ def fresh_image_name(docker_client: docker.DockerClient) -> Iterator[str]:
     remove_repository(docker_client, name)
 
 
+def own_tags(client: docker.DockerClient, repository: str) -> list[str]:
+    """The tags of `repository`, and only those: an image listed under it may carry other
+    repositories' tags too (equal configs build one image id: another test's, a user's)."""
+    return [
+        tag
+        for image in client.images.list(name=repository)
+        for tag in image.tags
+        if tag.startswith(f"{repository}:")
+    ]
+
+
 def remove_repository(client: docker.DockerClient, repository: str) -> None:
-    """Every tag of `repository`, and only those: an image listed under it may carry other
-    tests' tags too (equal configs build one image id), which must stay."""
-    for image in client.images.list(name=repository):
-        for tag in image.tags:
-            if tag.startswith(f"{repository}:"):
-                client.images.remove(tag, force=True)
+    """Every tag of `repository`, and only those (other tags of the same image id stay)."""
+    for tag in own_tags(client, repository):
+        client.images.remove(tag, force=True)
     assert not client.images.list(name=repository), repository
 
 

@@ -28,6 +28,7 @@ from engine_cli import (
     wait_for,
     wait_for_batch,
 )
+from engine_fixtures import own_tags
 
 from safeagents_batch.backends.docker.clean import human_size
 from safeagents_batch.core.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -212,9 +213,7 @@ def test_clean_removes_exactly_the_leftovers_and_keeps_live_and_needed_things(
         [f"kept container {live_name}: {live_pid}", f"removed {unneeded}"]
     )
     assert not any(image_exists(engine, tag) for tag in unneeded_image)
-    assert [t for i in engine.images.list(name=image.image_name) for t in i.tags], (
-        "the image the jobs file needs was removed"
-    )
+    assert own_tags(engine, image.image_name), "the image the jobs file needs was removed"
     assert names(engine, live_dir) == [live_name]
     assert exists(engine, bystander)
 

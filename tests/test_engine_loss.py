@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import pytest
 from engine_cli import EXIT_TIMEOUT, batch_dir_in, finish, wait_for
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, own_tags, remove_repository, write_project
 from private_engine import PrivateEngine
 from records import outcome_of
 
@@ -49,17 +49,19 @@ def loss_image(
         check=False,
         env={k: v for k, v in os.environ.items() if k != "DOCKER_HOST"},
     )
-    assert built.returncode == 0, built.stdout + built.stderr
-    [tag] = [t for image in docker_client.images.list(name=name) for t in image.tags]
-    yield name
-    docker_client.images.remove(tag, force=True)
+    try:  # removed whatever happens from here on: a failed setup leaves no image either
+        assert built.returncode == 0, built.stdout + built.stderr
+        assert len(own_tags(docker_client, name)) == 1, own_tags(docker_client, name)
+        yield name
+    finally:
+        remove_repository(docker_client, name)
 
 
 @pytest.fixture
 def engine_for_loss(
     private_dockerd: PrivateEngine, docker_client: docker.DockerClient, loss_image: str
 ) -> PrivateEngine:
-    tags = [t for image in docker_client.images.list(name=loss_image) for t in image.tags]
+    tags = own_tags(docker_client, loss_image)
     private_dockerd.load_images(docker_client, tags)
     return private_dockerd
 

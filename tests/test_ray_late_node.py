@@ -19,6 +19,7 @@ from engine_cli import (
     wait_for,
     wait_for_batch,
 )
+from engine_fixtures import own_tags
 from private_engine import host_bridge_present
 from ray_cluster import LocalRayCluster
 from records import outcome_of
@@ -30,7 +31,7 @@ NAPPER = "import time\nprint('napping', flush=True)\ntime.sleep(3)\nprint('up')\
 
 
 def session_tags(client: docker.DockerClient, image: SessionImage) -> list[str]:
-    return [t for i in client.images.list(name=image.image_name) for t in i.tags]
+    return own_tags(client, image.image_name)
 
 
 def node_alive(node_id: str) -> bool:
