@@ -1092,34 +1092,18 @@ def test_a_pool_with_no_pools_defined_is_located(project: Project) -> None:
 
 
 @pytest.mark.parametrize(
-    "value, message",
-    [
-        ("0", "0 is less than the minimum of 1"),
-        ("-2", "-2 is less than the minimum of 1"),
-        ('"2"', "'2' is not of type 'integer', 'object'"),
-        ("1.5", "1.5 is not of type 'integer', 'object'"),
-    ],
-)
-def test_a_bad_pool_size_is_located(project: Project, value: str, message: str) -> None:
-    path = project.jobs(f"""
-        version: 1
-        pools:
-          api: {value}
-        jobs:
-          - {{name: a, framework: langgraph, scripts: scripts/a.py, pool: api}}
-    """)
-    assert one_error(path) == f"{LABEL}:3:8: pools.api: {message}"
-
-
-@pytest.mark.parametrize(
     "value, located",
     [
+        ("0", "3:8: pools.api: 0 is less than the minimum of 1"),
+        ("-2", "3:8: pools.api: -2 is less than the minimum of 1"),
+        ('"2"', "3:8: pools.api: '2' is not of type 'integer', 'object'"),
+        ("1.5", "3:8: pools.api: 1.5 is not of type 'integer', 'object'"),
         ("{runs: 0}", "3:15: pools.api.runs: 0 is less than the minimum of 1"),
         ("{runz: 2}", "3:9: pools.api.runz: unknown key 'runz' (did you mean 'runs'?)"),
         ("{}", "3:8: pools.api: {} should be non-empty"),
     ],
 )
-def test_a_bad_pool_of_rates_is_located_at_its_key(
+def test_a_bad_pool_size_or_rate_is_located_at_its_key(
     project: Project, value: str, located: str
 ) -> None:
     path = project.jobs(f"""

@@ -59,10 +59,7 @@ def model_usage(manifest: Manifest) -> ModelUsage | None:
     ]
     if not usages:
         return None
-    total = ModelUsage()
-    for usage in usages:
-        total = total.plus(usage)
-    return total
+    return ModelUsage.sum(usages)
 
 
 def usage_line(usage: ModelUsage) -> str:

@@ -9,6 +9,7 @@ so what a file says there can never disagree with its attempts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -49,6 +50,13 @@ class ModelUsage(Struct, frozen=True, kw_only=True):
     cost_usd: float = 0.0  # of the calls whose price is known (gateway/prices.py)
     unpriced: int = 0  # calls whose cost is not known: `cost_usd` leaves them out
     answered_by: tuple[str, ...] = ()
+
+    @staticmethod
+    def sum(usages: Iterable[ModelUsage]) -> ModelUsage:
+        total = ModelUsage()
+        for usage in usages:
+            total = total.plus(usage)
+        return total
 
     def plus(self, other: ModelUsage) -> ModelUsage:
         return ModelUsage(

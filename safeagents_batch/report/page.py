@@ -134,9 +134,7 @@ def usage_cells(usage: Mapping[str, ModelUsage] | None) -> dict[str, Scalar]:
     """The attempt's model calls, summed over its models, as the results table's columns."""
     if not usage:
         return {}
-    total = ModelUsage()
-    for one in usage.values():
-        total = total.plus(one)
+    total = ModelUsage.sum(usage.values())
     return {
         "model_requests": total.requests,
         "input_tokens": total.input_tokens,
