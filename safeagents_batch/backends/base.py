@@ -36,6 +36,15 @@ class Pace:
 
 
 @dataclass(frozen=True)
+class GatewayTicket:
+    """An attempt's pass at a model gateway that runs elsewhere (a Ray driver's): the node
+    pipes its container's calls to `url`, where `token` is valid while the attempt runs."""
+
+    url: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AttemptRequest:
     """Everything a backend needs for one attempt. `env` holds real values (secrets too): it
     lives only in memory and goes to the engine through its API, never onto a command line."""
@@ -62,6 +71,9 @@ class AttemptRequest:
     pace: Pace | None = None  # the pool's requests and tokens per minute, when it sets them
     cost_limit: float | None = None  # USD the run's model calls may cost
     model_env: dict[str, str] = field(default_factory=dict)  # VARIABLE -> model: its URL
+    # Set by a backend whose gateway runs away from the engine (Ray: on the driver, which
+    # opened the attempt's pass there and closes it): the engine's side only reaches it.
+    gateway: GatewayTicket | None = None
 
 
 class Sink(Protocol):

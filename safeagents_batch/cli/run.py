@@ -63,11 +63,6 @@ def command(args: argparse.Namespace) -> int:
         rebuild=args.no_cache,
         engine_wait=args.engine_wait,
     )
-    if args.backend == "ray" and any(job.models for job in jobs_file.jobs):
-        raise UsageError(
-            "--backend ray: jobs with `models` run on --backend docker only, so far "
-            "(the model gateway does not run on cluster nodes yet)"
-        )
     with chosen_backend(args) as backend:
         return finish_batch(run_batch(jobs_file, specs, backend, reporter(args), options))
 

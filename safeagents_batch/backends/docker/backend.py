@@ -154,8 +154,11 @@ class DockerBackend:
             return self._engine_failure("create", exc, started)
         try:
             outcome = self._supervise(container, request, sink, cancel, started, azure)
-            if models is not None:  # the container has ended: its calls are all counted
-                outcome = with_calls(outcome, self.models.close_attempt(models))
+            # The container has ended: its calls are all counted (by the gateway that holds
+            # its pass: elsewhere, its backend adds them).
+            calls = self.models.close_attempt(models) if models is not None else None
+            if calls is not None:
+                outcome = with_calls(outcome, calls)
         finally:
             removal_error = self._remove(container.id)
         if removal_error is not None and not outcome.engine_lost:

@@ -16,7 +16,7 @@ import docker
 import docker.errors
 from docker.types import Mount
 
-from safeagents_batch.backends.base import AttemptRequest, Sink
+from safeagents_batch.backends.base import AttemptRequest, GatewayTicket, Sink
 from safeagents_batch.backends.docker.relay import (
     SOCKET_NAME,
     ModelsNetwork,
@@ -27,6 +27,7 @@ from safeagents_batch.backends.docker.relay import (
 from safeagents_batch.core.once import OncePerKey
 from safeagents_batch.gateway.credentials import CredentialError
 from safeagents_batch.gateway.env import AZ_SHIM_PATH, az_shim_text, container_env
+from safeagents_batch.gateway.forward import Door, Forwarder
 from safeagents_batch.gateway.passes import AttemptCalls
 from safeagents_batch.gateway.server import Gateway
 
@@ -48,48 +49,80 @@ class ModelPass:
     token: str = field(repr=False)
     mounts: tuple[Mount, ...] = ()
     isolated: bool = False  # on the batch's `models` network: no IPv6 either (relay.py)
+    own: bool = True  # the token is this backend's gateway's, to close after the attempt
 
 
 class ModelAccess:
     """The engine's side of the gateway: started on first use, one per backend (so per
-    batch), stopped by `close`. Thread-safe."""
+    batch), stopped by `close`. Where a request carries a ticket for a gateway elsewhere
+    (a Ray node's attempt: the driver holds the gateway), a forwarder to it takes the
+    gateway's place here, and the pass is the driver's to close. Thread-safe."""
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self._gateway: Gateway | None = None
+        self._forwarders: dict[str, Forwarder] = {}  # by the remote gateway's URL
         self._socket_dir: Path | None = None
         self._networks: OncePerKey[str, ModelsNetwork] = OncePerKey()  # by batch id
         self._lock = threading.Lock()
 
     def open(self, request: AttemptRequest, sink: Sink) -> ModelPass:
         """Raises ModelSetupError (one line) when the container could not reach its models."""
-        network, url = self._reach(request)
-        models = {upstream.name: upstream for upstream in request.models}
+        ticket = request.gateway
+        door = self._forwarder(ticket.url) if ticket is not None else self._gateway_now()
+        network, url = self._reach(request, door)
         shim = Mount(AZ_SHIM_PATH, str(self._az_shim()), type="bind", read_only=True)
+        token = ticket.token if ticket is not None else self.open_token(request, sink)
+        env = container_env(url, token, request.models, request.model_env)
+        isolated = request.network == MODELS_NETWORK
+        return ModelPass(network, env, token, (shim,), isolated, own=ticket is None)
+
+    def open_token(self, request: AttemptRequest, sink: Sink) -> str:
+        """A pass at this backend's gateway for the attempt, its calls recorded in `sink`."""
+        models = {upstream.name: upstream for upstream in request.models}
+        pace = (request.pace.pool, request.pace.rate) if request.pace else None
         try:
-            pace = (request.pace.pool, request.pace.rate) if request.pace else None
-            token = self._gateway_now().open_attempt(
+            return self._gateway_now().open_attempt(
                 models, sink.model_call, pace, request.cost_limit
             )
         except CredentialError as exc:
             raise ModelSetupError(str(exc)) from None
-        env = container_env(url, token, request.models, request.model_env)
-        return ModelPass(network, env, token, (shim,), isolated=request.network == MODELS_NETWORK)
 
-    def close_attempt(self, model_pass: ModelPass) -> AttemptCalls:
-        return self._gateway_now().close_attempt(model_pass.token)
+    def open_ticket(self, request: AttemptRequest, sink: Sink, host: str) -> GatewayTicket:
+        """A pass for an attempt whose container runs elsewhere: the gateway's URL on `host`
+        (an address of this machine the other one reaches) and a token; `close_token` ends it."""
+        try:
+            url = self._gateway_now().listen(host)
+        except OSError as exc:
+            raise ModelSetupError(
+                f"the model gateway cannot listen on {host} ({exc.strerror or exc})"
+            ) from None
+        return GatewayTicket(url, self.open_token(request, sink))
+
+    def close_token(self, token: str) -> AttemptCalls:
+        return self._gateway_now().close_attempt(token)
+
+    def close_attempt(self, model_pass: ModelPass) -> AttemptCalls | None:
+        """The attempt's calls, its token dead; None for a pass that is not ours to close."""
+        return self.close_token(model_pass.token) if model_pass.own else None
 
     def remove_network(self, batch_id: str) -> None:
         """The batch's `models` network, once its containers (the relay too) are gone."""
         remove_models_network(self.client, batch_id)
 
     def close(self) -> None:
+        """Stops the gateway (or forwarders) and removes the socket dir; used again, it
+        starts afresh (a Ray node's agent closes it at each sweep: its process may be
+        killed rather than closed)."""
         with self._lock:
             gateway, self._gateway = self._gateway, None
+            forwarders, self._forwarders = list(self._forwarders.values()), {}
             socket_dir, self._socket_dir = self._socket_dir, None
+            self._networks = OncePerKey()
+        doors: list[Door] = [*forwarders, *([gateway] if gateway is not None else [])]
         try:
-            if gateway is not None:
-                gateway.stop()
+            for door in doors:
+                door.stop()
         finally:
             if socket_dir is not None:
                 shutil.rmtree(socket_dir, ignore_errors=True)  # a socket and its dir: ours alone
@@ -100,7 +133,13 @@ class ModelAccess:
                 self._gateway = Gateway()
             return self._gateway
 
-    def _reach(self, request: AttemptRequest) -> tuple[str, str]:
+    def _forwarder(self, url: str) -> Forwarder:
+        with self._lock:
+            if url not in self._forwarders:
+                self._forwarders[url] = Forwarder(url)
+            return self._forwarders[url]
+
+    def _reach(self, request: AttemptRequest, door: Door) -> tuple[str, str]:
         """The network the container goes on, and the gateway's URL from there."""
         if request.network == "none":
             raise ModelSetupError(
@@ -108,11 +147,11 @@ class ModelAccess:
                 "reach the model gateway); use network: models"
             )
         if request.network == MODELS_NETWORK:
-            made = self._networks.get(request.batch_id, lambda: self._models_network(request))
+            made = self._networks.get(request.batch_id, lambda: self._models_network(request, door))
             return made.name, made.url
         host = self._gateway_host(request.network)
         try:
-            return request.network, self._gateway_now().listen(host)
+            return request.network, door.listen(host)
         except OSError as exc:
             raise ModelSetupError(
                 f"the model gateway cannot listen on {host}, where network "
@@ -120,9 +159,9 @@ class ModelAccess:
                 "is the engine on another machine?"
             ) from None
 
-    def _models_network(self, request: AttemptRequest) -> ModelsNetwork:
+    def _models_network(self, request: AttemptRequest, door: Door) -> ModelsNetwork:
         socket_dir = self._socket_dir_now()
-        self._gateway_now().listen_unix(str(socket_dir / SOCKET_NAME))
+        door.listen_unix(str(socket_dir / SOCKET_NAME))
         try:
             return start_models_network(self.client, request.batch_id, request.image, socket_dir)
         except RelayError as exc:

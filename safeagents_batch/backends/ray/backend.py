@@ -31,11 +31,13 @@ from typing import Any, TypeVar
 import ray
 import ray.cloudpickle
 import ray.exceptions
+import ray.util
 from msgspec import structs
 from ray._private.services import canonicalize_bootstrap_address_or_die
 
 from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
-from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend
+from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend, with_calls
+from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.ray import boot as ray_boot
 from safeagents_batch.backends.ray import node as ray_node
 from safeagents_batch.backends.ray.agents import (
@@ -54,7 +56,6 @@ from safeagents_batch.backends.ray.boot import Shipment
 from safeagents_batch.backends.ray.items import (
     Art,
     ArtDrop,
-    Call,
     Done,
     Err,
     Item,
@@ -79,11 +80,6 @@ SPOOL_READ = 1 << 20
 CONNECT_SECONDS = 10.0
 NODE_DEATH_SECONDS = 60.0  # the GCS declares a node dead some seconds after its raylet died
 NAMESPACE = "safeagents-batch"
-# The model gateway runs beside the local engine only, so far; a cluster's nodes have none.
-MODELS_NOT_YET = (
-    "jobs with `models` run on --backend docker only, so far (the model gateway does not "
-    "run on cluster nodes yet)"
-)
 AZURE_NEEDS_OPT_IN = (
     "bind_azure_folder on a Ray cluster ships the driver's ~/.azure to the node only with "
     "--ship-azure; run not started"
@@ -254,10 +250,6 @@ class RayBackend:
             return AttemptOutcome(
                 status="error", started_at=started, ended_at=now_iso(), error=AZURE_NEEDS_OPT_IN
             )
-        if request.models:
-            return AttemptOutcome(
-                status="error", started_at=started, ended_at=now_iso(), error=MODELS_NOT_YET
-            )
         code = request.code
         code_ref = self._stored.get(code.digest, lambda: ray.put(tar_tree(code.path)))
         azure = request.azure_dir
@@ -265,6 +257,51 @@ class RayBackend:
         # No driver path travels: the node puts its own cache path in.
         remote = replace(request, code=StagedCode(code.digest, Path(code.digest)), azure_dir=None)
         boxes = ([code_ref], azure_box)  # refs inside lists: the node gets them unresolved
+        if not request.models:
+            return self._on_cluster(remote, boxes, sink, cancel, started)
+        return self._with_models(remote, boxes, sink, cancel, started)
+
+    def _with_models(
+        self,
+        request: AttemptRequest,
+        boxes: tuple[list[Any], list[Any]],
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+    ) -> AttemptOutcome:
+        """The attempt with a pass at the driver's model gateway: it holds the credentials and
+        paces each pool for the whole cluster; the node pipes its container's calls here
+        (gateway/forward.py). The calls are counted here, wherever the attempt ends."""
+        models = self.local.models
+        try:
+            ticket = models.open_ticket(request, sink, self._gateway_host())
+        except ModelSetupError as exc:
+            return AttemptOutcome(
+                status="error", started_at=started, ended_at=now_iso(), error=str(exc)
+            )
+        try:
+            outcome = self._on_cluster(
+                replace(request, gateway=ticket), boxes, sink, cancel, started
+            )
+        finally:
+            calls = models.close_token(ticket.token)  # the token dies with the attempt
+        return with_calls(outcome, calls)
+
+    def _gateway_host(self) -> str:
+        """The driver's address as the cluster knows it: the one its nodes reach it by."""
+        # Through a typed name: Ray's function is untyped.
+        address: Callable[[], str] = ray.util.get_node_ip_address
+        return address()
+
+    def _on_cluster(
+        self,
+        request: AttemptRequest,
+        boxes: tuple[list[Any], list[Any]],
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+    ) -> AttemptOutcome:
+        """The attempt on a free slot of the batch's agents (waiting for one)."""
         try:
             agent = self._board.acquire(cancel)
         except NoAgent as exc:
@@ -290,7 +327,7 @@ class RayBackend:
             )
         try:
             for _ in range(2):  # again only once the image was shipped to the node
-                outcome = self._on_agent(agent, remote, boxes, sink, cancel, started)
+                outcome = self._on_agent(agent, request, boxes, sink, cancel, started)
                 if outcome is not None:
                     return outcome
         finally:
@@ -559,8 +596,6 @@ class RemoteAttempt:
                 self.spool.write(chunk)
             case ArtDrop(line):
                 self.sink.not_kept(line)
-            case Call(line):
-                self.sink.model_call(line)
             case NoImage():
                 self.image_missing = True
 

@@ -37,12 +37,6 @@ class ArtDrop(Struct, frozen=True):
     line: str
 
 
-class Call(Struct, frozen=True):
-    """One line of the attempt's `model_calls.jsonl`, from the node's model gateway."""
-
-    line: bytes
-
-
 class NoImage(Struct, frozen=True):
     """The node lacks the image: the driver ships it there and sends the attempt again."""
 
@@ -53,5 +47,5 @@ class Done(Struct, frozen=True):
     outcome: AttemptOutcome
 
 
-Item = Out | Err | Trace | Art | ArtDrop | Call | NoImage | Done
+Item = Out | Err | Trace | Art | ArtDrop | NoImage | Done
 Chunk = Out | Err  # the output items that may be joined into one

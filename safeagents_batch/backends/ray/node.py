@@ -43,7 +43,6 @@ from safeagents_batch.backends.ray.boot import file_lock, node_cache, unpacked_o
 from safeagents_batch.backends.ray.items import (
     Art,
     ArtDrop,
-    Call,
     Chunk,
     Done,
     Err,
@@ -185,7 +184,13 @@ def stream_error(message: dict[str, Any]) -> str:
 
 
 def sweep(batch_id: str) -> int:
-    return node_backend().sweep(batch_id)
+    """The batch's containers and network gone; its pipes to the driver's model gateway
+    closed and their socket dir removed, as this process may be killed, not closed."""
+    backend = node_backend()
+    try:
+        return backend.sweep(batch_id)
+    finally:
+        backend.models.close()
 
 
 def clean_lines(dry_run: bool) -> list[str]:
@@ -245,7 +250,9 @@ class QueueSink:
         self.items.put(ArtDrop(line))
 
     def model_call(self, line: bytes) -> None:
-        self.items.put(Call(line))
+        # A node's attempts hold passes at the driver's gateway, which records their calls
+        # in the driver's sink; nothing on a node opens a pass of its own.
+        raise RuntimeError("a node records no model calls: the driver's gateway does")
 
     def close(self) -> None:
         pass
