@@ -6,6 +6,7 @@ scripts/provision-docker before running the suite.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -23,6 +24,8 @@ import requests
 from safeagents_batch.backends.docker.backend import batch_container_ids, remove_container
 from safeagents_batch.cli import main as cli
 from safeagents_batch.core.labels import LABEL_PREFIX
+from safeagents_batch.jobs.model import ImageConfig
+from safeagents_batch.staging.images import dockerfile_text
 
 # A framework with no packages: its image builds in about a second from the base image.
 PLAIN_FRAMEWORK_YAML = "frameworks:\n  plain: {packages: []}\n"
@@ -124,3 +127,21 @@ def cli_batch(capsys: pytest.CaptureFixture[str], out_dir: Path, args: list[str]
     [batch_dir] = [d for d in out_dir.iterdir() if (d / "manifest.json").is_file()]
     manifest = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
     return CliBatch(code, captured.out + captured.err, batch_dir, manifest)
+
+
+@pytest.fixture(scope="session")
+def azure_layer(docker_client: docker.DockerClient) -> Iterator[str]:
+    """Keeps the Azure CLI's layer (about 650 MB, a minute of pip) in the engine's build cache
+    for the session: the image of a framework with no packages and the CLI, tagged by the
+    session alone (no tool label, so no `clean --images` removes it). Every test image with
+    the CLI on the default base starts with the same instructions and so reuses the layer,
+    where each module's build would otherwise install it again once the last image holding
+    it was removed. Removed at the end."""
+    config = ImageConfig(framework="azure-layer", packages=(), azure_cli=True)
+    tag = f"sab-azure-layer-test-{secrets.token_hex(4)}:keep"
+    dockerfile = io.BytesIO(dockerfile_text(config).encode())
+    for message in docker_client.api.build(fileobj=dockerfile, tag=tag, rm=True, decode=True):
+        if "error" in message or "errorDetail" in message:
+            raise AssertionError(f"the Azure CLI layer did not build: {message}")
+    yield tag
+    docker_client.images.remove(tag)

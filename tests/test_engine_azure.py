@@ -117,7 +117,9 @@ class AzureImage:
 
 @pytest.fixture(scope="module")
 def azure_image(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+    docker_client: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    azure_layer: str,
 ) -> Iterator[AzureImage]:
     image_name = f"sab-azure-test-{secrets.token_hex(4)}"
     root = tmp_path_factory.mktemp("azure-image")

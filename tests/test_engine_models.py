@@ -27,6 +27,7 @@ from standin_llm import MODEL_ANSWERING, StandIn
 
 from safeagents_batch.cli import main as cli
 from safeagents_batch.core.errors import EXIT_OK
+from safeagents_batch.gateway.forward import PER_ADDRESS
 
 pytestmark = pytest.mark.docker
 
@@ -424,3 +425,64 @@ def test_a_pool_paced_at_the_upstreams_quota_runs_every_call_without_a_429(
     usage = [r["attempts"][-1]["outcome"]["usage"]["main"] for r in runs]
     assert sum(u["retries"] for u in usage) == 0
     assert sum(u["input_tokens"] for u in usage) == standin.seen.input_tokens == 6400
+
+
+FLOOD_SCRIPT = """\
+import json, os, socket, time, urllib.request
+
+base = os.environ["OPENAI_BASE_URL"]
+host, port = base.split("/")[2].rsplit(":", 1)
+
+
+def answered(connection):
+    try:
+        connection.sendall(b"GET /m/main/models HTTP/1.1\\r\\nHost: gateway\\r\\n\\r\\n")
+        return connection.recv(64).startswith(b"HTTP/1.1 401")
+    except OSError:
+        return False
+
+
+flood = [socket.create_connection((host, int(port)), timeout=30) for _ in range(100)]
+admitted = sum(answered(c) for c in flood)
+for connection in flood:
+    connection.close()
+body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+request = urllib.request.Request(
+    base + "/chat/completions", data=body,
+    headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"],
+             "Content-Type": "application/json"})
+for _ in range(100):  # the door learns of the closes as they travel through it
+    try:
+        status = urllib.request.urlopen(request, timeout=60).status
+        break
+    except OSError:
+        time.sleep(0.1)
+print(json.dumps({"admitted": admitted, "status": status}))
+"""
+
+
+@pytest.mark.parametrize("network", ["models", "bridge"])
+def test_an_agent_flooding_the_gateway_with_connections_gets_its_share_and_then_its_call(
+    image_name: str,
+    standin: StandIn,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    network: str,
+) -> None:
+    """A hundred connections at once: the relay (`models`) or the host's pipe (`bridge`)
+    admits the container's share and closes the rest, so one agent cannot take the host's
+    file descriptors or its batch mates' calls; once it lets go, its call goes through."""
+    text = (
+        f"version: 1\nimage_name: {image_name}\n{PLAIN_FRAMEWORK_YAML}"
+        f"models:\n  main: {{kind: openai, base_url: '{standin.url}/v1'}}\n"
+        "jobs:\n"
+        f"  - {{name: flood, framework: plain, scripts: agent.py, models: [main],"
+        f" network: {network}}}\n"
+    )
+    batch = run_models_batch(tmp_path, capsys, text, FLOOD_SCRIPT)
+
+    assert batch.code == EXIT_OK, (batch.output, [r["error"] for r in batch.runs])
+    [run] = batch.manifest["runs"]
+    stdout = (batch.batch_dir / run["log_dir"] / "stdout.log").read_text()
+    assert json.loads(stdout.splitlines()[-1]) == {"admitted": PER_ADDRESS, "status": 200}
+    assert standin.seen.requests == 1

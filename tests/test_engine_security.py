@@ -890,6 +890,7 @@ AZURE_PROBE = probe("""
 
 
 @pytest.mark.docker
+@pytest.mark.usefixtures("azure_layer")
 def test_azure_folder_is_a_private_copy_the_host_never_sees_written(
     engine: docker.DockerClient,
     image_name: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +118,56 @@ def test_a_stopped_pipe_takes_no_more_connections(gateway: Gateway) -> None:
 def test_a_gateway_address_without_a_port_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="not a gateway address"):
         Forwarder("http://127.0.0.1")
+
+
+def answered(connection: socket.socket) -> bool:
+    """Whether the door admitted this connection: a request on it gets the gateway's answer
+    (a refusal of its missing token), where a connection the door refused reads its end."""
+    try:
+        connection.sendall(b"GET /m/main/models HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        return connection.recv(64).startswith(b"HTTP/1.1 401")
+    except ConnectionResetError:  # closed by the door before the request arrived
+        return False
+
+
+def connect_from(address: str, url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection(
+        (host, int(port)), timeout=30, source_address=(address, 0)
+    )
+    return connection
+
+
+def admitted_again(url: str, opened: list[socket.socket]) -> bool:
+    """Whether a new connection from 127.0.0.1 is admitted once the door has seen a closed
+    one go (it learns of it as the close travels through the pipe): tries for a while."""
+    for _ in range(100):  # an upper bound for a close that never frees its room
+        connection = connect_from("127.0.0.1", url)
+        opened.append(connection)
+        if answered(connection):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_door_admits_a_share_per_address_and_in_all_and_room_comes_back(
+    gateway: Gateway,
+) -> None:
+    pipe = Forwarder(gateway.listen("127.0.0.1"), per_address=3, per_door=4)
+    opened: list[socket.socket] = []
+    try:
+        url = pipe.listen("127.0.0.1")
+        opened += [connect_from("127.0.0.1", url) for _ in range(4)]
+        first = [answered(c) for c in opened]
+        opened += [connect_from("127.0.0.2", url) for _ in range(2)]
+        second = [answered(c) for c in opened[4:]]
+        opened.pop(0).close()  # one of the first address's closes: room for one more
+        readmitted = admitted_again(url, opened)
+    finally:
+        for connection in opened:
+            connection.close()
+        pipe.stop()
+
+    assert first == [True, True, True, False]  # the first address's share is 3
+    assert second == [True, False]  # the door's 4 in all
+    assert readmitted

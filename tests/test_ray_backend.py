@@ -199,6 +199,7 @@ AZURE_READER = (
 )
 
 
+@pytest.mark.usefixtures("azure_layer")
 def test_azure_goes_to_the_nodes_only_with_ship_azure(
     ray_cluster: LocalRayCluster, ray_image: SessionImage, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from safeagents_batch.core.errors import (
     BatchError,
     JobsFileError,
 )
+from safeagents_batch.core.files import raise_open_files_limit
 from safeagents_batch.core.text import printable
 from safeagents_batch.core.version import VERSION
 
@@ -34,6 +35,7 @@ COMMANDS = (validate, plan, schema, run, build, status, rerun, clean, report)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raise_open_files_limit()
     command: Command = args.command
     try:
         return command(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 from collections.abc import Sequence
 from contextlib import suppress
@@ -99,3 +100,16 @@ def open_dir_below(root_fd: int, parts: Sequence[str], *, create: bool, mode: in
         if fd >= 0:
             os.close(fd)
         raise
+
+
+OPEN_FILES_WANTED = 65536
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> None:
+    """The soft limit on open files up to `wanted` (never past the hard limit): a batch holds
+    log files, engine connections and the model gateway's connections at once, and the usual
+    soft limit of 1,024 is a few hundred model calls in flight away."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

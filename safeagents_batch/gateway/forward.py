@@ -1,8 +1,11 @@
-"""The gateway's door on a cluster node: a byte pipe from where the node's containers reach
-it (the engine's bridge address, or a Unix socket a relay brings onto a `models` network) to
-the batch's one gateway, on the driver. So the real credentials never leave the driver, and
-every node's calls are paced in one pool and counted in one place. The pipe reads nothing it
-carries: the gateway checks each call's attempt token.
+"""The doors containers reach the model gateway by: byte pipes from where a container connects
+(an engine's bridge address, or a Unix socket a relay brings onto a `models` network) to the
+gateway's own socket. On the engine's host the gateway's Unix socket; on a Ray node the batch's
+one gateway, on the driver, so the real credentials never leave it and every node's calls are
+paced in one pool and counted in one place. A pipe reads nothing it carries (the gateway checks
+each call's attempt token), but it bounds what one container can open: a connection past its
+address's share, or past the door's, is closed at once, so an agent that floods the door with
+connections cannot take the orchestrator's file descriptors or the other attempts' calls.
 """
 
 from __future__ import annotations
@@ -10,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import Counter
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 PIPE_BYTES = 64 * 1024
 START_SECONDS = 30
-CONNECT_SECONDS = 10  # to the driver's gateway: a driver that does not answer is gone
+CONNECT_SECONDS = 10  # to the gateway: one that does not answer is gone
+# An SDK keeps a few connections per concurrent call; the gateway serves 16 calls at once per
+# attempt. A relay is one peer for a whole node's attempts: only the door's total applies to it.
+PER_ADDRESS = 64
+PER_DOOR = 1024
+UNIX_PREFIX = "unix:"
 
 
 class Door(Protocol):
@@ -32,14 +42,16 @@ class Door(Protocol):
 
 
 class Forwarder:
-    """Listens where asked, and pipes each connection to the gateway at `target_url`.
-    Thread-safe; `stop` closes every listener and connection."""
+    """Listens where asked, and pipes each connection to the gateway at `target`: its URL
+    (`http://HOST:PORT`) or its Unix socket (`unix:PATH`). Thread-safe; `stop` closes every
+    listener and connection."""
 
-    def __init__(self, target_url: str) -> None:
-        parts = urlsplit(target_url)
-        if parts.hostname is None or parts.port is None:
-            raise ValueError(f"not a gateway address: {target_url!r}")
-        self._target = (parts.hostname, parts.port)
+    def __init__(
+        self, target: str, per_address: int = PER_ADDRESS, per_door: int = PER_DOOR
+    ) -> None:
+        self._target = _target(target)
+        self._per_address, self._per_door = per_address, per_door
+        self._open: Counter[str] = Counter()  # connections open, by the peer's address
         self._urls: dict[str, str] = {}
         self._servers: list[asyncio.Server] = []
         self._pipes: set[asyncio.Task[None]] = set()
@@ -83,28 +95,48 @@ class Forwarder:
     async def _close(self) -> None:
         for server in self._servers:
             server.close()
-        for pipe in list(self._pipes):
+        pipes = list(self._pipes)
+        for pipe in pipes:
             pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)  # each closes its connections
         for server in self._servers:
             await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else None  # a Unix peer: the relay
         task = asyncio.current_task()
         assert task is not None
+        if not self._admit(address):
+            writer.close()
+            return
         self._pipes.add(task)
         try:
             await self._connect_and_pipe(reader, writer)
+        except asyncio.CancelledError:
+            pass  # stop() ends it: its connections close below, and the task ends cleanly
         finally:
             self._pipes.discard(task)
+            if address is not None:
+                self._open[address] -= 1
             writer.close()
+
+    def _admit(self, address: str | None) -> bool:
+        """Room for one more connection from `address` (on the loop: no lock needed)."""
+        if len(self._pipes) >= self._per_door:
+            return False
+        if address is None:
+            return True
+        if self._open[address] >= self._per_address:
+            return False
+        self._open[address] += 1
+        return True
 
     async def _connect_and_pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self._target), CONNECT_SECONDS
-            )
+            up_reader, up_writer = await asyncio.wait_for(self._connect(), CONNECT_SECONDS)
         except (OSError, TimeoutError):
             # The container's SDK sees its connection closed, as with any upstream gone.
             return
@@ -112,6 +144,21 @@ class Forwarder:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             up_writer.close()
+
+    def _connect(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        if isinstance(self._target, str):
+            return asyncio.open_unix_connection(self._target)
+        return asyncio.open_connection(*self._target)
+
+
+def _target(target: str) -> str | tuple[str, int]:
+    """A Unix socket's path, or a host and port."""
+    if target.startswith(UNIX_PREFIX):
+        return target.removeprefix(UNIX_PREFIX)
+    parts = urlsplit(target)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"not a gateway address: {target!r}")
+    return parts.hostname, parts.port
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,7 +1,8 @@
 """Model calls of the local engine's containers: the batch's gateway runs on the engine's host,
-listening on the bridge address of the network the container is on, so the container reaches
-it and the host's real credentials stay on the host. `network: models` is a network of the
-batch's own where the gateway, through a relay, is all a container can reach (relay.py).
+reached through a pipe on the bridge address of the network the container is on
+(gateway/forward.py), so the container reaches it and the host's real credentials stay on the
+host. `network: models` is a network of the batch's own where the gateway, through a relay, is
+all a container can reach (relay.py). On a Ray node the pipes lead to the driver's gateway.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from safeagents_batch.backends.docker.relay import (
 from safeagents_batch.core.once import OncePerKey
 from safeagents_batch.gateway.credentials import CredentialError
 from safeagents_batch.gateway.env import AZ_SHIM_PATH, az_shim_text, container_env
-from safeagents_batch.gateway.forward import Door, Forwarder
+from safeagents_batch.gateway.forward import UNIX_PREFIX, Door, Forwarder
 from safeagents_batch.gateway.passes import AttemptCalls
 from safeagents_batch.gateway.server import Gateway
 
@@ -61,7 +62,7 @@ class ModelAccess:
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self._gateway: Gateway | None = None
-        self._forwarders: dict[str, Forwarder] = {}  # by the remote gateway's URL
+        self._forwarders: dict[str, Forwarder] = {}  # by the gateway's address they pipe to
         self._socket_dir: Path | None = None
         self._networks: OncePerKey[str, ModelsNetwork] = OncePerKey()  # by batch id
         self._lock = threading.Lock()
@@ -69,8 +70,7 @@ class ModelAccess:
     def open(self, request: AttemptRequest, sink: Sink) -> ModelPass:
         """Raises ModelSetupError (one line) when the container could not reach its models."""
         ticket = request.gateway
-        door = self._forwarder(ticket.url) if ticket is not None else self._gateway_now()
-        network, url = self._reach(request, door)
+        network, url = self._reach(request, *self._doors(ticket))
         shim = Mount(AZ_SHIM_PATH, str(self._az_shim()), type="bind", read_only=True)
         token = ticket.token if ticket is not None else self.open_token(request, sink)
         env = container_env(url, token, request.models, request.model_env)
@@ -139,7 +139,20 @@ class ModelAccess:
                 self._forwarders[url] = Forwarder(url)
             return self._forwarders[url]
 
-    def _reach(self, request: AttemptRequest, door: Door) -> tuple[str, str]:
+    def _doors(self, ticket: GatewayTicket | None) -> tuple[Door, Door]:
+        """Where a relay's socket is served, and what listens on a network's bridge address.
+        Here, the gateway serves the relay (which bounds each container's connections
+        itself) and a pipe to the gateway's socket faces the bridge (gateway/forward.py); on
+        a Ray node, a pipe to the driver's gateway does both."""
+        if ticket is not None:
+            pipe = self._forwarder(ticket.url)
+            return pipe, pipe
+        gateway = self._gateway_now()
+        path = str(self._socket_dir_now() / SOCKET_NAME)
+        gateway.listen_unix(path)
+        return gateway, self._forwarder(f"{UNIX_PREFIX}{path}")
+
+    def _reach(self, request: AttemptRequest, relayed: Door, bridged: Door) -> tuple[str, str]:
         """The network the container goes on, and the gateway's URL from there."""
         if request.network == "none":
             raise ModelSetupError(
@@ -147,11 +160,13 @@ class ModelAccess:
                 "reach the model gateway); use network: models"
             )
         if request.network == MODELS_NETWORK:
-            made = self._networks.get(request.batch_id, lambda: self._models_network(request, door))
+            made = self._networks.get(
+                request.batch_id, lambda: self._models_network(request, relayed)
+            )
             return made.name, made.url
         host = self._gateway_host(request.network)
         try:
-            return request.network, door.listen(host)
+            return request.network, bridged.listen(host)
         except OSError as exc:
             raise ModelSetupError(
                 f"the model gateway cannot listen on {host}, where network "

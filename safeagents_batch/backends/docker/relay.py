@@ -9,7 +9,8 @@ reaches other containers on it (the relay, and the batch's other attempts on it)
 else; IPv6 is off in them. The gateway comes onto it as a relay container of the batch: a byte
 pipe from a TCP port on the network to the gateway's Unix socket, mounted in from the host.
 The relay holds no credential (the gateway on the host swaps them in), runs
-with every capability dropped, and is removed with the batch's other containers.
+with every capability dropped, bounds the connections each container may hold open as the
+host's pipes do (gateway/forward.py), and is removed with the batch's other containers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import docker.errors
 
 from safeagents_batch.core import labels
 from safeagents_batch.core.names import safe_name
+from safeagents_batch.gateway.forward import PER_ADDRESS, PER_DOOR
 
 RELAY_PORT = 8080
 # Containers on the network get no IPv6: `inhibit_ipv4` leaves the bridge an IPv6 link-local
@@ -38,25 +40,47 @@ READY_LINE = b"relay ready"
 READY_SECONDS = 60
 # Python's standard library only: it runs in the batch's own image, whatever that holds.
 RELAY_SCRIPT = f"""\
-import asyncio
+import asyncio, collections
+
+open_by_peer = collections.Counter()
+
 
 async def pipe(reader, writer):
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
     except (ConnectionError, OSError):
-        pass
-    finally:
         writer.close()
 
+
+def admit(peer):
+    if sum(open_by_peer.values()) >= {PER_DOOR} or open_by_peer[peer] >= {PER_ADDRESS}:
+        return False
+    open_by_peer[peer] += 1
+    return True
+
+
 async def serve(client_reader, client_writer):
+    peer = (client_writer.get_extra_info("peername") or ("?",))[0]
+    if not admit(peer):
+        client_writer.close()
+        return
     try:
         reader, writer = await asyncio.open_unix_connection("{SOCKET_DIR}/{SOCKET_NAME}")
     except OSError:
+        open_by_peer[peer] -= 1
         client_writer.close()
         return
-    await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+    try:
+        await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+    finally:
+        open_by_peer[peer] -= 1
+        writer.close()
+        client_writer.close()
+
 
 async def main():
     server = await asyncio.start_server(serve, "0.0.0.0", {RELAY_PORT})

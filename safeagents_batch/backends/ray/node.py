@@ -54,6 +54,7 @@ from safeagents_batch.backends.ray.items import (
 from safeagents_batch.backends.ray.remote import from_exception
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, one_line
+from safeagents_batch.core.files import raise_open_files_limit
 from safeagents_batch.core.tarsafe import extract
 from safeagents_batch.records.artifacts import ArtifactSelection
 from safeagents_batch.records.model import AttemptOutcome
@@ -282,6 +283,7 @@ class NodeAgent:
     lease every attempt, and on a small node that CPU is taken from the containers."""
 
     def __init__(self) -> None:
+        raise_open_files_limit()  # its containers' model calls are piped through here
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
         # Cancels that came before their attempt's call began (Ctrl-C right after it was sent).
