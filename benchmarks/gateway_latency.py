@@ -1,6 +1,7 @@
 """The model gateway's added latency per call: the same chat completion against the stand-in
-upstream (tests/standin_llm.py), directly and through the gateway, alternating, on loopback.
-Prints the median and p99 of each and of the difference.
+upstream (tests/standin_llm.py), directly, through the gateway, and through the pipe a
+container on a bridge network reaches the gateway by (gateway/forward.py, to the gateway's Unix
+socket), alternating, on loopback. Prints the median and p99 of each and of the differences.
 
     python benchmarks/gateway_latency.py [--calls 2000]
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from standin_llm import StandIn
 
 from safeagents_batch.gateway.credentials import Credentials
+from safeagents_batch.gateway.forward import Forwarder
 from safeagents_batch.gateway.server import Gateway
 from safeagents_batch.jobs.model import ModelUpstream
 
@@ -63,32 +67,44 @@ def main() -> None:
     args = parser.parse_args()
     standin = StandIn()
     gateway = Gateway(Credentials({"KEY": "sk-benchmark"}))
+    socket_dir = Path(tempfile.mkdtemp(prefix="sab-bench-"))
+    pipe: Forwarder | None = None
     try:
         upstream = ModelUpstream(
             name="m", kind="openai", url=f"{standin.url}/v1", api_key_env="KEY"
         )
         token = gateway.open_attempt({"m": upstream}, lambda line: None)
         through = f"{gateway.listen('127.0.0.1')}/m/m"
-        direct_all: list[float] = []
-        gateway_all: list[float] = []
+        gateway.listen_unix(str(socket_dir / "gateway.sock"))
+        pipe = Forwarder(f"unix:{socket_dir / 'gateway.sock'}")
+        piped = f"{pipe.listen('127.0.0.1')}/m/m"
+        times: dict[str, list[float]] = {"direct": [], "gateway": [], "pipe": []}
         per_round = args.calls // args.rounds
         timed_calls(through, token, 20)  # warm-up: connections, the price database's import
-        for _ in range(args.rounds):  # alternating, so both see the same machine
-            direct_all += timed_calls(f"{standin.url}/v1", "sk-benchmark", per_round)
-            gateway_all += timed_calls(through, token, per_round)
+        for _ in range(args.rounds):  # alternating, so all see the same machine
+            times["direct"] += timed_calls(f"{standin.url}/v1", "sk-benchmark", per_round)
+            times["gateway"] += timed_calls(through, token, per_round)
+            times["pipe"] += timed_calls(piped, token, per_round)
         gateway.close_attempt(token)
     finally:
+        if pipe is not None:
+            pipe.stop()
         gateway.stop()
         standin.close()
-    direct, via = summary(direct_all), summary(gateway_all)
-    result = {
-        "calls_each": len(direct_all),
-        "direct": direct,
-        "gateway": via,
-        "added_median_ms": round(via["median_ms"] - direct["median_ms"], 3),
-        "added_p99_ms": round(via["p99_ms"] - direct["p99_ms"], 3),
-    }
-    print(json.dumps(result, indent=2))
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    print(json.dumps(report(times), indent=2))
+
+
+def report(times: dict[str, list[float]]) -> dict[str, object]:
+    summaries = {name: summary(seconds) for name, seconds in times.items()}
+    direct = summaries["direct"]
+    result: dict[str, object] = {"calls_each": len(times["direct"]), **summaries}
+    for name in ("gateway", "pipe"):
+        result[f"{name}_added_median_ms"] = round(
+            summaries[name]["median_ms"] - direct["median_ms"], 3
+        )
+        result[f"{name}_added_p99_ms"] = round(summaries[name]["p99_ms"] - direct["p99_ms"], 3)
+    return result
 
 
 if __name__ == "__main__":
