@@ -25,6 +25,7 @@ from safeagents_batch.core.names import safe_name
 from safeagents_batch.execution.sink import LocalSink
 from safeagents_batch.jobs.frameworks import builtin_frameworks, framework_packages
 from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
+from safeagents_batch.records.layout import make_output_dir
 from safeagents_batch.records.model import AttemptOutcome
 from safeagents_batch.staging.code import StagedCode, stage_code
 from safeagents_batch.staging.images import (
@@ -100,7 +101,7 @@ class DockerRunner:
             # Hashed once here, not on every run: the source is fixed until the next prepare.
             spec = image_spec(self._image_config(source))
             write_build_context(spec, self.build_folder)
-            self.log_output_dir.mkdir(parents=True, exist_ok=True)
+            make_output_dir(self.log_output_dir)
         except (OSError, BatchError) as exc:
             logger.error("prepare_environment failed: %s", exc)
             return False

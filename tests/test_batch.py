@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -231,6 +232,33 @@ def test_a_batch_whose_runs_all_succeed_exits_0(project: Project) -> None:
     assert outcome.summary["succeeded"] == outcome.summary["total"] == 2
     assert outcome.exit_code == EXIT_OK
     assert manifest_json(outcome.batch_dir)["state"] == "finished"
+
+
+def test_an_output_dir_the_tool_makes_is_ignored_by_git_and_a_users_own_is_left_as_it_is(
+    project: Project, tmp_path: Path
+) -> None:
+    """The default `./logs` inside a git project stays out of `git status`; a dir that was
+    there before the batch gets no file of the tool's beside the batch dirs."""
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    path = jobs(project, "jobs:\n  - {name: ok, framework: plain, scripts: [scripts/a.py]}")
+    subprocess.run(["git", "-C", str(project.root), "add", "-A"], check=True)
+    users = tmp_path / "mine"
+    users.mkdir()
+
+    made = run(path, FakeBackend())
+    into_users = run(path, FakeBackend(), options=BatchOptions(output_dir=users))
+
+    status = subprocess.run(
+        ["git", "-C", str(project.root), "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert made.batch_dir.parent == project.root / "logs"
+    assert (project.root / "logs" / ".gitignore").read_text().splitlines()[-1] == "*"
+    untracked = [line for line in status.stdout.splitlines() if line.startswith("??")]
+    assert untracked == []  # the batch dir, its logs and its report: none of them
+    assert sorted(p.name for p in users.iterdir()) == [into_users.batch_dir.name]
 
 
 # -- retries ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from safeagents_batch.report.page import (
     TAIL_BYTES,
     TAIL_LINES,
     BatchView,
+    format_number,
     render,
     result_rows,
     stderr_tail,
@@ -411,3 +412,22 @@ def test_the_images_table_names_the_packages_each_image_holds(project: Project) 
 
     assert "langgraph==0.2.1" in page and "2 pinned" in page
     assert "<b>evil</b>" not in page and "&lt;b&gt;evil&lt;/b&gt;==1" in page
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (1410.3, "1,410"),
+        (0.62, "0.62"),
+        (1.0, "1"),
+        (0.000123456, "0.000123"),
+        (1234567.0, "1,230,000"),
+        (-2.5, "-2.5"),
+        (99999.0, "100,000"),
+        (2 / 3, "0.667"),
+        (0.0, "0"),
+        (None, ""),
+    ],
+)
+def test_numbers_read_as_people_write_them(value: float | None, shown: str) -> None:
+    assert format_number(value) == shown

@@ -12,18 +12,22 @@ from urllib.parse import unquote, urlparse
 import pytest
 from browser import browser, console_messages, open_page, screenshot
 from conftest import Project
+from fakes import Behaviour
 from report_batches import (
     HOSTILE_LINE,
     SCRIPT_LINE,
     big_manifest,
     default_behaviour,
+    failing,
     run_fake_batch,
+    succeeded_with,
 )
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from safeagents_batch.jobs.plan import RunSpec
 from safeagents_batch.report.page import write_report
 
 pytestmark = pytest.mark.browser
@@ -160,3 +164,47 @@ def test_10000_runs_are_paged_and_filter_without_stalling(
         size = page.stat().st_size / 1024**2
         print(f"\n10,000 runs: {size:.2f} MiB, opened in {opened:.2f} s, text filter in "
               f"{filtered:.2f} s (with 120 ms of typing debounce)")  # fmt: skip
+
+
+WIDE_JOBS = """\
+version: 1
+name: wide
+frameworks:
+  plain: {packages: []}
+jobs:
+  - name: a-job-whose-name-is-long-enough-to-matter
+    framework: plain
+    scripts: [scripts/a.py]
+    matrix:
+      MODEL: [a-model-deployment-with-a-long-name, another-model-deployment-name]
+      PROMPT_VARIANT: [benign-with-a-long-description, harmful-with-a-long-description]
+      TEMPERATURE: ["0.0", "0.7", "1.0"]
+"""
+
+
+def wide_behaviour(spec: RunSpec) -> Behaviour:
+    """Results with many fields, values in the thousands; every fourth run fails."""
+    if spec.repeat_index == 0 and dict(spec.matrix_env)["TEMPERATURE"] == "0.7":
+        return failing("x" * 3000)
+    return succeeded_with({f"a_rather_long_metric_name_{i}": 1234.5678 * i for i in range(30)})
+
+
+def test_a_wide_batch_scrolls_inside_its_tables_and_means_read_as_numbers(
+    browser: Chrome, project: Project, tmp_path: Path
+) -> None:
+    report = write_report(run_fake_batch(project, wide_behaviour, WIDE_JOBS)).html
+    browser.set_window_size(1400, 1000)
+    open_page(browser, report)
+    page_width, view_width = browser.execute_script(
+        "const d = document.documentElement; return [d.scrollWidth, d.clientWidth]"
+    )
+    table_width, box_width = browser.execute_script(
+        "const t = document.getElementById('run-table');"
+        "return [t.scrollWidth, t.parentElement.clientWidth]"
+    )
+    grid = browser.find_element(By.ID, "matrix").text
+    screenshot(browser, "report-wide-batch", tmp_path)
+
+    assert page_width <= view_width, (page_width, view_width)  # no sideways page scroll
+    assert table_width > box_width  # the runs table is wider than the window: it scrolls
+    assert "e+" not in grid and "1,230" in grid and "35,800" in grid, grid[:400]

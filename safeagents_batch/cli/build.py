@@ -27,6 +27,7 @@ def command(args: argparse.Namespace) -> int:
     jobs_file, specs = load_and_expand(args.file)
     images = [image_spec(c) for c in needed_images(select_runs(specs, args.only))]
     failed = 0
+    layout.make_output_dir(jobs_file.output_dir)  # the build logs' place, `.gitignore`d
     with docker_backend() as backend:
         for image in images:
             [outcome] = backend.ensure_images(

@@ -44,7 +44,7 @@ from safeagents_batch.execution.reporting import Reporter
 from safeagents_batch.execution.sink import LocalSink
 from safeagents_batch.jobs.model import JobsFile
 from safeagents_batch.jobs.plan import RunSpec
-from safeagents_batch.records.layout import BatchLayout
+from safeagents_batch.records.layout import BatchLayout, ignore_in_git
 from safeagents_batch.records.lock import BatchLock
 from safeagents_batch.records.manifest import JobsFileRecord, Manifest
 from safeagents_batch.records.model import (
@@ -116,6 +116,8 @@ def run_batch(
         if made_output_dir:
             output_dir.rmdir()
         raise
+    if made_output_dir:
+        ignore_in_git(output_dir)
     snapshot_seal = write_jobs_copies(batch_dir, jobs_file)
     scripts = list(dict.fromkeys(s.script for s in specs))
     manifest = Manifest(

@@ -96,3 +96,22 @@ class BatchLayout:
 
     def attempt_dir(self, run_id: str, number: int) -> Path:
         return self.root / RUNS / run_id / f"attempt-{number}"
+
+
+GITIGNORE = ".gitignore"
+GITIGNORE_TEXT = "# Made by safeagents-batch: batches and logs are output, not source.\n*\n"
+
+
+def ignore_in_git(output_dir: Path) -> None:
+    """A `.gitignore` of `*` in an output dir the tool made (as pytest does for its cache):
+    `./logs` inside a project never lands in `git status`. A dir the user made is theirs."""
+    path = output_dir / GITIGNORE
+    if not path.exists():
+        path.write_text(GITIGNORE_TEXT, encoding="utf-8")
+
+
+def make_output_dir(output_dir: Path) -> None:
+    """The output dir, with its `.gitignore` when this call makes it."""
+    if not output_dir.exists():
+        output_dir.mkdir(parents=True)
+        ignore_in_git(output_dir)

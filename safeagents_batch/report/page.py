@@ -10,6 +10,7 @@ Every link is relative to the report file, so a moved, zipped or committed batch
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -301,7 +302,16 @@ def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
 
 
 def format_number(value: float | None) -> str:
-    return "" if value is None else f"{value:.3g}"
+    """For people: three significant digits, thousands separators, never an exponent
+    (1,410 not 1.41e+03; 0.62; 0.000123)."""
+    if value is None:
+        return ""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    rounded = float(f"{value:.3g}")
+    decimals = max(0, 2 - math.floor(math.log10(abs(rounded))))
+    text = f"{rounded:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def write_report(
