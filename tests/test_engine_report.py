@@ -33,7 +33,7 @@ def test_the_example_batch_leaves_a_report_with_its_results(
     shutil.copyfile(JOBS / "example.yaml", project / "example.yaml")
     assert main(["run", str(project / "example.yaml"), "--no-progress"]) == EXIT_OK
     out = capsys.readouterr().out.splitlines()
-    [batch] = (project / "logs").iterdir()
+    [batch] = [p for p in (project / "logs").iterdir() if p.is_dir()]
     assert f"report: {batch / 'report.html'}" in out
     rows = [json.loads(line) for line in (batch / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["status"] for r in rows} == {"succeeded"}

@@ -32,6 +32,7 @@ import safeagents_batch.report.page as report_module
 from safeagents_batch.cli.main import main
 from safeagents_batch.cli.options import finish_batch
 from safeagents_batch.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNS_FAILED
+from safeagents_batch.core.units import format_number
 from safeagents_batch.execution.batch import BatchOutcome
 from safeagents_batch.jobs.plan import RunSpec
 from safeagents_batch.records.manifest import load_manifest
@@ -41,7 +42,6 @@ from safeagents_batch.report.page import (
     TAIL_BYTES,
     TAIL_LINES,
     BatchView,
-    format_number,
     render,
     result_rows,
     stderr_tail,

@@ -15,6 +15,7 @@ from conftest import Project
 from fakes import Behaviour
 from report_batches import (
     HOSTILE_LINE,
+    MATRIX_JOBS,
     SCRIPT_LINE,
     big_manifest,
     default_behaviour,
@@ -208,3 +209,24 @@ def test_a_wide_batch_scrolls_inside_its_tables_and_means_read_as_numbers(
     assert page_width <= view_width, (page_width, view_width)  # no sideways page scroll
     assert table_width > box_width  # the runs table is wider than the window: it scrolls
     assert "e+" not in grid and "1,230" in grid and "35,800" in grid, grid[:400]
+
+
+def test_recorded_variables_are_columns_of_the_runs_table(
+    browser: Chrome, project: Project
+) -> None:
+    text = MATRIX_JOBS.replace(
+        "    env: {LOG_LEVEL: INFO}\n",
+        "    env: {LOG_LEVEL: INFO, DEPLOYMENT: gpt-x-2024}\n    record_env: [DEPLOYMENT]\n",
+    )
+    report = write_report(run_fake_batch(project, default_behaviour, text)).html
+    open_page(browser, report)
+    until_rows(browser, 13)
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#run-table thead th")]
+    column = headers.index("DEPLOYMENT")
+    cells = browser.execute_script(
+        f"return [...document.querySelectorAll('#run-body > tr')].map("
+        f"r => r.children[{column}].textContent)"
+    )
+    assert sorted(set(cells)) == ["", "gpt-x-2024"]  # the grid job's 12 runs, not `single`
+    assert cells.count("gpt-x-2024") == 12
+    assert console_messages(browser) == []

@@ -214,7 +214,7 @@ def test_multiple_runs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
         print(f"{script}: {'✅' if result['success'] else '❌'}")
 
     assert capsys.readouterr().out == "task1.py: ✅\ntask2.py: ✅\ntask3.py: ❌\n"
-    run_dirs = sorted(p.name for p in (work / "logs").iterdir())
+    run_dirs = sorted(p.name for p in (work / "logs").iterdir() if p.is_dir())
     assert [name.rsplit("_", 1)[0] for name in run_dirs] == ["run_task1", "run_task2", "run_task3"]
 
 

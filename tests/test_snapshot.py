@@ -277,6 +277,7 @@ EVERY_KEY = """
         env: {A: "1"}
         env_passthrough: [HOME]
         env_file: vars.env
+        record_env: [A, HOME]
         timeout: 12
         bind_azure_folder: true
         azure_mount: rw

@@ -102,7 +102,7 @@ def run_batch(
     specs = select_runs(specs, options.only)
     check_passthrough(specs, os.environ)
     inputs = read_inputs(specs)
-    runs = {s.run_id: new_record(s, jobs_file, inputs) for s in specs}
+    runs = {s.run_id: new_record(s, jobs_file, inputs, os.environ) for s in specs}
     batch_id = new_batch_id(jobs_file.name)
     output_dir = (options.output_dir or jobs_file.output_dir).absolute()
     made_output_dir = not output_dir.exists()

@@ -68,11 +68,17 @@ def read_inputs(specs: list[RunSpec]) -> RunInputs:
     return RunInputs(env_files, images, scripts)
 
 
-def new_record(spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs) -> RunRecord:
-    """A pending record. Values from env_file and the host are only ever named, as redacted."""
+def new_record(
+    spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs, environ: Mapping[str, str]
+) -> RunRecord:
+    """A pending record. Values from env_file and the host are only ever named, as redacted,
+    except those the job's `record_env` names (never a secret-looking one: jobs/recorded.py)."""
     # An env_file value that a literal overrides is not in the container: the literal is shown.
     from_file = set(inputs.env_files[spec.job.env_file]) if spec.job.env_file else set()
     hidden = (from_file - set(spec.literal_env)) | set(spec.job.env_passthrough)
+    env = redact_env(spec.literal_env, hidden - set(spec.job.record_env), jobs_file.secret_patterns)
+    given = resolve_env(spec, inputs.env_files, environ)
+    env.update({name: given[name] for name in spec.job.record_env if name in given})
     return RunRecord(
         run_id=spec.run_id,
         job=spec.job.name,
@@ -80,9 +86,10 @@ def new_record(spec: RunSpec, jobs_file: JobsFile, inputs: RunInputs) -> RunReco
         script=str(spec.script),
         script_sha256=inputs.script_digests[spec.script],
         image=inputs.images[spec.image].tag,
-        env=redact_env(spec.literal_env, hidden, jobs_file.secret_patterns),
+        env=dict(sorted(env.items())),
         timeout=spec.job.timeout,
         matrix=dict(spec.matrix_env),
+        recorded=tuple(name for name in spec.job.record_env if name in given),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def rerun_batch(
         manifest = store.manifest
         ran_from = [Path(p) for p in (manifest.jobs_file.path, *manifest.jobs_file.earlier)]
         work = prepare_work(selected, inputs, batch_dir, jobs_file, *ran_from)
-        _merge(store, [new_record(s, jobs_file, inputs) for s in specs], reporter)
+        _merge(store, [new_record(s, jobs_file, inputs, os.environ) for s in specs], reporter)
         if choice.jobs_file is not None:
             # FILE becomes the batch's jobs file: a later plain `rerun` must not go back to the
             # old snapshot, which lacks the new runs and has the fixes undone.

@@ -26,6 +26,7 @@ from safeagents_batch.jobs.model import (
     Resources,
 )
 from safeagents_batch.jobs.models import model_key_problems
+from safeagents_batch.jobs.recorded import record_env_problems
 from safeagents_batch.jobs.secrets import is_secret_name
 from safeagents_batch.jobs.yamlmarks import KeyPath
 
@@ -82,6 +83,8 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
     values = {key.name: _value(job, key, merged, written) for key in JOB_KEYS}
     for keys, message in model_key_problems(values):
         job.checker.add(job.path(*keys), message)
+    for index, message in record_env_problems(values, job.file.patterns):
+        job.checker.add((*job.path("record_env"), index), message)
     sound = (
         len(checker.problems) == problems_before
         and checker.is_clean(("jobs", index))
@@ -322,6 +325,7 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("env", _env, {}),  # never used: _merged always gives `env`
     Key("env_passthrough", as_tuple, ()),
     Key("env_file", _env_file, None),
+    Key("record_env", as_tuple, ()),
     Key("timeout", as_is, DEFAULT_TIMEOUT),
     Key("bind_azure_folder", as_is, False),
     Key("azure_mount", as_is, "ro"),

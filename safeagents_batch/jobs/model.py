@@ -106,6 +106,7 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     env_passthrough: tuple[str, ...] = ()
     env_file: Path | None = None
+    record_env: tuple[str, ...] = ()  # names whose values are written down (jobs/recorded.py)
     timeout: int = DEFAULT_TIMEOUT
     bind_azure_folder: bool = False
     azure_mount: str = "ro"

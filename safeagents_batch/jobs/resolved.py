@@ -118,6 +118,8 @@ def _job(job: Job) -> dict[str, Any]:
         data["matrix"] = {name: list(values) for name, values in job.matrix}
     if job.env_file is not None:
         data["env_file"] = str(job.env_file)
+    if job.record_env:
+        data["record_env"] = list(job.record_env)
     if job.max_parallel is not None:
         data["max_parallel"] = job.max_parallel
     if job.pool is not None:

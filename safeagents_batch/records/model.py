@@ -152,6 +152,8 @@ class RunRecord(Struct, frozen=True, kw_only=True):
     # The matrix values of this run (variable -> value, in the jobs file's order); None in a
     # record of a tool that did not write them (manifest version 1 or 2).
     matrix: dict[str, str] | None = None
+    # The env names the job's `record_env` wrote down with their values (in `env`).
+    recorded: tuple[str, ...] = ()
     attempts: tuple[Attempt, ...] = ()
     unstarted: Unstarted | None = None
     # Derived: the latest state, flat (see the module docstring).

@@ -10,10 +10,9 @@ Every link is relative to the report file, so a moved, zipped or committed batch
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,15 +23,21 @@ import jinja2
 from markupsafe import Markup
 
 from safeagents_batch.core.errors import UsageError
+from safeagents_batch.core.units import format_number
 from safeagents_batch.records import layout
 from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
 from safeagents_batch.records.manifest import Manifest, load_manifest
-from safeagents_batch.records.model import STATUSES, ModelUsage, RunRecord
+from safeagents_batch.records.model import STATUSES, RunRecord
 from safeagents_batch.records.safedir import SafeDir, inside
 from safeagents_batch.report.compare import Comparison, compare_rows
 from safeagents_batch.report.matrix import job_matrices
-from safeagents_batch.report.results import ResultRow, Scalar, read_result, write_results
-from safeagents_batch.report.usage import usage_lines
+from safeagents_batch.report.results import (
+    ResultRow,
+    read_result,
+    recorded_columns,
+    write_results,
+)
+from safeagents_batch.report.usage import usage_cells, usage_lines
 
 REPORT_FORMAT = 1
 TAIL_LINES = 20
@@ -126,24 +131,10 @@ def _result_row(view: BatchView, record: RunRecord) -> ResultRow:
             "duration_seconds": record.duration_seconds,
         },
         matrix=view.matrix.get(record.run_id, {}),
+        recorded={name: record.env[name] for name in record.recorded if name in record.env},
         result=read_result(view.safe, view.local(record.log_dir)),
         usage=usage_cells(latest.outcome.usage if latest and latest.outcome else None),
     )
-
-
-def usage_cells(usage: Mapping[str, ModelUsage] | None) -> dict[str, Scalar]:
-    """The attempt's model calls, summed over its models, as the results table's columns."""
-    if not usage:
-        return {}
-    total = ModelUsage.sum(usage.values())
-    return {
-        "model_requests": total.requests,
-        "input_tokens": total.input_tokens,
-        "output_tokens": total.output_tokens,
-        "cached_tokens": total.cached_tokens,
-        "cost_usd": total.cost_usd if not total.unpriced else None,  # a part unknown: unknown
-        "model": " ".join(total.answered_by),
-    }
 
 
 # -- files of an attempt ------------------------------------------------------------------
@@ -187,20 +178,28 @@ def href(path: Path, report_dir: Path) -> str:
 def page_data(view: BatchView, rows: Sequence[ResultRow], report_dir: Path) -> dict[str, Any]:
     """What the page's script renders: one compact entry per run, columns named once."""
     columns = list(dict.fromkeys(name for row in rows for name in row.matrix))
+    recorded = recorded_columns(rows)
     return {
         "format": REPORT_FORMAT,
         "statuses": list(STATUSES),
         "matrix": columns,
+        "recorded": recorded,
         "runs": [
-            _run_entry(view, record, row, columns, report_dir)
+            _run_entry(view, record, row, (columns, recorded), report_dir)
             for record, row in zip(view.manifest.runs.values(), rows, strict=True)
         ],
     }
 
 
 def _run_entry(
-    view: BatchView, record: RunRecord, row: ResultRow, columns: list[str], report_dir: Path
+    view: BatchView,
+    record: RunRecord,
+    row: ResultRow,
+    named: tuple[list[str], list[str]],
+    report_dir: Path,
 ) -> dict[str, Any]:
+    """The run's cells; `named`: the page's matrix and recorded variables, in column order."""
+    columns, recorded = named
     attempt_dir = view.local(record.log_dir)
     artifacts, artifact_count = artifact_names(view.safe, attempt_dir)
     unsuccessful = record.status != "succeeded"
@@ -217,6 +216,7 @@ def _run_entry(
         "exit": record.exit_code,
         "err": record.error,
         "m": [row.matrix.get(c, "") for c in columns],
+        "rec": [row.recorded.get(c, "") for c in recorded],
         "dir": dir_link,
         "art": artifacts,
         "nart": artifact_count,
@@ -299,19 +299,6 @@ def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
         "record": image,
         "log": href(view.batch_dir / log, report_dir) if log is not None and shown else None,
     }
-
-
-def format_number(value: float | None) -> str:
-    """For people: three significant digits, thousands separators, never an exponent
-    (1,410 not 1.41e+03; 0.62; 0.000123)."""
-    if value is None:
-        return ""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    rounded = float(f"{value:.3g}")
-    decimals = max(0, 2 - math.floor(math.log10(abs(rounded))))
-    text = f"{rounded:,.{decimals}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def write_report(

@@ -61,11 +61,12 @@ class ResultFile:
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One run's row: the fixed columns, its matrix values, its result fields."""
+    """One run's row: the fixed columns, its matrix and recorded values, its result fields."""
 
     fixed: dict[str, Scalar]
     matrix: dict[str, str]
     result: ResultFile
+    recorded: dict[str, str] = field(default_factory=dict)  # `record_env`'s names, values
     usage: dict[str, Scalar] = field(default_factory=dict)  # USAGE_COLUMNS, when it had models
 
 
@@ -146,15 +147,23 @@ def matrix_columns(rows: Sequence[ResultRow]) -> list[str]:
     return list(dict.fromkeys(name for row in rows for name in row.matrix))
 
 
+def recorded_columns(rows: Sequence[ResultRow]) -> list[str]:
+    """The variables `record_env` wrote down, but for those the matrix already names."""
+    matrix = set(matrix_columns(rows))
+    names = (name for row in rows for name in row.recorded if name not in matrix)
+    return list(dict.fromkeys(names))
+
+
 def header(rows: Sequence[ResultRow]) -> list[str]:
-    """Fixed columns, matrix variables, result fields; a result field whose name is taken
-    gets a `result.` prefix so that a script cannot overwrite the run's own status."""
+    """Fixed columns, matrix and recorded variables, result fields; a result field whose name
+    is taken gets a `result.` prefix so that a script cannot overwrite the run's own status."""
     usage = USAGE_COLUMNS if any(row.usage for row in rows) else ()
-    taken = {*FIXED_COLUMNS, *usage, *matrix_columns(rows), NOTE_COLUMN}
+    named = [*matrix_columns(rows), *recorded_columns(rows)]
+    taken = {*FIXED_COLUMNS, *usage, *named, NOTE_COLUMN}
     return [
         *FIXED_COLUMNS,
         *usage,
-        *matrix_columns(rows),
+        *named,
         *(_result_key(n, taken) for n in result_columns(rows)),
         NOTE_COLUMN,
     ]
@@ -166,8 +175,8 @@ def _result_key(name: str, taken: set[str]) -> str:
 
 def as_dict(row: ResultRow, columns: Sequence[str]) -> dict[str, Scalar]:
     """The row under every column of `columns` (None where it has no value)."""
-    taken = {*FIXED_COLUMNS, *USAGE_COLUMNS, *row.matrix, NOTE_COLUMN}
-    values: dict[str, Scalar] = {**row.fixed, **row.usage, **row.matrix}
+    taken = {*FIXED_COLUMNS, *USAGE_COLUMNS, *row.matrix, *row.recorded, NOTE_COLUMN}
+    values: dict[str, Scalar] = {**row.fixed, **row.usage, **row.recorded, **row.matrix}
     for name, value in row.result.fields.items():
         values[_result_key(name, taken)] = value
     values[NOTE_COLUMN] = row.result.note

@@ -3,10 +3,11 @@ shows beside the statuses (tokens as the upstreams counted them, the models that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from safeagents_batch.report.results import ResultRow
+from safeagents_batch.records.model import ModelUsage
+from safeagents_batch.report.results import ResultRow, Scalar
 
 COUNTS = ("model_requests", "input_tokens", "output_tokens", "cached_tokens")
 
@@ -47,3 +48,18 @@ def usage_lines(rows: Sequence[ResultRow]) -> list[UsageLine]:
         jobs.setdefault(job, UsageLine(job=job)).add(row)
         total.add(row)
     return [*jobs.values(), total] if jobs else []
+
+
+def usage_cells(usage: Mapping[str, ModelUsage] | None) -> dict[str, Scalar]:
+    """The attempt's model calls, summed over its models, as the results table's columns."""
+    if not usage:
+        return {}
+    total = ModelUsage.sum(usage.values())
+    return {
+        "model_requests": total.requests,
+        "input_tokens": total.input_tokens,
+        "output_tokens": total.output_tokens,
+        "cached_tokens": total.cached_tokens,
+        "cost_usd": total.cost_usd if not total.unpriced else None,  # a part unknown: unknown
+        "model": " ".join(total.answered_by),
+    }

@@ -18,6 +18,7 @@
     { key: "job", label: "job", get: (r) => r.job },
     { key: "fw", label: "framework", get: (r) => r.fw },
     ...data.matrix.map((name, i) => ({ key: "m" + i, label: name, get: (r) => r.m[i] })),
+    ...data.recorded.map((name, i) => ({ key: "r" + i, label: name, get: (r) => r.rec[i] })),
     { key: "st", label: "status", get: (r) => r.st },
     { key: "att", label: "attempts", get: (r) => r.att },
     { key: "dur", label: "duration (s)", get: (r) => r.dur },
@@ -29,7 +30,7 @@
   function lower(run) {
     if (run._text === undefined) {
       run._text = [run.id, run.job, run.fw, run.st, run.err || "", run.tail || "",
-        run.note || "", ...run.m].join("\n").toLowerCase();
+        run.note || "", ...run.m, ...run.rec].join("\n").toLowerCase();
     }
     return run._text;
   }
