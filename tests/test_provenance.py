@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
+from fakes import Behaviour, FakeBackend, failed
 from report_batches import default_behaviour, run_fake_batch
 
 from safeagents_batch.cli.main import main
 from safeagents_batch.core.errors import EXIT_BAD_INPUT
+from safeagents_batch.execution.batch import run_batch
+from safeagents_batch.execution.reporting import CollectingReporter
+from safeagents_batch.execution.rerun import rerun_batch
+from safeagents_batch.jobs.load import load_and_expand
 from safeagents_batch.records.manifest import load_manifest
 from safeagents_batch.records.provenance import GitCheck, GitState, git_check
+from safeagents_batch.report.page import write_report
 
 JOBS = """\
 version: 1
@@ -133,3 +139,39 @@ def test_require_clean_refuses_a_jobs_file_outside_git(
     path = project.write("jobs.yaml", JOBS)
     assert main(["run", str(path), "--require-clean"]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err.strip().endswith("is not in a git work tree")
+
+
+def test_each_attempt_records_the_code_it_ran_and_a_rerun_after_an_edit_says_dirty(
+    project: Project,
+) -> None:
+    """The first attempts ran the committed code; the script is then edited, not committed,
+    and the failed runs rerun: their new attempts say dirty, the report shows both states.
+    A changed file that does not ship (the env file, the batch output) counts for neither."""
+    # The env file and the output dir sit in the script's dir, which ships (but for them).
+    among_scripts = "scripts: [scripts/a.py], env_file: scripts/.env"
+    text = JOBS.replace("scripts: [scripts/a.py]", among_scripts)
+    project.write(
+        "jobs.yaml", text.replace("version: 1\n", "version: 1\noutput_dir: scripts/out\n")
+    )
+    project.write("scripts/.env", "A=1\n")
+    (project.root / "scripts" / "out").mkdir()  # the user's: no `.gitignore` of the tool's
+    git(project.root, "init", "-q", "-b", "main")
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "first")
+    project.write("scripts/.env", "A=2\n")  # changed, never shipped: still clean
+    path = project.root / "jobs.yaml"
+    jobs_file, specs = load_and_expand(path)
+    backend = FakeBackend({s.run_id: [failed(), Behaviour()] for s in specs})
+    batch_dir = run_batch(jobs_file, specs, backend, CollectingReporter()).batch_dir
+    project.write("scripts/a.py", "print('edited')\n")
+
+    rerun_batch(batch_dir, backend, CollectingReporter())
+
+    head = git(project.root, "rev-parse", "HEAD")
+    manifest = load_manifest(batch_dir)
+    states = [[a.git for a in run.attempts] for run in manifest.runs.values()]
+    clean, dirty = (GitState(commit=head, branch="main", dirty=d) for d in (False, True))
+    assert states == [[clean, dirty]] * len(specs)
+    assert manifest.jobs_file.git == clean  # the batch as it was made
+    page = write_report(batch_dir).html.read_text()
+    assert 'id="code-states"' in page and page.count(head[:12]) >= 3  # git row and both states

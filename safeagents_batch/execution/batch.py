@@ -54,7 +54,6 @@ from safeagents_batch.records.model import (
     RunRecord,
     recorded_path,
 )
-from safeagents_batch.records.provenance import git_state
 from safeagents_batch.records.store import ManifestStore
 from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
@@ -119,14 +118,13 @@ def run_batch(
     if made_output_dir:
         ignore_in_git(output_dir)
     snapshot_seal = write_jobs_copies(batch_dir, jobs_file)
-    scripts = list(dict.fromkeys(s.script for s in specs))
     manifest = Manifest(
         batch_id=batch_id,
         batch_dir=str(batch_dir),
         jobs_file=JobsFileRecord(
             path=str(jobs_file.path),
             sha256=jobs_file.sha256,
-            git=git_state(jobs_file.path, scripts),
+            git=work.git,
             snapshot_seal=snapshot_seal,
         ),
         created_at=now_iso(),
@@ -259,7 +257,11 @@ class BatchRunner:
         code = self.work.code[script_dir(spec)]
         recorded = recorded_path(log_dir, self.batch_dir)
         started = Attempt(
-            number=number, log_dir=recorded, started_at=now_iso(), code_digest=code.digest
+            number=number,
+            log_dir=recorded,
+            started_at=now_iso(),
+            code_digest=code.digest,
+            git=self.work.git,
         )
         self.store.record_attempt(spec.run_id, started)
         # Walked from the batch dir, no link followed (runs/<id> may have been planted), and

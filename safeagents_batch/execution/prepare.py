@@ -30,6 +30,7 @@ from safeagents_batch.records.model import (
     ImageRecord,
     RunRecord,
 )
+from safeagents_batch.records.provenance import GitState, git_state
 from safeagents_batch.records.safedir import SafeDir
 from safeagents_batch.records.trust import seal
 from safeagents_batch.staging.code import StagedCode, stage_code
@@ -124,6 +125,13 @@ def real_path(path: Path) -> Path:
     return path.resolve()
 
 
+def not_code(batch_dir: Path, jobs_file: JobsFile) -> list[Path]:
+    """What may sit among the scripts but never ships: the batch output dirs, and every job's
+    env file (not only the selected runs': one job's sits beside another's code)."""
+    env_files = [job.env_file for job in jobs_file.jobs if job.env_file is not None]
+    return [batch_dir.parent, jobs_file.output_dir, *dict.fromkeys(env_files)]
+
+
 def stage_runs_code(
     specs: list[RunSpec], batch_dir: Path, jobs_file: JobsFile, *also_hidden: Path
 ) -> dict[Path, StagedCode]:
@@ -134,9 +142,7 @@ def stage_runs_code(
     dirs: dict[Path, list[RunSpec]] = {}
     for spec in specs:
         dirs.setdefault(script_dir(spec), []).append(spec)
-    # Every job's env file, not only the selected runs': one job's sits beside another's code.
-    env_files = {job.env_file for job in jobs_file.jobs if job.env_file is not None}
-    exclude = [batch_dir.parent, jobs_file.output_dir, jobs_file.path, *env_files, *also_hidden]
+    exclude = [*not_code(batch_dir, jobs_file), jobs_file.path, *also_hidden]
     return {
         directory: stage_code(
             directory,
@@ -161,6 +167,7 @@ class Work:
     models: Mapping[str, ModelUpstream] = field(default_factory=dict)  # `models:` by name
     rates: Mapping[str, PoolRate] = field(default_factory=dict)  # pools' model call paces
     cost_limit: float | None = None  # USD the batch's model calls may cost in all
+    git: GitState | None = None  # the jobs file's and the code dirs' state as staged
 
 
 def run_limits(specs: list[RunSpec], pools: Mapping[str, int]) -> Limits:
@@ -200,6 +207,8 @@ def prepare_work(
         jobs_file.models,
         jobs_file.pool_rates,
         jobs_file.cost_limit,
+        # After staging: the state of what the snapshots hold.
+        git_state(jobs_file.path, list(code), ignore=not_code(batch_dir, jobs_file)),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 from msgspec import Struct, structs
 
 from safeagents_batch.core.clock import seconds_between
+from safeagents_batch.records.provenance import GitState
 
 Status = Literal["pending", "running", "succeeded", "failed", "timed_out", "error", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
@@ -102,6 +103,9 @@ class Attempt(Struct, frozen=True, kw_only=True):
     log_dir: str  # as `recorded_path` names it; safedir.inside finds it (old records: absolute)
     started_at: str  # when it was recorded running
     code_digest: str | None = None
+    # The code's git state when the command that ran this attempt staged it (`run`, or a
+    # `rerun` after edits): the commit, and whether the jobs file or a script dir differed.
+    git: GitState | None = None
     outcome: AttemptOutcome | None = None
     # Artifacts the script left that were not kept (links, FIFOs, devices, over the cap).
     dropped_artifacts: tuple[str, ...] = ()

@@ -32,20 +32,27 @@ class GitCheck:
     changed: tuple[str, ...]
 
 
-def git_state(jobs_file: Path, scripts: Sequence[Path]) -> GitState | None:
-    """The provenance of a batch of `scripts` run from `jobs_file`, or None if not in git."""
-    check = git_check(jobs_file, scripts)
+def git_state(
+    jobs_file: Path, scripts: Sequence[Path], ignore: Sequence[Path] = ()
+) -> GitState | None:
+    """The provenance of a batch of `scripts` (files, or the dirs that ship) run from
+    `jobs_file`, or None if not in git; changes under `ignore` (the batch output, env files:
+    nothing that ships) do not count."""
+    check = git_check(jobs_file, scripts, ignore)
     return check.state if check is not None else None
 
 
-def git_check(jobs_file: Path, scripts: Sequence[Path]) -> GitCheck | None:
+def git_check(
+    jobs_file: Path, scripts: Sequence[Path], ignore: Sequence[Path] = ()
+) -> GitCheck | None:
     where = jobs_file.absolute().parent
     top = _git(where, "rev-parse", "--show-toplevel")
     if top is None:
         return None
     root = Path(top)
     paths = [_inside(root, p) for p in (jobs_file, *scripts)]
-    changed = _changed(root, sorted({p for p in paths if p is not None}))
+    ignored = [f":(exclude){p}" for p in (_inside(root, i) for i in ignore) if p is not None]
+    changed = _changed(root, [*sorted({p for p in paths if p is not None}), *ignored])
     state = GitState(
         commit=_git(where, "rev-parse", "--verify", "--quiet", "HEAD"),
         branch=_branch(where),
@@ -61,7 +68,7 @@ def _branch(where: Path) -> str | None:
 
 def _changed(root: Path, paths: list[str]) -> tuple[str, ...]:
     """Paths among `paths` that `git status` lists: modified, staged, untracked, deleted."""
-    if not paths:
+    if not any(not p.startswith(":(exclude)") for p in paths):
         return ()
     out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
     if out is None:

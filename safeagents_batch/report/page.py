@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +29,7 @@ from safeagents_batch.records import layout
 from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
 from safeagents_batch.records.manifest import Manifest, load_manifest
 from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.provenance import GitState
 from safeagents_batch.records.safedir import SafeDir, inside
 from safeagents_batch.report.compare import Comparison, compare_rows
 from safeagents_batch.report.matrix import job_matrices
@@ -277,6 +279,7 @@ def render(
         statuses=STATUSES,
         images=[_image_entry(view, i.tag, report_dir) for i in manifest.images.values()],
         matrices=job_matrices(rows),
+        code_states=code_states(manifest),
         usage=usage_lines(rows),
         comparison=comparison,
         data=page_data(view, rows, report_dir),
@@ -289,6 +292,15 @@ def render(
         },
         fmt_cell=format_number,
     )
+
+
+def code_states(manifest: Manifest) -> list[tuple[GitState, int]]:
+    """The git states the batch's attempts ran (a `rerun` after an edit adds one), each with
+    its count, most first; none when every attempt ran the batch's own recorded state."""
+    counts = Counter(a.git for r in manifest.runs.values() for a in r.attempts if a.git)
+    if set(counts) <= {manifest.jobs_file.git}:
+        return []
+    return counts.most_common()
 
 
 def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
