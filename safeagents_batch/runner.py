@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,7 +73,11 @@ class DockerRunner:
         python_version: str = DEFAULT_PYTHON_VERSION,
         additional_packages: list[str] | None = None,
         azure_cli: bool = True,
+        requirements: Path | str | None = None,
+        source_dirs: Sequence[Path | str] = (),
     ) -> None:
+        """`requirements` (a pip requirements file) and `source_dirs` (copied into the image,
+        on PYTHONPATH) as a jobs file's framework takes them, resolved against the cwd now."""
         supported = builtin_frameworks()
         if framework not in supported:
             raise ValueError(f"unknown framework {framework!r}; supported: {', '.join(supported)}")
@@ -87,6 +91,8 @@ class DockerRunner:
         # On by default, as in the original image: run_script binds ~/.azure by default, and
         # AzureCliCredential needs `az`. Off saves about 650 MB per base image.
         self.azure_cli = azure_cli
+        self.requirements = Path(requirements).resolve() if requirements is not None else None
+        self.source_dirs = tuple(Path(d).resolve() for d in source_dirs)
         self.build_log: Path | None = None
         self.image_tag: str | None = None
         self._spec: ImageSpec | None = None
@@ -115,7 +121,8 @@ class DockerRunner:
             packages=framework_packages(self.framework),
             python_version=self.python_version,
             additional_packages=self.additional_packages,
-            source_dirs=(source,) if source is not None else (),
+            requirements=self.requirements,
+            source_dirs=((source,) if source is not None else ()) + self.source_dirs,
             image_name=self.image_name,
             azure_cli=self.azure_cli,
         )

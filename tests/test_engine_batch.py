@@ -97,9 +97,12 @@ MIXED_SCRIPTS = {
     "scripts/uses_helper.py": "from helpers import helper\nprint(helper.NAME)\n",
     "scripts/exit3.py": "print('about to fail', flush=True)\nraise SystemExit(3)\n",
     "scripts/stderr_writer.py": (
-        "import sys\n"
+        "import json, os, sys\n"
         "print('plain stdout line')\n"
         "print('STDERR-MARKER-7d1f only on stderr', file=sys.stderr)\n"
+        # The seed's name of the logs dir (SafeAgents' Docker examples write there).
+        "os.makedirs('/SafeAgents/logs', exist_ok=True)\n"
+        "json.dump({'seed_path': 1}, open('/SafeAgents/logs/result.json', 'w'))\n"
     ),
     "scripts/sleeper.py": "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n",
     "helpers/helper.py": "NAME = 'helper from source_dirs'\n",
@@ -168,6 +171,7 @@ def test_mixed_batch_statuses_logs_cleanup_and_ownership(
     assert "STDERR-MARKER-7d1f" in (noisy / "stderr.log").read_text()
     assert "STDERR-MARKER-7d1f" in (noisy / "console.log").read_text()
     assert "STDERR-MARKER-7d1f" not in (noisy / "stdout.log").read_text()
+    assert json.loads((noisy / "result.json").read_text()) == {"seed_path": 1}
     assert "plain stdout line" in (noisy / "stdout.log").read_text()
     assert (
         "helper from source_dirs"

@@ -17,10 +17,12 @@ from safeagents_batch.core.errors import JobsFileError
 from safeagents_batch.jobs.frameworks import framework_packages
 from safeagents_batch.jobs.load import load_jobs_file
 from safeagents_batch.jobs.model import ImageConfig
+from safeagents_batch.jobs.plan import job_image, used_images
 from safeagents_batch.jobs.resolved import resolved_yaml
 from safeagents_batch.records.model import ImageRecord
 from safeagents_batch.staging.images import (
     AZURE_CLI_PACKAGE,
+    UV_VERSION,
     context_files,
     dockerfile_text,
     image_spec,
@@ -36,7 +38,8 @@ def jobs(project: Project, frameworks: str, jobs_yaml: str) -> Path:
 # -- the Azure CLI -------------------------------------------------------------------------------
 
 
-def test_a_job_that_binds_azure_gives_its_framework_the_cli(project: Project) -> None:
+def test_only_the_jobs_that_bind_azure_get_the_cli_in_their_image(project: Project) -> None:
+    """Two jobs of one framework, one binding ~/.azure: two images, the CLI in one."""
     loaded = load_jobs_file(
         jobs(
             project,
@@ -46,8 +49,15 @@ def test_a_job_that_binds_azure_gives_its_framework_the_cli(project: Project) ->
             "  - {name: c, framework: other, scripts: scripts/b.py}\n",
         )
     )
-    assert loaded.frameworks["plain"].azure_cli is True
-    assert loaded.frameworks["other"].azure_cli is False
+    images = {job.name: job_image(job, loaded) for job in loaded.jobs}
+    assert {name: image.azure_cli for name, image in images.items()} == {
+        "a": True,
+        "b": False,
+        "c": False,
+    }
+    assert images["a"].framework == images["b"].framework == "plain"
+    assert used_images(loaded) == [images["a"], images["b"], images["c"]]
+    assert image_spec(images["a"]).tag != image_spec(images["b"]).tag
 
 
 def test_the_framework_key_wins_over_the_jobs(project: Project) -> None:
@@ -59,8 +69,9 @@ def test_the_framework_key_wins_over_the_jobs(project: Project) -> None:
             "  - {name: c, framework: other, scripts: scripts/b.py}\n",
         )
     )
-    assert loaded.frameworks["plain"].azure_cli is False
-    assert loaded.frameworks["other"].azure_cli is True
+    images = {job.name: job_image(job, loaded) for job in loaded.jobs}
+    assert images["a"].azure_cli is False  # `azure_cli: false` keeps it out
+    assert images["c"].azure_cli is True  # `azure_cli: true` puts it in, bound or not
 
 
 def test_a_default_bind_reaches_every_framework_through_its_jobs(project: Project) -> None:
@@ -70,15 +81,17 @@ def test_a_default_bind_reaches_every_framework_through_its_jobs(project: Projec
             "jobs:\n  - {name: a, framework: langgraph, scripts: scripts/a.py}\n"
         )
     )
-    assert loaded.frameworks["langgraph"].azure_cli is True
+    assert job_image(loaded.jobs[0], loaded).azure_cli is True
 
 
 def test_the_cli_is_its_own_layer_right_on_the_base_in_its_own_venv() -> None:
     config = ImageConfig(framework="x", packages=("langgraph",), azure_cli=True)
     lines = dockerfile_text(config).splitlines()
     [azure] = [i for i, line in enumerate(lines) if AZURE_CLI_PACKAGE in line]
-    assert lines[azure - 2].startswith("FROM") and lines[azure - 1].startswith("ENV")
-    assert "python -m venv /opt/az" in lines[azure] and "/usr/local/bin/az" in lines[azure]
+    # Right after the base, its ENV and the pinned uv (one small layer every image shares).
+    assert lines[azure - 3].startswith("FROM") and lines[azure - 2].startswith("ENV")
+    assert f"uv=={UV_VERSION}" in lines[azure - 1]
+    assert "uv venv --seed /opt/az" in lines[azure] and "/usr/local/bin/az" in lines[azure]
     assert "langgraph" in lines[azure + 1]
     without = dockerfile_text(dataclasses.replace(config, azure_cli=False))
     assert AZURE_CLI_PACKAGE not in without
@@ -108,7 +121,7 @@ def test_pinning_a_package_changes_the_tag() -> None:
     loose = ImageConfig(framework="lg", packages=("langgraph",))
     pinned = dataclasses.replace(loose, packages=("langgraph==0.2.0",))
     assert image_spec(loose).tag != image_spec(pinned).tag
-    assert '"langgraph==0.2.0"' in dockerfile_text(pinned)
+    assert "langgraph==0.2.0" in dockerfile_text(pinned)
 
 
 def test_constraints_pin_every_install_and_their_content_is_in_the_tag(
@@ -126,9 +139,12 @@ def test_constraints_pin_every_install_and_their_content_is_in_the_tag(
     )
     config = loaded.frameworks["lg"]
     assert config.constraints == constraints
-    installs = [line for line in dockerfile_text(config).splitlines() if '"install"' in line]
-    assert len(installs) == 3
-    assert all('"-c", "/opt/safeagents/constraints.txt"' in line for line in installs)
+    # One resolution of everything, under the constraints, then the resolver's check.
+    installs = [line for line in dockerfile_text(config).splitlines() if "uv pip install" in line]
+    assert installs == [
+        "RUN uv pip install --system langgraph numpy -c /opt/safeagents/constraints.txt "
+        "-r /opt/safeagents/requirements.txt && uv pip check --system"
+    ]
     assert ("constraints.txt", constraints) in context_files(config)
     before = image_spec(config).tag
     constraints.write_text("langgraph==0.2.1\nhttpx==0.27.0\n", encoding="utf-8")
@@ -141,7 +157,7 @@ def test_the_build_context_holds_the_constraints_file(project: Project, tmp_path
     write_build_context(image_spec(config), tmp_path / "ctx")
     assert (tmp_path / "ctx" / "constraints.txt").read_text() == "six==1.16.0\n"
     text = (tmp_path / "ctx" / "Dockerfile").read_text()
-    assert text.index("COPY constraints.txt") < text.index('"six"')
+    assert text.index("COPY constraints.txt") < text.index("install --system six")
 
 
 def test_a_missing_constraints_file_is_a_located_error(project: Project) -> None:
@@ -153,6 +169,27 @@ def test_a_missing_constraints_file_is_a_located_error(project: Project) -> None
     with pytest.raises(JobsFileError) as raised:
         load_jobs_file(path)
     assert "frameworks.plain.constraints: constraints file not found" in str(raised.value)
+
+
+def test_extras_in_a_constraints_file_are_a_located_error_before_any_build(
+    project: Project,
+) -> None:
+    """pip refuses `pkg[extra]` in a constraints file only once the build runs it; a
+    requirements file used as constraints (a common shortcut) has them."""
+    project.write("reqs.txt", "# pinned\nhttpx==0.27.0\nrequests[socks] == 2.31.0  # proxy\n")
+    path = jobs(
+        project,
+        "  plain: {packages: [], constraints: reqs.txt}\n",
+        "  - {name: a, framework: plain, scripts: scripts/a.py}\n",
+    )
+    with pytest.raises(JobsFileError) as raised:
+        load_jobs_file(path)
+    [problem] = raised.value.problems
+    assert str(problem).endswith(
+        "frameworks.plain.constraints: reqs.txt:3: `requests[socks] == 2.31.0`: a constraints "
+        "file cannot have extras (pip refuses them); drop the `[...]` here, or list the package "
+        "in `requirements`"
+    )
 
 
 def test_constraints_and_azure_cli_survive_the_resolved_snapshot(project: Project) -> None:

@@ -119,8 +119,10 @@ def test_dockerfile_ends_as_the_non_root_user(config: ImageConfig) -> None:
     user_lines = [line for line in lines if line.startswith("USER ")]
     assert user_lines == [f"USER {CONTAINER_UID}:{CONTAINER_UID}"] == [lines[-1]]
     assert CONTAINER_UID != 0
-    assert 'RUN ["python", "-m", "pip", "install", "langgraph", "openai"]' in lines
-    assert 'RUN ["python", "-m", "pip", "install", "numpy"]' in lines
+    assert (
+        "RUN uv pip install --system langgraph openai numpy -r /opt/safeagents/requirements.txt"
+        " && uv pip check --system"
+    ) in lines
     assert "COPY requirements.txt /opt/safeagents/requirements.txt" in lines
     assert image_spec(config).dockerfile == text
 
@@ -141,3 +143,26 @@ def test_build_context_holds_what_the_digest_covers(config: ImageConfig, tmp_pat
         "requirements.txt",
         "src/lib/pkg/__init__.py",
     ]
+
+
+def test_a_failed_steps_error_is_what_it_printed_not_the_builders_command() -> None:
+    from safeagents_batch.backends.docker.images import StepOutput, _real_error
+
+    # As the engine streams it: chunks that split lines, colour codes, the builder's lines.
+    chunks = [
+        'Step 3/9 : RUN ["python", "-m", "pip", "install", "nope"]\n',
+        " ---> Running in 1a2b3c4d5e6f\n",
+        "Collecting nope\n\x1b[91merror:\x1b[0m\x1b[91m",
+        " Could not find a version that satisfies the requirement nope\n",
+        "ERROR: No matching distribution found for nope\n\x1b[0m",
+    ]
+    output = StepOutput()
+    for chunk in chunks:
+        output.feed(chunk)
+    builder = 'The command \'["python" "-m" "pip" ...]\' returned a non-zero code: 1'
+
+    assert _real_error(builder, output.lines()) == (
+        "error: Could not find a version that satisfies the requirement nope / "
+        "ERROR: No matching distribution found for nope (the step exited 1)"
+    )
+    assert _real_error("no space left on device", output.lines()) == "no space left on device"

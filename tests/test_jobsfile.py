@@ -618,8 +618,22 @@ def test_custom_framework_without_packages(project: Project) -> None:
           - {name: a, framework: myfw, scripts: scripts/a.py}
     """)
     assert one_error(path) == (
-        f"{LABEL}:3:3: frameworks.myfw: 'myfw' is not a built-in framework: list its pip `packages`"
+        f"{LABEL}:3:3: frameworks.myfw: 'myfw' is not a built-in framework: list its pip "
+        "`packages` or `requirements`"
     )
+
+
+def test_a_custom_framework_may_be_its_requirements_file_alone(project: Project) -> None:
+    project.write("requirements.txt", "termcolor==2.4.0\n")
+    path = project.jobs("""
+        version: 1
+        frameworks:
+          myfw: {requirements: requirements.txt}
+        jobs:
+          - {name: a, framework: myfw, scripts: scripts/a.py}
+    """)
+    config = load_jobs_file(path).frameworks["myfw"]
+    assert config.packages == () and config.requirements == project.root / "requirements.txt"
 
 
 def test_custom_framework_with_packages(project: Project) -> None:

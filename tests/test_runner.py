@@ -8,6 +8,7 @@ adds a COPY layer on top of the first); langgraph + a package that cannot exist 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -400,6 +401,43 @@ def test_examples_run_as_they_stand(work: Path) -> None:
     assert list((work / "logs").glob("run_my_agent_script_*/result.json"))
 
 
+# SafeAgents' Docker examples (05_docker_isolation.py and the like), unchanged in what they
+# need: a package of its requirements file, its own package from a source dir, and results
+# written to /SafeAgents/logs.
+SEED_STYLE_SCRIPT = """\
+import json, os
+from importlib.metadata import version
+from termcolor import colored
+from seedpkg.config import NAME
+
+os.makedirs("/SafeAgents/logs", exist_ok=True)
+with open("/SafeAgents/logs/result.json", "w") as handle:
+    json.dump({"package": NAME, "termcolor": version("termcolor"), "text": colored("x")}, handle)
+print("isolated run done")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("engine")
+def test_requirements_source_dirs_and_the_seeds_log_path(work: Path) -> None:
+    _write(work / "requirements.txt", "termcolor==2.4.0\n")
+    package = work.parent / "elsewhere" / "seedpkg"  # outside the script's dir: not staged
+    package.mkdir(parents=True)
+    _write(package / "__init__.py", "")
+    _write(package / "config.py", "NAME = 'seedpkg from source_dirs'\n")
+    _write(work / "05_docker_isolation.py", SEED_STYLE_SCRIPT)
+
+    runner = DockerRunner(
+        framework="langgraph", requirements="requirements.txt", source_dirs=[package]
+    )
+    result = runner.run_script(script_path=Path("05_docker_isolation.py"), bind_azure_folder=False)
+
+    assert result["success"] is True, result["stderr"]
+    assert "isolated run done" in result["stdout"]
+    collected = json.loads((Path(result["log_dir"]) / "result.json").read_text())
+    assert collected == {"package": "seedpkg from source_dirs", "termcolor": "2.4.0", "text": "x"}
+
+
 # -- no engine needed ---------------------------------------------------------------------------
 
 
@@ -428,7 +466,7 @@ def test_prepare_environment_writes_the_build_context(
     assert runner.prepare_environment() is True
     dockerfile = (tmp_path / "build_folder" / "Dockerfile").read_text()
     assert "FROM python:3.12-slim" in dockerfile
-    assert '"autogen-ext[openai]"' in dockerfile and '"rich"' in dockerfile
+    assert "'autogen-ext[openai]'" in dockerfile and " rich " in dockerfile
     assert (tmp_path / "logs").is_dir()
 
 

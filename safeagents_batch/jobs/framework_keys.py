@@ -4,14 +4,18 @@ default in `FRAMEWORK_KEYS`; `packages`, whose default depends on the framework,
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from safeagents_batch.jobs import frameworks as builtin
-from safeagents_batch.jobs.check import Checker, Key, as_is, as_tuple, is_dir
+from safeagents_batch.jobs.check import Checker, Key, as_is, as_tuple, is_dir, is_file
 from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, DEFAULT_PYTHON_VERSION, ImageConfig
 from safeagents_batch.jobs.schema import format_key_path
 from safeagents_batch.jobs.yamlmarks import KeyPath
+
+MAX_CONSTRAINTS_BYTES = 4 * 1024 * 1024  # a constraints file is a pin list, not data
+EXTRAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\s*\[")  # a name, then `[extra, ...]`
 
 
 def image_configs(
@@ -19,33 +23,26 @@ def image_configs(
     data: dict[str, Any],
     used: set[str],
     defined: set[str],
-    azure_users: frozenset[str] = frozenset(),
 ) -> dict[str, ImageConfig]:
-    """The image of every framework defined under `frameworks:` or used by a sound job;
-    `azure_users` are those with a job that binds ~/.azure: their images get the Azure CLI."""
+    """The image of every framework defined under `frameworks:` or used by a sound job; one
+    that does not say `azure_cli` has none here (its jobs that bind ~/.azure get it:
+    plan.job_image)."""
     settings = checker.clean_part(data.get("frameworks"), ("frameworks",))
     # A framework defined with a fault gets no image (the schema has reported the fault).
     names = sorted((used - (defined - set(settings))) | set(settings))
     image_name = str(data.get("image_name", DEFAULT_IMAGE_NAME))
-    configs = {
-        n: image_config(checker, n, settings.get(n, {}), image_name, n in azure_users)
-        for n in names
-    }
+    configs = {n: image_config(checker, n, settings.get(n, {}), image_name) for n in names}
     return {n: c for n, c in configs.items() if c is not None}
 
 
 def image_config(
-    checker: Checker, name: str, raw: dict[str, Any], image_name: str, azure_user: bool = False
+    checker: Checker, name: str, raw: dict[str, Any], image_name: str
 ) -> ImageConfig | None:
     path: KeyPath = ("frameworks", name)
-    packages = _packages(checker, path, raw.get("packages"))
+    packages = _packages(checker, path, raw.get("packages"), "requirements" in raw)
     if packages is None:
         return None
     values = {key.name: _value(checker, path, key, raw) for key in FRAMEWORK_KEYS}
-    # Decided here, not when the image is planned: equal configs share one image, so the
-    # CLI must be part of the config that every job of the framework gets.
-    if "azure_cli" not in raw:
-        values["azure_cli"] = azure_user
     return ImageConfig(framework=name, packages=packages, image_name=image_name, **values)
 
 
@@ -56,15 +53,19 @@ def _value(checker: Checker, path: KeyPath, key: Key[Checker], raw: dict[str, An
 
 
 def _packages(
-    checker: Checker, path: KeyPath, packages: list[str] | None
+    checker: Checker, path: KeyPath, packages: list[str] | None, has_requirements: bool
 ) -> tuple[str, ...] | None:
-    """Replace a built-in framework's list; a framework that is not built in needs them."""
+    """Replace a built-in framework's list; a framework that is not built in needs them, or
+    a `requirements` file that says what it installs."""
     name = str(path[-1])
     if packages is not None:
         return tuple(packages)
     if name in builtin.builtin_frameworks():
         return builtin.framework_packages(name)
-    checker.add(path, f"'{name}' is not a built-in framework: list its pip `packages`", of_key=True)
+    if has_requirements:
+        return ()
+    message = f"'{name}' is not a built-in framework: list its pip `packages` or `requirements`"
+    checker.add(path, message, of_key=True)
     return None
 
 
@@ -73,7 +74,29 @@ def _requirements(checker: Checker, path: KeyPath, value: str) -> Path:
 
 
 def _constraints(checker: Checker, path: KeyPath, value: str) -> Path:
-    return checker.existing_file(value, path, "constraints file")
+    file = checker.existing_file(value, path, "constraints file")
+    problem = constraints_problem(file) if is_file(file) else None
+    if problem is not None:
+        checker.add(path, problem)
+    return file
+
+
+def constraints_problem(file: Path) -> str | None:
+    """What pip would refuse in a constraints file, known before any build: a requirement
+    with extras (`pkg[extra]==1.0`, as a `pip freeze` or a requirements file may hold)."""
+    try:
+        with file.open(encoding="utf-8", errors="replace") as handle:
+            lines = handle.read(MAX_CONSTRAINTS_BYTES).splitlines()
+    except OSError as exc:
+        return f"constraints file unreadable: {exc.strerror or exc}: {file}"
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if EXTRAS.match(text):
+            return (
+                f"{file.name}:{number}: `{text}`: a constraints file cannot have extras (pip "
+                "refuses them); drop the `[...]` here, or list the package in `requirements`"
+            )
+    return None
 
 
 def _source_dirs(checker: Checker, path: KeyPath, values: list[str]) -> tuple[Path, ...]:
@@ -118,5 +141,5 @@ FRAMEWORK_KEYS: tuple[Key[Checker], ...] = (
     Key("requirements", _requirements, None),
     Key("source_dirs", _source_dirs, ()),
     Key("constraints", _constraints, None),
-    Key("azure_cli", as_is, False),  # when left out: whether a job binds ~/.azure
+    Key("azure_cli", as_is, False),  # when left out: per job, whether it binds ~/.azure
 )

@@ -113,8 +113,7 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
     patterns = _secret_patterns(checker, data)
     defined = _defined_frameworks(data)
     jobs = _jobs(checker, data, defined, patterns)
-    azure_users = frozenset(j.framework for j in jobs if j.bind_azure_folder)
-    images = image_configs(checker, data, {j.framework for j in jobs}, defined, azure_users)
+    images = image_configs(checker, data, {j.framework for j in jobs}, defined)
     models = model_upstreams(checker, data)
     if "cost_limit" in data and jobs and not any(job.models for job in jobs):
         checker.add(("cost_limit",), "cost_limit counts model calls: no job lists `models`")
@@ -137,6 +136,17 @@ def _build(checker: Checker, path: Path, text: str) -> JobsFile | None:
         models=models,
         cost_limit=float(data["cost_limit"]) if "cost_limit" in data else None,
         max_runs=int(data.get("max_runs", DEFAULT_MAX_RUNS)),
+        azure_by_jobs=frozenset(images) - _saying_azure_cli(data),
+    )
+
+
+def _saying_azure_cli(data: dict[str, Any]) -> frozenset[str]:
+    """Frameworks whose settings say `azure_cli` themselves, whatever their jobs bind."""
+    settings = data.get("frameworks")
+    if not isinstance(settings, dict):
+        return frozenset()
+    return frozenset(
+        n for n, raw in settings.items() if isinstance(raw, dict) and "azure_cli" in raw
     )
 
 

@@ -148,3 +148,6 @@ class JobsFile:
     models: dict[str, ModelUpstream] = field(default_factory=dict)  # `models:` by name
     cost_limit: float | None = None  # USD the batch's model calls may cost in all
     max_runs: int = DEFAULT_MAX_RUNS  # runs the file may expand to (counted before any is made)
+    # Frameworks that leave `azure_cli` to their jobs: the jobs that bind ~/.azure get an image
+    # with the CLI, the others one without (its ~680 MB only where it is used).
+    azure_by_jobs: frozenset[str] = frozenset()

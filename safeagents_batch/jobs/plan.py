@@ -6,6 +6,7 @@ Run ids are checked for duplicates as a stream, so `validate` makes no run at al
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -108,8 +109,17 @@ def iter_runs(jobs_file: JobsFile) -> Iterator[RunSpec]:
         yield from _job_runs(job, jobs_file)
 
 
+def job_image(job: Job, jobs_file: JobsFile) -> ImageConfig:
+    """The image a job's runs get: its framework's, with the Azure CLI when the job binds
+    ~/.azure and the framework leaves that to its jobs."""
+    config = jobs_file.frameworks[job.framework]
+    if job.bind_azure_folder and job.framework in jobs_file.azure_by_jobs:
+        return dataclasses.replace(config, azure_cli=True)
+    return config
+
+
 def _job_runs(job: Job, jobs_file: JobsFile) -> Iterator[RunSpec]:
-    image = jobs_file.frameworks[job.framework]
+    image = job_image(job, jobs_file)
     for script in job.scripts:
         for combination in itertools.product(*(values for _, values in job.matrix)):
             for k in range(1, job.repeat + 1):
@@ -188,9 +198,7 @@ def _job_ids(job: Job) -> Iterator[tuple[Path, str]]:
 
 def used_images(jobs_file: JobsFile) -> list[ImageConfig]:
     """Distinct image configurations of the jobs that have runs, in file order (no run made)."""
-    return list(
-        dict.fromkeys(jobs_file.frameworks[j.framework] for j in jobs_file.jobs if job_runs(j))
-    )
+    return list(dict.fromkeys(job_image(j, jobs_file) for j in jobs_file.jobs if job_runs(j)))
 
 
 def needed_images(specs: list[RunSpec]) -> list[ImageConfig]:

@@ -37,7 +37,10 @@ def resolved_document(jobs_file: JobsFile) -> dict[str, Any]:
         **({"pools": _pools(jobs_file)} if jobs_file.pools or jobs_file.pool_rates else {}),
         **({"models": _models(jobs_file)} if jobs_file.models else {}),
         **({"cost_limit": jobs_file.cost_limit} if jobs_file.cost_limit is not None else {}),
-        "frameworks": {name: _image(config) for name, config in jobs_file.frameworks.items()},
+        "frameworks": {
+            name: _image(config, name not in jobs_file.azure_by_jobs)
+            for name, config in jobs_file.frameworks.items()
+        },
         "jobs": [_job(job) for job in jobs_file.jobs],
     }
 
@@ -75,7 +78,7 @@ def _models(jobs_file: JobsFile) -> dict[str, dict[str, Any]]:
     return written
 
 
-def _image(config: ImageConfig) -> dict[str, Any]:
+def _image(config: ImageConfig, says_azure_cli: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "packages": list(config.packages),
         "python_version": config.python_version,
@@ -88,8 +91,8 @@ def _image(config: ImageConfig) -> dict[str, Any]:
         data["requirements"] = str(config.requirements)
     if config.constraints is not None:
         data["constraints"] = str(config.constraints)
-    # Always stated: left out, it would follow the jobs, which `rerun --only` may not hold.
-    data["azure_cli"] = config.azure_cli
+    if says_azure_cli:  # left out, it follows each job's `bind_azure_folder`, as written
+        data["azure_cli"] = config.azure_cli
     return data
 
 

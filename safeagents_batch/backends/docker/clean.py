@@ -107,20 +107,38 @@ def tool_images(
     keep_tags: set[str],
     repositories: frozenset[str] | None = None,
 ) -> list[Leftover]:
-    """The tool's images (by label) except those carrying a tag in `keep_tags`; with
-    `repositories`, only images tagged in one of them."""
+    """The tool's images (by label), dangling ones too (a rebuilt tag's old image that a
+    container still used), except those carrying a tag in `keep_tags`; with `repositories`,
+    only images of one of them: by their tags, or, with no tag left, by the tagged image of
+    the same configuration (digest) that replaced them."""
+    listed = client.api.images(filters={"label": f"{labels.MANAGED}=true"})
+    tagged = [(image, _tags(image)) for image in listed]
+    by_digest: dict[str, set[str]] = {}
+    for image, tags in tagged:
+        by_digest.setdefault(_digest(image), set()).update(t.rpartition(":")[0] for t in tags)
     found = []
-    for image in client.api.images(filters={"label": f"{labels.MANAGED}=true"}):
-        tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+    for image, tags in tagged:
         if set(tags) & keep_tags:
             continue
-        if repositories is not None and not {t.rpartition(":")[0] for t in tags} & repositories:
+        digest = _digest(image)
+        names = {t.rpartition(":")[0] for t in tags} or (
+            by_digest.get(digest, set()) if digest else set()
+        )
+        if repositories is not None and not names & repositories:
             continue
         name = ", ".join(tags) or image["Id"][7:19]
         found.append(
             Leftover("image", image["Id"], name, _own_size(client, image), tags=tuple(tags))
         )
     return found
+
+
+def _tags(image: dict[str, Any]) -> list[str]:
+    return [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+
+
+def _digest(image: dict[str, Any]) -> str:
+    return str((image.get("Labels") or {}).get(labels.DIGEST, ""))
 
 
 def _own_size(client: docker.DockerClient, image: dict[str, Any]) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +26,13 @@ from safeagents_batch.core.version import VERSION
 from safeagents_batch.records.model import ImageRecord
 from safeagents_batch.staging.images import AZURE_CLI_VENV, ImageSpec, write_build_context
 
+ERROR_LINES = 3  # of the failing step's output, in a failed build's one-line error
+TAIL_LINES = 12  # where they are looked for: the end of its output
+ERROR_LINE = re.compile(r"(error|ERROR|Error)\b")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+BUILDER_LINE = re.compile(r"(Step \d+/\d+ : |---> |Removing intermediate container |Successfully )")
+NON_ZERO = re.compile(r"returned a non-zero code: (\d+)")
+STEP_IMAGE = re.compile(r"---> ([0-9a-f]{12,64})")  # a step's image; not "---> Running in ..."
 # Both environments' freeze in one container; the marker line parts them.
 AZURE_MARKER = "#safeagents-batch: azure-cli venv"
 FREEZE_SCRIPT = (
@@ -154,6 +164,7 @@ class DockerImages:
     def _build(self, spec: ImageSpec) -> ImageRecord:
         log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
         started = time.monotonic()
+        replaced = self._image_id(spec.tag)  # a rebuild's old image, removed once replaced
         with (
             tempfile.TemporaryDirectory(prefix="safeagents-build-") as context,
             open_log(log_path) as log,
@@ -168,6 +179,8 @@ class DockerImages:
                     log.write(f"\nERROR recording the packages: {exc}\n")
                     error = f"recording its packages: {one_line(exc)}"
         seconds = round(time.monotonic() - started, 3)
+        if error is None and replaced is not None:
+            self._remove_if_unused(replaced)
         if error is not None:
             return ImageRecord(
                 tag=spec.tag,
@@ -187,8 +200,35 @@ class DockerImages:
             azure_cli_packages=packages.azure_cli,
         )
 
+    def _image_id(self, tag: str) -> str | None:
+        try:
+            return str(self.client.api.inspect_image(tag)["Id"])
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _remove_if_unused(self, image_id: str) -> None:
+        """An image the build left behind (a rebuilt tag's old image, a failed build's steps),
+        removed with its untagged parents unless something still needs it: a tag (another
+        image name built the same content), a container, a child image. The engine refuses
+        those (409), and then it stays."""
+        with contextlib.suppress(docker.errors.APIError):
+            if not self.client.api.inspect_image(image_id).get("RepoTags"):
+                self.client.api.remove_image(image_id)
+
     def _stream_build(self, spec: ImageSpec, context: Path, log: IO[str]) -> str | None:
-        """Runs the build, writing its output as it comes; returns the error text, if any."""
+        """Runs the build, writing its output as it comes; returns the error text, if any. A
+        failed build's step images are removed: nothing of it is left (a step shared with an
+        earlier build stays, as that build's image needs it)."""
+        steps: list[str] = []
+        error = self._run_build(spec, context, log, steps)
+        if error is not None:
+            for image_id in reversed(steps):
+                self._remove_if_unused(image_id)
+        return error
+
+    def _run_build(
+        self, spec: ImageSpec, context: Path, log: IO[str], steps: list[str]
+    ) -> str | None:
         log.write(f"# building {spec.tag}\n{spec.dockerfile}\n")
         try:
             stream = self.client.api.build(
@@ -201,14 +241,62 @@ class DockerImages:
                 pull=False,
                 labels=image_labels(spec),
             )
+            output = StepOutput()
             for chunk in stream:
+                steps += _step_image(chunk)
+                output.feed(str(chunk.get("stream", "")))
                 error = _write_chunk(chunk, log)
                 if error:
-                    return error
+                    # To its end: the engine removes the failed step's container before it
+                    # closes the stream, and until then that container holds the step images.
+                    for rest in stream:
+                        _write_chunk(rest, log)
+                    return _real_error(error, output.lines())
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             log.write(f"\nERROR: {exc}\n")
             return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None
+
+
+class StepOutput:
+    """The end of what the build's steps printed, as whole lines: the engine's stream chunks
+    are not lines (one may end in the middle of one), and carry colour codes."""
+
+    def __init__(self) -> None:
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        *complete, self._partial = (self._partial + text).split("\n")
+        self._tail.extend(line for line in map(_clean, complete) if line)
+
+    def lines(self) -> list[str]:
+        last = _clean(self._partial)
+        return [*self._tail, *([last] if last else [])]
+
+
+def _clean(line: str) -> str:
+    """A line without colour codes, and none at all if the builder itself wrote it."""
+    text = ANSI.sub("", line).strip()
+    return "" if BUILDER_LINE.match(text) else text
+
+
+def _real_error(error: str, lines: list[str]) -> str:
+    """What the failing step printed (the resolver's reason: from its first `error` line near
+    the end, or its last lines), and how it ended, rather than the builder's "The command
+    '...' returned a non-zero code: N" with the whole command."""
+    code = NON_ZERO.search(error)
+    if not lines or code is None:
+        return error
+    start = next((i for i, line in enumerate(lines) if ERROR_LINE.match(line)), None)
+    shown = lines[start : start + ERROR_LINES] if start is not None else lines[-ERROR_LINES:]
+    return f"{' / '.join(shown)} (the step exited {code.group(1)})"
+
+
+def _step_image(chunk: dict[str, Any]) -> list[str]:
+    """The image a build step committed, as the classic builder says it (` ---> 1a2b3c4d5e6f`)."""
+    found = STEP_IMAGE.fullmatch(str(chunk.get("stream", "")).strip())
+    return [found.group(1)] if found else []
 
 
 def _write_chunk(chunk: dict[str, Any], log: IO[str]) -> str | None:
