@@ -30,6 +30,7 @@ from safeagents_batch.backends.docker.images import DockerImages
 from safeagents_batch.cli import main as cli
 from safeagents_batch.core.errors import EXIT_OK
 from safeagents_batch.jobs.load import load_jobs_file
+from safeagents_batch.jobs.plan import job_image
 from safeagents_batch.staging.images import image_spec
 
 pytestmark = pytest.mark.docker
@@ -126,7 +127,8 @@ def azure_image(
     jobs = AzureImage(image_name, "").project(
         root, "  - {name: b, scripts: b.py}\n", {"b.py": "pass\n"}
     )
-    config = load_jobs_file(jobs).frameworks["azplain"]
+    loaded = load_jobs_file(jobs)
+    config = job_image(loaded.jobs[0], loaded)
     assert config.azure_cli  # from the job's bind_azure_folder
     spec = image_spec(config)
     outcome = DockerImages(docker_client, root / "builds").ensure(spec)
