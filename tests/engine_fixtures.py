@@ -27,6 +27,34 @@ from safeagents_batch.core.labels import LABEL_PREFIX
 from safeagents_batch.jobs.model import ImageConfig
 from safeagents_batch.staging.images import dockerfile_text
 
+# A script fragment for the credential probes: every file a container can read, and the
+# environments it can see, searched for the marker its env gives reversed (so the variable
+# itself does not match); leaves `found` (paths) and `scanned` (how many were read).
+KEY_SEARCH = """\
+marker = os.environ["MARKER_REVERSED"][::-1].encode()
+found, scanned = [], 0
+for name in ("/proc/self/environ", "/proc/1/environ", "/proc/1/cmdline"):
+    try:
+        scanned += 1
+        if marker in open(name, "rb").read():
+            found.append(name)
+    except OSError:
+        pass
+for root, dirs, files in os.walk("/"):
+    if root == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for file in files:
+        path = os.path.join(root, file)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                scanned += 1
+                with open(path, "rb") as handle:
+                    if marker in handle.read(16 * 1024 * 1024):
+                        found.append(path)
+        except OSError:
+            pass
+"""
+
 # A framework with no packages: its image builds in about a second from the base image.
 PLAIN_FRAMEWORK_YAML = "frameworks:\n  plain: {packages: []}\n"
 

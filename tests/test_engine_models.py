@@ -17,6 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 from engine_fixtures import (
+    KEY_SEARCH,
     PLAIN_FRAMEWORK_YAML,
     CliBatch,
     cli_batch,
@@ -38,7 +39,8 @@ PRICE_IN, PRICE_OUT = 2.5, 10.0  # USD per million tokens, as the jobs file stat
 # Calls the models as an agent would (stdlib only: the test image has no SDK), then looks for
 # the real key's marker in its environment and in every file it can read, and tries to reach
 # the host outside the gateway. One JSON line of facts out, and result.json.
-SCRIPT = """\
+SCRIPT = (
+    """\
 import json, os, socket, urllib.request
 
 base, token = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
@@ -58,29 +60,9 @@ stream = post("chat/completions", {"model": "m", "messages": [words], "stream": 
                                    "stream_options": {"include_usage": True}})
 responses = json.loads(post("responses", {"model": "m", "input": "four five"}))
 
-marker = os.environ["MARKER_REVERSED"][::-1].encode()
-found, scanned = [], 0
-for name in ("/proc/self/environ", "/proc/1/environ", "/proc/1/cmdline"):
-    try:
-        scanned += 1
-        if marker in open(name, "rb").read():
-            found.append(name)
-    except OSError:
-        pass
-for root, dirs, files in os.walk("/"):
-    if root == "/":
-        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
-    for file in files:
-        path = os.path.join(root, file)
-        try:
-            if os.path.isfile(path) and not os.path.islink(path):
-                scanned += 1
-                with open(path, "rb") as handle:
-                    if marker in handle.read(16 * 1024 * 1024):
-                        found.append(path)
-        except OSError:
-            pass
-
+"""
+    + KEY_SEARCH
+    + """
 def default_gateway():
     for line in open("/proc/net/route").read().splitlines()[1:]:
         fields = line.split()
@@ -115,6 +97,7 @@ print(json.dumps(facts))
 os.makedirs("/safeagents/logs", exist_ok=True)
 json.dump(facts, open("/safeagents/logs/result.json", "w"))
 """
+)
 
 
 @pytest.fixture(scope="module")

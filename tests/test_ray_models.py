@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from engine_cli import SessionImage
+from engine_fixtures import KEY_SEARCH
 from ray_cluster import LocalRayCluster
 from records import outcome_of
 from standin_llm import MODEL_ANSWERING, StandIn
@@ -46,24 +47,9 @@ PROBE = (
     CALL
     + """
 print(json.dumps(dict(os.environ)))
-marker = os.environ["MARKER_REVERSED"][::-1].encode()
-found, scanned = [], 0
-for root, dirs, files in os.walk("/"):
-    if root == "/":
-        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
-    for name in files:
-        path = os.path.join(root, name)
-        try:
-            if os.path.isfile(path) and not os.path.islink(path):
-                scanned += 1
-                with open(path, "rb") as handle:
-                    if marker in handle.read(16 * 1024 * 1024):
-                        found.append(path)
-        except OSError:
-            pass
-for name in ("/proc/self/environ", "/proc/1/environ", "/proc/1/cmdline"):
-    if marker in open(name, "rb").read():
-        found.append(name)
+"""
+    + KEY_SEARCH
+    + """
 print(json.dumps({"found": found, "scanned": scanned}))
 """
 )

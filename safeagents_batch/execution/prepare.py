@@ -78,7 +78,8 @@ def new_record(
     from_file = set(inputs.env_files[spec.job.env_file]) if spec.job.env_file else set()
     hidden = (from_file - set(spec.literal_env)) | set(spec.job.env_passthrough)
     env = redact_env(spec.literal_env, hidden - set(spec.job.record_env), jobs_file.secret_patterns)
-    given = resolve_env(spec, inputs.env_files, environ)
+    # Resolved only for a job that records: new_record runs for every run of a batch.
+    given = resolve_env(spec, inputs.env_files, environ) if spec.job.record_env else {}
     env.update({name: given[name] for name in spec.job.record_env if name in given})
     return RunRecord(
         run_id=spec.run_id,
