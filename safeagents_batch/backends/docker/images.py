@@ -247,10 +247,6 @@ class DockerImages:
                 output.feed(str(chunk.get("stream", "")))
                 error = _write_chunk(chunk, log)
                 if error:
-                    # To its end: the engine removes the failed step's container before it
-                    # closes the stream, and until then that container holds the step images.
-                    for rest in stream:
-                        _write_chunk(rest, log)
                     return _real_error(error, output.lines())
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             log.write(f"\nERROR: {exc}\n")
