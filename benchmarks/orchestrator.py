@@ -22,7 +22,13 @@ from pathlib import Path
 
 from sweep import write_sweep
 
-from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.backends.base import (
+    QUIET_BUILD,
+    AttemptRequest,
+    BuildProgress,
+    CleanRequest,
+    Sink,
+)
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.execution.batch import BatchOptions, run_batch
 from safeagents_batch.execution.reporting import CollectingReporter
@@ -37,7 +43,12 @@ class InstantBackend:
     name = "memory"
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
         return {
             s.tag: ImageRecord(

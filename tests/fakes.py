@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.backends.base import (
+    QUIET_BUILD,
+    AttemptRequest,
+    BuildProgress,
+    CleanRequest,
+    Sink,
+)
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord, Status
 from safeagents_batch.staging.images import ImageSpec
@@ -80,13 +86,20 @@ class FakeBackend:
     # -- Backend -------------------------------------------------------------------------
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
         outcomes = {}
         for spec in specs:
             with self._lock:
                 self.ensured.append(spec.tag)
             framework = spec.config.framework
+            progress.started(spec.tag)
+            progress.output(spec.tag, "Step 1/1 : FROM fake")
             log = self._build_log(spec, build_logs)
             if framework in self.failing_images:
                 outcomes[spec.tag] = ImageRecord(
@@ -105,6 +118,7 @@ class FakeBackend:
                     build_seconds=0.1,
                     build_log=str(log) if log else None,
                 )
+            progress.finished(outcomes[spec.tag])
         return outcomes
 
     def _build_log(self, spec: ImageSpec, build_logs: Path) -> Path | None:

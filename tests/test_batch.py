@@ -23,7 +23,7 @@ from fakes import Behaviour, FakeBackend, failed, tar_of, tar_with_special_membe
 from records import outcome_of
 
 import safeagents_batch.execution.batch as batch_module
-from safeagents_batch.backends.base import AttemptRequest, Sink
+from safeagents_batch.backends.base import QUIET_BUILD, AttemptRequest, BuildProgress, Sink
 from safeagents_batch.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_ENGINE_UNAVAILABLE,
@@ -535,10 +535,15 @@ class SlowImages(FakeBackend):
     """Ensures take a while, so that concurrent runs of one image really ask at once."""
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
         time.sleep(0.2)
-        return super().ensure_images(specs, build_logs, rebuild=rebuild)
+        return super().ensure_images(specs, build_logs, rebuild=rebuild, progress=progress)
 
 
 def test_a_failed_image_fails_its_runs_without_attempts_and_is_ensured_once(

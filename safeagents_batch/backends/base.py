@@ -27,6 +27,35 @@ from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
 
 
+class BuildProgress(Protocol):
+    """What a backend says while it builds an image (never for one it finds): called from
+    the thread that builds, maybe several at once for different tags."""
+
+    def started(self, tag: str) -> None: ...
+
+    def output(self, tag: str, line: str) -> None:
+        """One whole line of the build's output (a step, what the step prints), no colours."""
+        ...
+
+    def finished(self, record: ImageRecord) -> None: ...
+
+
+class QuietBuild:
+    """The progress of a build no one watches."""
+
+    def started(self, tag: str) -> None:
+        pass
+
+    def output(self, tag: str, line: str) -> None:
+        pass
+
+    def finished(self, record: ImageRecord) -> None:
+        pass
+
+
+QUIET_BUILD = QuietBuild()
+
+
 @dataclass(frozen=True)
 class Pace:
     """The pool an attempt's model calls are paced in, shared with every attempt in it."""
@@ -128,9 +157,15 @@ class Backend(Protocol):
     name: str
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
-        """Each spec's image present (built, or found by its tag) where runs will go."""
+        """Each spec's image present (built, or found by its tag) where runs will go; a
+        build's start, output and end go to `progress` as they happen."""
         ...
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:

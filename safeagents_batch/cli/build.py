@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from safeagents_batch.cli.builds import BuildDisplay, end_line
 from safeagents_batch.cli.options import SubParsers, docker_backend
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED
 from safeagents_batch.execution.prepare import select_runs
@@ -28,18 +30,21 @@ def command(args: argparse.Namespace) -> int:
     images = [image_spec(c) for c in needed_images(select_runs(specs, args.only))]
     failed = 0
     layout.make_output_dir(jobs_file.output_dir)  # the build logs' place, `.gitignore`d
+    # Its start and steps as it goes; its end line (and versions) printed here, in order.
+    progress = BuildDisplay(live=sys.stderr.isatty(), say_end=False)
     with docker_backend() as backend:
         for image in images:
             [outcome] = backend.ensure_images(
-                [image], jobs_file.output_dir / layout.BUILDS, rebuild=args.rebuild
+                [image],
+                jobs_file.output_dir / layout.BUILDS,
+                rebuild=args.rebuild,
+                progress=progress,
             ).values()
-            seconds = f" in {outcome.build_seconds:.1f}s" if outcome.build_seconds else ""
-            error = f"  ({outcome.error})" if outcome.error else ""
-            print(f"{outcome.status:<7} {outcome.tag}{seconds}{error}", flush=True)
-            if outcome.ok:  # what the tag holds now, as the manifest of a run records it
-                resolved = requested_versions(
-                    image.config, outcome.packages, outcome.azure_cli_packages
-                )
+            print(end_line(outcome), flush=True)
+            resolved = requested_versions(
+                image.config, outcome.packages, outcome.azure_cli_packages
+            )
+            if outcome.ok and resolved:  # what the tag holds now, as a run's manifest says
                 print(f"        {' '.join(resolved)}", flush=True)
             failed += not outcome.ok
     return EXIT_RUNS_FAILED if failed else EXIT_OK

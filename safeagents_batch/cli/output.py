@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
+from safeagents_batch.backends.base import BuildProgress
+from safeagents_batch.cli.builds import BuildDisplay
 from safeagents_batch.core.text import printable
 from safeagents_batch.execution.reporting import Progress
 from safeagents_batch.records.model import RunRecord
@@ -25,6 +27,7 @@ class ConsoleReporter:
     ) -> None:
         self.bar = bar
         self.on_first_finish = on_first_finish
+        self._bar: BarProgress | None = None  # the one showing, for the builds' live line
 
     def notice(self, text: str) -> None:
         print(printable(text), file=sys.stderr, flush=True)
@@ -34,9 +37,20 @@ class ConsoleReporter:
 
     def progress(self, total: int) -> Progress:
         """A bar on a TTY unless told otherwise; plain lines elsewhere."""
-        use_bar = sys.stderr.isatty() and sys.stdout.isatty() if self.bar is None else self.bar
-        shown: Progress = BarProgress(total) if use_bar else LineProgress(total)
+        shown: Progress = LineProgress(total)
+        if self._uses_bar():
+            shown = self._bar = BarProgress(total)
         return shown if self.on_first_finish is None else _FirstFinish(shown, self.on_first_finish)
+
+    def build_progress(self) -> BuildProgress:
+        """Builds as lines beside the runs' lines, or as a live line on the bar's terminal."""
+        return BuildDisplay(live=self._uses_bar(), bar=self._showing_bar)
+
+    def _uses_bar(self) -> bool:
+        return sys.stderr.isatty() and sys.stdout.isatty() if self.bar is None else self.bar
+
+    def _showing_bar(self) -> Any:
+        return None if self._bar is None or self._bar.closed else self._bar.bar
 
 
 class _FirstFinish:
@@ -145,6 +159,7 @@ class BarProgress:
         )
         self.counts: Counter[str] = Counter()
         self.unstarted: Counter[str] = Counter()
+        self.closed = False
 
     def finished(self, record: RunRecord) -> None:
         if never_started(record):
@@ -165,6 +180,7 @@ class BarProgress:
         self.bar.update(1)
 
     def close(self) -> None:
+        self.closed = True
         self.bar.close()
         if self.unstarted:
             print(not_started_line(self.unstarted), file=self.bar.fp, flush=True)

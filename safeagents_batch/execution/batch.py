@@ -292,7 +292,10 @@ class BatchRunner:
     def _ensure_now(self, image: ImageSpec) -> ImageRecord:
         try:
             outcomes = self.backend.ensure_images(
-                [image], BatchLayout(self.batch_dir).images, rebuild=self.options.rebuild
+                [image],
+                BatchLayout(self.batch_dir).images,
+                rebuild=self.options.rebuild,
+                progress=self.reporter.build_progress(),
             )
         except Exception as exc:  # remembered as the image's failure: its runs do not retry it
             error = f"image {image.tag} not available: {type(exc).__name__}: {one_line(exc)}"

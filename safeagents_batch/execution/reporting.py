@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from safeagents_batch.records.model import RunRecord
+from safeagents_batch.backends.base import BuildProgress
+from safeagents_batch.records.model import ImageRecord, RunRecord
 
 
 class Progress(Protocol):
@@ -27,6 +28,10 @@ class Reporter(Protocol):
         """A progress display for `total` runs."""
         ...
 
+    def build_progress(self) -> BuildProgress:
+        """Where the batch's image builds say what they do as they go."""
+        ...
+
 
 class SilentProgress:
     def finished(self, record: RunRecord) -> None:
@@ -43,6 +48,7 @@ class CollectingReporter:
         self.notices: list[str] = []
         self.warnings: list[str] = []
         self.finished: list[RunRecord] = []
+        self.builds: list[tuple[str, str]] = []  # (tag, "started" / a line / the status)
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
@@ -58,3 +64,20 @@ class CollectingReporter:
                 reporter.finished.append(record)
 
         return _Collect()
+
+    def build_progress(self) -> BuildProgress:
+        return _CollectBuild(self.builds)
+
+
+class _CollectBuild:
+    def __init__(self, events: list[tuple[str, str]]) -> None:
+        self.events = events
+
+    def started(self, tag: str) -> None:
+        self.events.append((tag, "started"))
+
+    def output(self, tag: str, line: str) -> None:
+        self.events.append((tag, line))
+
+    def finished(self, record: ImageRecord) -> None:
+        self.events.append((record.tag, record.status))

@@ -43,6 +43,9 @@ def image_config(
     if packages is None:
         return None
     values = {key.name: _value(checker, path, key, raw) for key in FRAMEWORK_KEYS}
+    if "dockerfile" in raw and "base_image" in raw:
+        message = "a framework starts from its `dockerfile` or its `base_image`, not both"
+        checker.add((*path, "dockerfile"), message)
     return ImageConfig(framework=name, packages=packages, image_name=image_name, **values)
 
 
@@ -79,6 +82,10 @@ def _constraints(checker: Checker, path: KeyPath, value: str) -> Path:
     if problem is not None:
         checker.add(path, problem)
     return file
+
+
+def _dockerfile(checker: Checker, path: KeyPath, value: str) -> Path:
+    return checker.existing_file(value, path, "dockerfile")
 
 
 def constraints_problem(file: Path) -> str | None:
@@ -142,4 +149,7 @@ FRAMEWORK_KEYS: tuple[Key[Checker], ...] = (
     Key("source_dirs", _source_dirs, ()),
     Key("constraints", _constraints, None),
     Key("azure_cli", as_is, False),  # when left out: per job, whether it binds ~/.azure
+    Key("system_packages", as_tuple, ()),  # the schema checks each name
+    Key("setup", as_tuple, ()),
+    Key("dockerfile", _dockerfile, None),
 )

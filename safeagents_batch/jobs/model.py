@@ -39,10 +39,20 @@ class ImageConfig:
     # The Azure CLI, in its own layer: set when a job binds ~/.azure, unless the file says.
     azure_cli: bool = False
     constraints: Path | None = None  # pip -c for every install: pins the whole tree
+    system_packages: tuple[str, ...] = ()  # Debian packages, one layer before Python's
+    setup: tuple[str, ...] = ()  # shell commands run as root after the Python install
+    dockerfile: Path | None = None  # the user's Dockerfile: the base, instead of base_image
 
     @property
     def effective_base_image(self) -> str:
         return self.base_image or f"python:{self.python_version}-slim"
+
+    @property
+    def base_label(self) -> str:
+        """What the image starts from, as its label and record say it."""
+        if self.dockerfile is not None:
+            return f"dockerfile:{self.dockerfile.name}"
+        return self.effective_base_image
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,12 @@ def _image(config: ImageConfig, says_azure_cli: bool) -> dict[str, Any]:
         data["requirements"] = str(config.requirements)
     if config.constraints is not None:
         data["constraints"] = str(config.constraints)
+    if config.system_packages:
+        data["system_packages"] = list(config.system_packages)
+    if config.setup:
+        data["setup"] = list(config.setup)
+    if config.dockerfile is not None:
+        data["dockerfile"] = str(config.dockerfile)
     if says_azure_cli:  # left out, it follows each job's `bind_azure_folder`, as written
         data["azure_cli"] = config.azure_cli
     return data

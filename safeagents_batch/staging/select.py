@@ -82,15 +82,23 @@ class _Ignore:
 class _Walk:
     root: Path  # resolved: entries under it are compared with resolved `excluded` paths
     excluded: tuple[Path, ...]
+    also_ignored: tuple[_Ignore, ...] = ()  # rules of the root's own, beside its .gitignore
 
 
 def select_files(
-    directory: Path, *, exclude: Sequence[Path] = (), keep: Sequence[Path] = ()
+    directory: Path,
+    *,
+    exclude: Sequence[Path] = (),
+    keep: Sequence[Path] = (),
+    ignore: Sequence[str] = (),
 ) -> list[CodeFile]:
     """Sorted listing of what leaves `directory`: its files as the rules above select them,
-    and the `keep` paths (scripts) whatever the rules say, if they lie inside it."""
+    and the `keep` paths (scripts) whatever the rules say, if they lie inside it. `ignore`
+    lines are .gitignore lines of the root that leave out files on their own: what either
+    they or the .gitignore files ignore does not ship."""
     root = _root(directory)
-    walk = _Walk(root, tuple(path.resolve() for path in exclude))
+    also = (_Ignore("", _patterns(ignore)),) if ignore else ()
+    walk = _Walk(root, tuple(path.resolve() for path in exclude), also)
     found = {file.relative: file for file in _walk(walk)}
     for path in keep:
         kept = _kept(root, path)
@@ -180,6 +188,7 @@ def _ships_dir(
         or _is_environment(path)
         or _excluded(walk, path)
         or _ignored(rules, relative, is_dir=True)
+        or _ignored(walk.also_ignored, relative, is_dir=True)
     )
 
 
@@ -191,6 +200,7 @@ def _ships_file(
         or SKIPPED_FILES.match(entry.name) is not None
         or _excluded(walk, Path(entry.path))
         or _ignored(rules, relative, is_dir=False)
+        or _ignored(walk.also_ignored, relative, is_dir=False)
     )
 
 

@@ -25,7 +25,13 @@ from docker.models.containers import Container
 from docker.types import CancellableStream, LogConfig, Mount
 from msgspec import structs
 
-from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.backends.base import (
+    QUIET_BUILD,
+    AttemptRequest,
+    BuildProgress,
+    CleanRequest,
+    Sink,
+)
 from safeagents_batch.backends.docker.azure import (
     AzurePlan,
     Copied,
@@ -111,9 +117,14 @@ class DockerBackend:
     # -- Backend -------------------------------------------------------------------------
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
-        images = DockerImages(self.client, build_logs, rebuild=rebuild)
+        images = DockerImages(self.client, build_logs, rebuild=rebuild, progress=progress)
         return {spec.tag: images.ensure(spec) for spec in specs}
 
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:

@@ -19,6 +19,7 @@ import docker
 import docker.errors
 import requests
 
+from safeagents_batch.backends.base import QUIET_BUILD, BuildProgress
 from safeagents_batch.core import labels
 from safeagents_batch.core.errors import one_line
 from safeagents_batch.core.files import open_log
@@ -28,7 +29,7 @@ from safeagents_batch.staging.images import AZURE_CLI_VENV, ImageSpec, write_bui
 
 ERROR_LINES = 3  # of the failing step's output, in a failed build's one-line error
 TAIL_LINES = 12  # where they are looked for: the end of its output
-ERROR_LINE = re.compile(r"(error|ERROR|Error)\b")
+ERROR_LINE = re.compile(r"(error|ERROR|Error)\b|E: ")  # `E: ` is apt-get's
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILDER_LINE = re.compile(r"(Step \d+/\d+ : |---> |Removing intermediate container |Successfully )")
 NON_ZERO = re.compile(r"returned a non-zero code: (\d+)")
@@ -82,11 +83,17 @@ class DockerImages:
     memory of earlier outcomes; the orchestrator makes concurrent asks for one tag share one."""
 
     def __init__(
-        self, client: docker.DockerClient, log_dir: Path, *, rebuild: bool = False
+        self,
+        client: docker.DockerClient,
+        log_dir: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> None:
         self.client = client
         self.log_dir = log_dir
         self.rebuild = rebuild
+        self.progress = progress
 
     def ensure(self, spec: ImageSpec) -> ImageRecord:
         found = None if self.rebuild else self._labels(spec.tag)
@@ -162,6 +169,12 @@ class DockerImages:
                 raise docker.errors.BuildError(error, [])
 
     def _build(self, spec: ImageSpec) -> ImageRecord:
+        self.progress.started(spec.tag)
+        record = self._build_now(spec)
+        self.progress.finished(record)
+        return record
+
+    def _build_now(self, spec: ImageSpec) -> ImageRecord:
         log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
         started = time.monotonic()
         replaced = self._image_id(spec.tag)  # a rebuild's old image, removed once replaced
@@ -233,6 +246,7 @@ class DockerImages:
         try:
             stream = self.client.api.build(
                 path=str(context),
+                dockerfile=spec.dockerfile_path,
                 tag=spec.tag,
                 rm=True,
                 forcerm=True,
@@ -244,7 +258,8 @@ class DockerImages:
             output = StepOutput()
             for chunk in stream:
                 steps += _step_image(chunk)
-                output.feed(str(chunk.get("stream", "")))
+                for line in output.feed(str(chunk.get("stream", ""))):
+                    self.progress.output(spec.tag, line)
                 error = _write_chunk(chunk, log)
                 if error:
                     return _real_error(error, output.lines())
@@ -262,9 +277,12 @@ class StepOutput:
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._partial = ""
 
-    def feed(self, text: str) -> None:
+    def feed(self, text: str) -> list[str]:
+        """Takes a chunk; returns the lines it completes (the builder's own among them)."""
         *complete, self._partial = (self._partial + text).split("\n")
-        self._tail.extend(line for line in map(_clean, complete) if line)
+        lines = [line for line in (_uncoloured(text) for text in complete) if line]
+        self._tail.extend(line for line in lines if not _builders(line))
+        return lines
 
     def lines(self) -> list[str]:
         last = _clean(self._partial)
@@ -273,8 +291,17 @@ class StepOutput:
 
 def _clean(line: str) -> str:
     """A line without colour codes, and none at all if the builder itself wrote it."""
-    text = ANSI.sub("", line).strip()
-    return "" if BUILDER_LINE.match(text) else text
+    text = _uncoloured(line)
+    return "" if _builders(text) else text
+
+
+def _uncoloured(line: str) -> str:
+    """Without colour codes; of a line a progress display rewrote (`\r`), its last state."""
+    return ANSI.sub("", line).strip().rsplit("\r", 1)[-1].strip()
+
+
+def _builders(line: str) -> bool:
+    return BUILDER_LINE.match(line) is not None
 
 
 def _real_error(error: str, lines: list[str]) -> str:
@@ -313,7 +340,7 @@ def image_labels(spec: ImageSpec) -> dict[str, str]:
         labels.MANAGED: "true",
         labels.FRAMEWORK: spec.config.framework,
         labels.DIGEST: spec.digest,
-        labels.BASE: spec.config.effective_base_image,
+        labels.BASE: spec.config.base_label,
         labels.VERSION: VERSION,
     }
 

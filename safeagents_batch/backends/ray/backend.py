@@ -35,7 +35,13 @@ import ray.util
 from msgspec import structs
 from ray._private.services import canonicalize_bootstrap_address_or_die
 
-from safeagents_batch.backends.base import AttemptRequest, CleanRequest, Sink
+from safeagents_batch.backends.base import (
+    QUIET_BUILD,
+    AttemptRequest,
+    BuildProgress,
+    CleanRequest,
+    Sink,
+)
 from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend, with_calls
 from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.ray import boot as ray_boot
@@ -217,10 +223,15 @@ class RayBackend:
     # -- Backend -------------------------------------------------------------------------
 
     def ensure_images(
-        self, specs: Sequence[ImageSpec], build_logs: Path, *, rebuild: bool = False
+        self,
+        specs: Sequence[ImageSpec],
+        build_logs: Path,
+        *,
+        rebuild: bool = False,
+        progress: BuildProgress = QUIET_BUILD,
     ) -> dict[str, ImageRecord]:
         self._board.start()  # the agents start while the driver's engine builds
-        outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild)
+        outcomes = self.local.ensure_images(specs, build_logs, rebuild=rebuild, progress=progress)
         ready = self._board.wait_ready(AGENT_START_SECONDS)
         self._tell_waiting(len(ready))
         return {
