@@ -121,6 +121,10 @@ def test_report_writes_the_page_and_both_results_files_and_prints_its_path(
     assert (row["refused"], row["score"], row["meta.n"]) == (False, 2, 1)
     assert (row["status"], row["attempt"], row["exit_code"]) == ("succeeded", 1, 0)
     assert rows["single-b"]["VARIANT"] is None  # a job without that variable
+    # The framework column is each job's framework, as the jobs file names it.
+    assert {r["framework"] for r in rows.values()} == {"plain", "other"}
+    page_runs = page_data(batch / "report.html")["runs"]
+    assert {r["id"]: r["fw"] for r in page_runs} == {r: rows[r]["framework"] for r in rows}
 
 
 def test_the_page_is_self_contained_and_fetches_nothing(batch: Path) -> None:

@@ -15,6 +15,7 @@ from safeagents_batch.records.model import ImageRecord
 
 EVERY_SECONDS = 10.0  # off a terminal: at most one line per build this often
 CLEAR_LINE = "\r\x1b[K"
+BAR_WIDTH = 45  # what a progress bar needs beside its description: `40%|####  | 4/10 [...]`
 
 
 class BuildDisplay:
@@ -72,7 +73,7 @@ class BuildDisplay:
     def _rewrite(self, text: str, *, short: str) -> None:
         bar = self.bar()
         if bar is not None:
-            bar.set_description_str(printable(short, _width() // 2), refresh=True)
+            bar.set_description_str(printable(short, max(20, _width() - BAR_WIDTH)), refresh=True)
             return
         shown = printable(text, _width() - 1)
         self._write(f"{CLEAR_LINE}{shown}" if shown else CLEAR_LINE)

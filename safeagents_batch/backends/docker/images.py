@@ -32,6 +32,8 @@ TAIL_LINES = 12  # where they are looked for: the end of its output
 ERROR_LINE = re.compile(r"(error|ERROR|Error)\b|E: ")  # `E: ` is apt-get's
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILDER_LINE = re.compile(r"(Step \d+/\d+ : |---> |Removing intermediate container |Successfully )")
+# The builder's own lines but its steps: not worth showing while a build goes.
+BUILDER_NOISE = re.compile(r"(---> |Removing intermediate container |Successfully )")
 NON_ZERO = re.compile(r"returned a non-zero code: (\d+)")
 STEP_IMAGE = re.compile(r"---> ([0-9a-f]{12,64})")  # a step's image; not "---> Running in ..."
 # Both environments' freeze in one container; the marker line parts them.
@@ -259,7 +261,8 @@ class DockerImages:
             for chunk in stream:
                 steps += _step_image(chunk)
                 for line in output.feed(str(chunk.get("stream", ""))):
-                    self.progress.output(spec.tag, line)
+                    if not BUILDER_NOISE.match(line):
+                        self.progress.output(spec.tag, line)
                 error = _write_chunk(chunk, log)
                 if error:
                     return _real_error(error, output.lines())
