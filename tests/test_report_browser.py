@@ -132,7 +132,7 @@ def test_script_output_shows_as_text_and_runs_nothing(browser: Chrome, report: P
     errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "td.err")]
     assert any(SCRIPT_LINE in text for text in errors)
     assert browser.find_elements(By.CSS_SELECTOR, "img") == []
-    assert len(browser.find_elements(By.TAG_NAME, "script")) == 2  # data and our script
+    assert len(browser.find_elements(By.TAG_NAME, "script")) == 5  # data, ours, d3, Plot, charts
     assert no_alert(browser)
     assert console_messages(browser) == []
 

@@ -25,7 +25,7 @@ from safeagents_batch.execution.rerun import INTERRUPTED_REASON, RerunChoice, re
 from safeagents_batch.jobs.load import load_and_expand
 from safeagents_batch.jobs.schema import validate_against
 from safeagents_batch.jobs.secrets import REDACTED
-from safeagents_batch.report.page import open_batch
+from safeagents_batch.report.batch import open_batch
 
 HEADER = """\
 version: 1

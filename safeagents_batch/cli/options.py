@@ -112,6 +112,13 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
         help="plain one-line-per-run output even on a terminal",
     )
     p.add_argument(
+        "--report",
+        type=seconds,
+        metavar="SECONDS",
+        help="rewrite BATCH_DIR/report.html while the batch runs, at most this often; the "
+        "page reloads itself until the batch ends",
+    )
+    p.add_argument(
         "--engine-wait",
         type=seconds,
         default=DEFAULT_ENGINE_WAIT,
@@ -122,7 +129,11 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 
 def reporter(args: argparse.Namespace) -> ConsoleReporter:
-    return ConsoleReporter(bar=False if args.no_progress else None, on_first_finish=warm_up_report)
+    return ConsoleReporter(
+        bar=False if args.no_progress else None,
+        on_first_finish=warm_up_report,
+        report_every=args.report,
+    )
 
 
 def finish_batch(outcome: BatchOutcome) -> int:

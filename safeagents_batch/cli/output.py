@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from safeagents_batch.backends.base import BuildProgress
 from safeagents_batch.cli.builds import BuildDisplay
+from safeagents_batch.cli.live import LiveReport
 from safeagents_batch.core.text import printable
 from safeagents_batch.execution.reporting import Progress
 from safeagents_batch.records.model import RunRecord
@@ -23,11 +25,17 @@ class ConsoleReporter:
     the batch is under way, for work that must not delay the first container."""
 
     def __init__(
-        self, *, bar: bool | None = None, on_first_finish: Callable[[], object] | None = None
+        self,
+        *,
+        bar: bool | None = None,
+        on_first_finish: Callable[[], object] | None = None,
+        report_every: float | None = None,
     ) -> None:
         self.bar = bar
         self.on_first_finish = on_first_finish
+        self.report_every = report_every  # `--report SECONDS`: the page rewritten as it runs
         self._bar: BarProgress | None = None  # the one showing, for the builds' live line
+        self._batch_dir: Path | None = None
 
     def notice(self, text: str) -> None:
         print(printable(text), file=sys.stderr, flush=True)
@@ -40,7 +48,12 @@ class ConsoleReporter:
         shown: Progress = LineProgress(total)
         if self._uses_bar():
             shown = self._bar = BarProgress(total)
+        if self.report_every is not None and self._batch_dir is not None:
+            shown = LiveReport(shown, self._batch_dir, self.report_every)
         return shown if self.on_first_finish is None else _FirstFinish(shown, self.on_first_finish)
+
+    def started(self, batch_dir: Path) -> None:
+        self._batch_dir = batch_dir
 
     def build_progress(self) -> BuildProgress:
         """Builds as lines beside the runs' lines, or as a live line on the bar's terminal."""

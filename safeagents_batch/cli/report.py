@@ -7,9 +7,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safeagents_batch.cli.options import SubParsers
 from safeagents_batch.core.errors import EXIT_OK, UsageError
+from safeagents_batch.core.units import format_number
+
+if TYPE_CHECKING:  # the report's modules load when a report is written, not before
+    from safeagents_batch.report.compare import MeanChange
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -33,6 +38,21 @@ def add_parser(sub: SubParsers) -> None:
     p.set_defaults(command=command)
 
 
+MARKED_SHOWN = 20  # of the cells whose change is beyond its interval (--json has all)
+
+
+def marked_line(change: MeanChange) -> str:
+    """`job [A=x] field: 0.2 -> 0.7, +0.5 [+0.32, +0.66] (n 100, 100)`."""
+    cell = ", ".join(f"{k}={v}" for k, v in change.cell.items()) or "all"
+    difference, was, now = change.change, change.was, change.now
+    assert difference is not None and was is not None and now is not None  # marked: all there
+    return (
+        f"{change.job} [{cell}] {change.field}: {format_number(was.mean)} -> "
+        f"{format_number(now.mean)}, {difference.delta:+.3g} "
+        f"[{difference.low:+.3g}, {difference.high:+.3g}] (n {was.n:,}, {now.n:,})"
+    )
+
+
 def command(args: argparse.Namespace) -> int:
     if args.json and args.compare is None:
         raise UsageError("--json prints the comparison: it needs --compare OTHER_BATCH_DIR")
@@ -50,7 +70,10 @@ def command(args: argparse.Namespace) -> int:
         print(
             f"compared with {c.baseline}: {len(c.newly_failing)} newly failing, "
             f"{len(c.newly_succeeding)} newly succeeding, {len(c.changed)} changed status, "
-            f"{len(c.only_here)} only here, {len(c.only_there)} only there"
+            f"{len(c.only_here)} only here, {len(c.only_there)} only there, "
+            f"{sum(1 for m in c.means if m.marked)} cell mean(s) changed beyond their 95% interval"
         )
+        for change in [m for m in c.means if m.marked][:MARKED_SHOWN]:
+            print(f"  * {marked_line(change)}")
     print(files.html)
     return EXIT_OK

@@ -171,6 +171,7 @@ class BatchRunner:
         if new_images.keys() - self.store.manifest.images.keys():
             self.store.add_images(list(new_images.values()))
         run_ids = [s.run_id for s in self.work.specs]
+        self.reporter.started(self.batch_dir)
         # The handlers stay until the manifest is final: a second Ctrl-C during cleanup must
         # not turn into a KeyboardInterrupt that leaves the batch `running` with no hint.
         with interrupt_handling(self.cancel, self.reporter):

@@ -3,6 +3,7 @@ terminal, DockerRunner turns one into `warnings` and `logging`, tests collect on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from safeagents_batch.backends.base import BuildProgress
@@ -32,6 +33,10 @@ class Reporter(Protocol):
         """Where the batch's image builds say what they do as they go."""
         ...
 
+    def started(self, batch_dir: Path) -> None:
+        """The batch dir is written and its runs are about to start (`run`, `rerun`)."""
+        ...
+
 
 class SilentProgress:
     def finished(self, record: RunRecord) -> None:
@@ -49,6 +54,7 @@ class CollectingReporter:
         self.warnings: list[str] = []
         self.finished: list[RunRecord] = []
         self.builds: list[tuple[str, str]] = []  # (tag, "started" / a line / the status)
+        self.batch_dir: Path | None = None
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
@@ -67,6 +73,9 @@ class CollectingReporter:
 
     def build_progress(self) -> BuildProgress:
         return _CollectBuild(self.builds)
+
+    def started(self, batch_dir: Path) -> None:
+        self.batch_dir = batch_dir
 
 
 class _CollectBuild:

@@ -32,6 +32,8 @@ RUNS = "runs"
 REPORT = "report.html"
 RESULTS_CSV = "results.csv"
 RESULTS_JSONL = "results.jsonl"
+SAMPLES_CSV = "samples.csv"  # every run's samples, one row each
+SAMPLES_JSONL = "samples.jsonl"
 BUILDS = "builds"  # beside the batch dirs, in the output dir: `build`'s logs
 
 # Inside an attempt's dir: the tool's own files; the script's artifacts go beside them.
@@ -46,6 +48,7 @@ TRACEBACK = "traceback.log"
 MODEL_CALLS = "model_calls.jsonl"
 RESERVED_NAMES = (*LOG_NAMES, TRACEBACK, MODEL_CALLS)
 RESULT = "result.json"  # what a script may leave in /safeagents/logs: its result
+SAMPLES = "results.jsonl"  # ... and its results per sample, one JSON object a line
 
 
 @dataclass(frozen=True)

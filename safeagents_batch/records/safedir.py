@@ -23,6 +23,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from safeagents_batch.core.errors import UsageError
 from safeagents_batch.core.files import DIR_FLAGS, NotAFile, open_dir_below, open_regular, read_fd
@@ -32,7 +33,6 @@ MAX_LIST_DEPTH = 32  # directories below an attempt dir that a listing of its fi
 NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_RDWR: opening a FIFO planted there does not wait for a writer; fstat then refuses it.
 LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-CHUNK = 1 << 20
 
 
 class UnsafePath(UsageError):
@@ -156,6 +156,14 @@ class SafeDir:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def reader(self, relative: str) -> Iterator[BinaryIO]:
+        """The regular file, to stream (a file the script wrote may be any size: its reader
+        bounds what it takes)."""
+        fd = self._open_below(relative, READ_FLAGS, create=False)
+        with os.fdopen(fd, "rb") as stream:
+            yield stream
+
     def read_tail(self, relative: str, size: int) -> tuple[bytes, int]:
         """The last `size` bytes of the regular file, and its whole size."""
         fd = self._open_below(relative, READ_FLAGS, create=False)
@@ -211,16 +219,22 @@ class SafeDir:
     def write(self, relative: str, data: bytes, *, sync: bool = False) -> None:
         """The file, whole: a unique temp name beside it, renamed into place (a link or file
         planted at the name is replaced, never written through)."""
+        with self.writer(relative, sync=sync) as stream:
+            stream.write(data)
+
+    @contextlib.contextmanager
+    def writer(self, relative: str, *, sync: bool = False) -> Iterator[BinaryIO]:
+        """`write`, of data made as it is written (a table too big to hold whole): the file
+        is renamed into place when the block ends without an exception, else removed."""
         parent, name = self._parent(relative, create=True)
         temp = f".{name}.{secrets.token_hex(8)}.tmp"
         try:
             fd = os.open(temp, NEW_FLAGS, 0o666, dir_fd=parent)
-            try:
-                _write_all(fd, data)
+            with os.fdopen(fd, "wb") as stream:
+                yield stream
+                stream.flush()
                 if sync:
                     os.fsync(fd)
-            finally:
-                os.close(fd)
             os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -262,9 +276,3 @@ class _Walk:
                     self.scan(os.open(name, DIR_FLAGS, dir_fd=fd), f"{prefix}{name}/", depth + 1)
         finally:
             os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:CHUNK]) :]

@@ -1,14 +1,17 @@
 """Comparing a batch with an earlier one, run by run (matched by run id) and cell by cell
-(the change of each numeric result mean). Pure: result rows in, a Comparison out."""
+(the change of each numeric field's mean, with its 95% interval: a cell whose interval
+excludes zero changed beyond what its counts explain). Pure: two batches' results in, a
+Comparison out."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from safeagents_batch.report.matrix import JobMatrix, job_matrices
+from safeagents_batch.report.batch import BatchResults
+from safeagents_batch.report.matrix import JobMatrix
 from safeagents_batch.report.results import ResultRow
+from safeagents_batch.report.stats import Difference, Estimate, difference
 
 
 @dataclass(frozen=True)
@@ -21,20 +24,66 @@ class StatusChange:
 
 @dataclass(frozen=True)
 class MeanChange:
-    """One numeric result field of one matrix cell, in the earlier batch and in this one
-    (None where the cell or the field is only in one of them)."""
+    """One numeric field of one matrix cell, its estimate in the earlier batch and in this
+    one (None where the cell or the field is only in one of them), and their difference."""
 
     job: str
     cell: dict[str, str]
     field: str
-    before: float | None
-    after: float | None
+    was: Estimate | None
+    now: Estimate | None
+
+    @property
+    def before(self) -> float | None:
+        return self.was.mean if self.was is not None else None
+
+    @property
+    def after(self) -> float | None:
+        return self.now.mean if self.now is not None else None
+
+    @property
+    def change(self) -> Difference | None:
+        if self.was is None or self.now is None:
+            return None
+        return difference(self.was, self.now)
 
     @property
     def delta(self) -> float | None:
-        if self.before is None or self.after is None:
-            return None
-        return self.after - self.before
+        change = self.change
+        return change.delta if change is not None else None
+
+    @property
+    def marked(self) -> bool:
+        """The difference's 95% interval excludes zero."""
+        change = self.change
+        return change is not None and change.excludes_zero
+
+    def to_json(self) -> dict[str, Any]:
+        change = self.change
+        return {
+            "job": self.job,
+            "cell": self.cell,
+            "field": self.field,
+            "before": _estimate_json(self.was),
+            "after": _estimate_json(self.now),
+            "delta": change.delta if change else None,
+            "delta_low": change.low if change else None,
+            "delta_high": change.high if change else None,
+            "method": change.method if change else None,
+            "excludes_zero": self.marked,
+        }
+
+
+def _estimate_json(estimate: Estimate | None) -> dict[str, Any] | None:
+    if estimate is None:
+        return None
+    return {
+        "n": estimate.n,
+        "mean": estimate.mean,
+        "low": estimate.low,
+        "high": estimate.high,
+        "method": estimate.method,
+    }
 
 
 @dataclass(frozen=True)
@@ -55,15 +104,14 @@ class Comparison:
             "changed": [asdict(c) for c in self.changed],
             "only_here": list(self.only_here),
             "only_there": list(self.only_there),
-            "means": [{**asdict(m), "delta": m.delta} for m in self.means],
+            "means": [m.to_json() for m in self.means],
+            "marked": sum(1 for m in self.means if m.marked),
         }
 
 
-def compare_rows(
-    baseline: str, before: Sequence[ResultRow], after: Sequence[ResultRow]
-) -> Comparison:
-    old = {str(r.fixed["run_id"]): r for r in before}
-    new = {str(r.fixed["run_id"]): r for r in after}
+def compare_results(baseline: str, before: BatchResults, after: BatchResults) -> Comparison:
+    old = {str(r.fixed["run_id"]): r for r in before.rows}
+    new = {str(r.fixed["run_id"]): r for r in after.rows}
     changed = tuple(
         StatusChange(run_id, str(row.fixed["job"]), _status(old[run_id]), _status(row))
         for run_id, row in new.items()
@@ -76,7 +124,7 @@ def compare_rows(
         changed=changed,
         only_here=tuple(r for r in new if r not in old),
         only_there=tuple(r for r in old if r not in new),
-        means=mean_changes(job_matrices(before), job_matrices(after)),
+        means=mean_changes(before.matrices, after.matrices),
     )
 
 
@@ -97,14 +145,14 @@ def mean_changes(before: list[JobMatrix], after: list[JobMatrix]) -> tuple[MeanC
             previous = {}
         for cell in matrix.cells:
             gone = previous.get(cell.key)
-            for field in dict.fromkeys([*(gone.means if gone else {}), *cell.means]):
+            for field in dict.fromkeys([*(gone.stats if gone else {}), *cell.stats]):
                 changes.append(
                     MeanChange(
                         matrix.job,
                         dict(zip(variables, cell.key, strict=True)),
                         field,
-                        gone.means.get(field) if gone else None,
-                        cell.means.get(field),
+                        gone.stats.get(field) if gone else None,
+                        cell.stats.get(field),
                     )
                 )
     return tuple(changes)

@@ -13,7 +13,6 @@ import functools
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,50 +25,28 @@ from markupsafe import Markup
 from safeagents_batch.core.errors import UsageError
 from safeagents_batch.core.units import format_number
 from safeagents_batch.records import layout
-from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG, BatchLayout
-from safeagents_batch.records.manifest import Manifest, load_manifest
+from safeagents_batch.records.layout import RESERVED_NAMES, STDERR_LOG
+from safeagents_batch.records.manifest import Manifest
 from safeagents_batch.records.model import STATUSES, RunRecord
 from safeagents_batch.records.provenance import GitState
-from safeagents_batch.records.safedir import SafeDir, inside
-from safeagents_batch.report.compare import Comparison, compare_rows
-from safeagents_batch.report.matrix import job_matrices
+from safeagents_batch.records.safedir import SafeDir
+from safeagents_batch.report.batch import BatchResults, BatchView, open_batch, read_results
+from safeagents_batch.report.compare import Comparison, compare_results
+from safeagents_batch.report.matrix import chart_cells
 from safeagents_batch.report.results import (
     ResultRow,
-    read_result,
     recorded_columns,
     write_results,
 )
-from safeagents_batch.report.usage import usage_cells, usage_lines
+from safeagents_batch.report.stats import METHODS
+from safeagents_batch.report.timeline import attempt_lanes
+from safeagents_batch.report.usage import usage_lines
 
 REPORT_FORMAT = 1
 TAIL_LINES = 20
 TAIL_BYTES = 2048
+REFRESH_SECONDS = 30  # how often the page of a running batch reloads itself
 MAX_ARTIFACTS_LISTED = 50  # per run: a script that leaves 10,000 files gets a count instead
-
-
-@dataclass(frozen=True)
-class BatchView:
-    """A batch as the report reads it: the manifest, where it really is now (every file below
-    it read through `safe`), and per run its matrix values (in the jobs file's order)."""
-
-    manifest: Manifest
-    batch_dir: Path
-    matrix: dict[str, dict[str, str]]
-    safe: SafeDir
-
-    @property
-    def layout(self) -> BatchLayout:
-        return BatchLayout(self.batch_dir)
-
-    def local(self, recorded: str | None) -> str | None:
-        """A path the manifest recorded, relative to the batch dir where it is now (checked
-        inside it when the manifest was read)."""
-        if recorded is None:
-            return None
-        return inside(recorded, self.manifest.batch_dir)
-
-    def close(self) -> None:
-        self.safe.close()
 
 
 @dataclass(frozen=True)
@@ -78,65 +55,6 @@ class ReportFiles:
     csv: Path
     jsonl: Path
     comparison: Comparison | None = None
-
-
-def open_batch(batch_dir: Path) -> BatchView:
-    """The batch at `batch_dir`, to read (the caller closes it)."""
-    if not batch_dir.is_dir():
-        raise UsageError(f"{batch_dir}: no such batch directory")
-    manifest = load_manifest(batch_dir)
-    safe = SafeDir(batch_dir.absolute())
-    return BatchView(manifest, batch_dir.absolute(), matrix_of_runs(manifest), safe)
-
-
-def matrix_of_runs(manifest: Manifest) -> dict[str, dict[str, str]]:
-    """Each run's matrix values, as its record has them since they were recorded (manifest
-    version 3); for older records, guessed from the env values that differ between a job's
-    runs."""
-    guessed = matrix_from_env([r for r in manifest.runs.values() if r.matrix is None])
-    return {
-        run_id: record.matrix if record.matrix is not None else guessed.get(run_id, {})
-        for run_id, record in manifest.runs.items()
-    }
-
-
-def matrix_from_env(records: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
-    """The fallback: per job, the env names whose values differ between its runs."""
-    by_job: dict[str, list[RunRecord]] = {}
-    for record in records:
-        by_job.setdefault(record.job, []).append(record)
-    matrix: dict[str, dict[str, str]] = {}
-    for runs in by_job.values():
-        names = [n for n in runs[0].env if len({r.env.get(n) for r in runs}) > 1]
-        for record in runs:
-            matrix[record.run_id] = {n: record.env.get(n, "") for n in names}
-    return matrix
-
-
-# -- results ------------------------------------------------------------------------------
-
-
-def result_rows(view: BatchView) -> list[ResultRow]:
-    return [_result_row(view, record) for record in view.manifest.runs.values()]
-
-
-def _result_row(view: BatchView, record: RunRecord) -> ResultRow:
-    latest = record.latest
-    return ResultRow(
-        fixed={
-            "run_id": record.run_id,
-            "job": record.job,
-            "framework": record.framework,
-            "status": record.status,
-            "attempt": latest.number if latest is not None else None,
-            "exit_code": record.exit_code,
-            "duration_seconds": record.duration_seconds,
-        },
-        matrix=view.matrix.get(record.run_id, {}),
-        recorded={name: record.env[name] for name in record.recorded if name in record.env},
-        result=read_result(view.safe, view.local(record.log_dir)),
-        usage=usage_cells(latest.outcome.usage if latest and latest.outcome else None),
-    )
 
 
 # -- files of an attempt ------------------------------------------------------------------
@@ -177,17 +95,27 @@ def href(path: Path, report_dir: Path) -> str:
 # -- the page -----------------------------------------------------------------------------
 
 
-def page_data(view: BatchView, rows: Sequence[ResultRow], report_dir: Path) -> dict[str, Any]:
-    """What the page's script renders: one compact entry per run, columns named once."""
+def page_data(view: BatchView, results: BatchResults, report_dir: Path) -> dict[str, Any]:
+    """What the page's script renders: one compact entry per run, columns named once; each
+    matrix cell's estimates and each attempt's time, for the charts."""
+    rows = results.rows
     columns = list(dict.fromkeys(name for row in rows for name in row.matrix))
     recorded = recorded_columns(rows)
+    samples = results.samples
     return {
         "format": REPORT_FORMAT,
         "statuses": list(STATUSES),
         "matrix": columns,
         "recorded": recorded,
+        "methods": METHODS,
+        "cells": chart_cells(results.matrices),
+        "attempts": attempt_lanes(view.manifest),
         "runs": [
-            _run_entry(view, record, row, (columns, recorded), report_dir)
+            {
+                **_run_entry(view, record, row, (columns, recorded), report_dir),
+                "ns": samples.counts.get(record.run_id, 0),
+                "note": row.result.note or samples.notes.get(record.run_id),
+            }
             for record, row in zip(view.manifest.runs.values(), rows, strict=True)
         ],
     }
@@ -223,7 +151,6 @@ def _run_entry(
         "art": artifacts,
         "nart": artifact_count,
         "tail": stderr_tail(view.safe, attempt_dir) if unsuccessful else None,
-        "note": row.result.note,
     }
 
 
@@ -266,9 +193,11 @@ def _asset(name: str) -> Markup:
 
 def render(
     view: BatchView,
-    rows: Sequence[ResultRow],
+    results: BatchResults,
     report_path: Path,
     comparison: Comparison | None = None,
+    *,
+    refresh: int = REFRESH_SECONDS,
 ) -> str:
     report_dir = report_path.absolute().parent
     manifest = view.manifest
@@ -278,19 +207,28 @@ def render(
         summary=manifest.summary(),
         statuses=STATUSES,
         images=[_image_entry(view, i.tag, report_dir) for i in manifest.images.values()],
-        matrices=job_matrices(rows),
+        matrices=results.matrices,
+        methods=METHODS,
         code_states=code_states(manifest),
-        usage=usage_lines(rows),
+        usage=usage_lines(results.rows),
         comparison=comparison,
-        data=page_data(view, rows, report_dir),
+        data=page_data(view, results, report_dir),
         css=_asset("report.css"),
         js=_asset("report.js"),
+        charts=_asset("charts.js"),
+        plot=[
+            (_asset("vendor/LICENSE.d3"), _asset("vendor/d3.min.js")),
+            (_asset("vendor/LICENSE.plot"), _asset("vendor/plot.umd.min.js")),
+        ],
         links={
             "manifest": href(view.layout.manifest, report_dir),
             "csv": href(view.layout.results_csv, report_dir),
             "jsonl": href(view.layout.results_jsonl, report_dir),
+            "samples": href(view.batch_dir / layout.SAMPLES_CSV, report_dir),
         },
+        samples=results.samples.total,
         fmt_cell=format_number,
+        refresh=refresh,
     )
 
 
@@ -314,7 +252,11 @@ def _image_entry(view: BatchView, tag: str, report_dir: Path) -> dict[str, Any]:
 
 
 def write_report(
-    batch_dir: Path, output: Path | None = None, compare_with: Path | None = None
+    batch_dir: Path,
+    output: Path | None = None,
+    compare_with: Path | None = None,
+    *,
+    refresh: int = REFRESH_SECONDS,
 ) -> ReportFiles:
     """report.html (or `output`), results.csv and results.jsonl for the batch at `batch_dir`;
     with `compare_with`, the report compares the batch against that earlier one. Every file
@@ -322,11 +264,11 @@ def write_report(
     (a link to a file elsewhere) is replaced, never written through."""
     view = open_batch(batch_dir)
     try:
-        rows = result_rows(view)
-        comparison = _comparison(compare_with, rows)
-        csv_path, jsonl_path = write_results(rows, view.safe)
+        results = read_results(view, write_sample_files=True)
+        comparison = _comparison(compare_with, results)
+        csv_path, jsonl_path = write_results(results.rows, view.safe)
         html_path = (output or view.layout.report).absolute()
-        html = render(view, rows, html_path, comparison).encode("utf-8")
+        html = render(view, results, html_path, comparison, refresh=refresh).encode("utf-8")
         if output is None:
             view.safe.write(layout.REPORT, html)
         else:  # wherever the user said, written the same way
@@ -337,11 +279,11 @@ def write_report(
     return ReportFiles(html_path, csv_path, jsonl_path, comparison)
 
 
-def _comparison(compare_with: Path | None, rows: Sequence[ResultRow]) -> Comparison | None:
+def _comparison(compare_with: Path | None, results: BatchResults) -> Comparison | None:
     if compare_with is None:
         return None
     other = open_batch(compare_with)
     try:
-        return compare_rows(other.manifest.batch_id, result_rows(other), rows)
+        return compare_results(other.manifest.batch_id, read_results(other), results)
     finally:
         other.close()

@@ -87,15 +87,16 @@ def read_result(safe: SafeDir, attempt_dir: str | None) -> ResultFile:
     return parse_result(raw)
 
 
-def parse_result(raw: bytes) -> ResultFile:
+def parse_result(raw: bytes, name: str = RESULT) -> ResultFile:
+    """One JSON object (`name`, for its notes: result.json, or a line of results.jsonl)."""
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_integer)
     except (UnicodeDecodeError, ValueError) as exc:
-        return ResultFile(note=f"{RESULT}: not valid JSON: {exc}")
+        return ResultFile(note=f"{name}: not valid JSON: {exc}")
     except RecursionError:
-        return ResultFile(note=f"{RESULT}: nested too deeply")
+        return ResultFile(note=f"{name}: nested too deeply")
     if not isinstance(data, dict):
-        return ResultFile(note=f"{RESULT}: not a JSON object but {type(data).__name__}")
+        return ResultFile(note=f"{name}: not a JSON object but {type(data).__name__}")
     return ResultFile(fields=flatten(data))
 
 
@@ -188,9 +189,9 @@ def write_results(rows: Sequence[ResultRow], safe: SafeDir) -> tuple[Path, Path]
     columns = header(rows)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    writer.writerow(_csv_cell(column) for column in columns)  # result.json names its fields
+    writer.writerow(csv_cell(column) for column in columns)  # result.json names its fields
     for row in rows:
-        writer.writerow(_csv_cell(v) for v in as_dict(row, columns).values())
+        writer.writerow(csv_cell(v) for v in as_dict(row, columns).values())
     lines = "".join(json.dumps(as_dict(row, columns), ensure_ascii=False) + "\n" for row in rows)
     safe.write(layout.RESULTS_CSV, table.getvalue().encode("utf-8"))
     safe.write(layout.RESULTS_JSONL, lines.encode("utf-8"))
@@ -198,7 +199,7 @@ def write_results(rows: Sequence[ResultRow], safe: SafeDir) -> tuple[Path, Path]
     return where.results_csv, where.results_jsonl
 
 
-def _csv_cell(value: Scalar) -> str:
+def csv_cell(value: Scalar) -> str:
     """A cell as a spreadsheet should take it: text that would run as a formula is quoted
     with a leading apostrophe (numbers stay numbers); results.jsonl keeps the raw value."""
     if value is None:
