@@ -5,6 +5,7 @@ and that a batch tells its reporter about the builds it makes."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 from conftest import Project
 from fakes import FakeBackend
@@ -48,7 +49,7 @@ def built(seconds: float = 31.24) -> ImageRecord:
 
 def test_off_a_terminal_a_build_is_a_start_line_its_steps_every_10_s_and_an_end_line() -> None:
     clock, stream = Clock(), io.StringIO()
-    display = BuildDisplay(stream, live=False, clock=clock)
+    display = BuildDisplay(stream, live=False, clock=clock, later=Later())
 
     display.started(TAG)
     for second, line in enumerate(["Step 1/9 : FROM python", "Step 2/9 : ENV X=1"] * 20):
@@ -68,9 +69,43 @@ def test_off_a_terminal_a_build_is_a_start_line_its_steps_every_10_s_and_an_end_
     assert CLEAR_LINE not in stream.getvalue()
 
 
+class Later:
+    """The display's timer, fired by the test."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self, seconds: float, function: Callable[[], None]) -> None:
+        self.due.append((seconds, function))
+
+
+def test_a_line_held_back_is_shown_when_its_time_comes() -> None:
+    """A step that starts 3 s after the last line shown, then a minute of silence: the
+    step is shown 10 s after that line, not when the next output comes."""
+    clock, stream, later = Clock(), io.StringIO(), Later()
+    display = BuildDisplay(stream, live=False, clock=clock, later=later)
+    display.started(TAG)
+    clock.now += 10
+    display.output(TAG, "Step 4/9 : COPY requirements.txt")  # shown: 10 s since the start
+    clock.now += 3
+    display.output(TAG, "Step 5/9 : RUN uv pip install")  # too soon: held
+    display.output(TAG, "Resolved 143 packages")  # replaces it, one timer still
+    [(seconds, fire)] = later.due
+    assert seconds == 7
+    clock.now += 7
+    fire()
+    assert stream.getvalue().splitlines()[1:] == [
+        f"building {TAG} (10s): Step 4/9 : COPY requirements.txt",
+        f"building {TAG} (13s): Resolved 143 packages",
+    ]
+    display.finished(built())
+    fire()  # a timer of a build that ended shows nothing
+    assert stream.getvalue().splitlines()[-1] == f"built   {TAG} in 31.2s"
+
+
 def test_two_builds_at_once_are_paced_each_on_its_own() -> None:
     clock, stream = Clock(), io.StringIO()
-    display = BuildDisplay(stream, live=False, say_end=False, clock=clock)
+    display = BuildDisplay(stream, live=False, say_end=False, clock=clock, later=Later())
     other = "safeagents-runtime:web-ba9876543210"
     display.started(TAG)
     clock.now += 5
@@ -129,3 +164,21 @@ def test_a_batch_tells_its_reporter_about_each_build(project: Project) -> None:
         (tag, "Step 1/1 : FROM fake"),
         (tag, "built"),
     ]  # one build for the three runs, told once
+
+
+def test_a_batch_shows_its_builds_on_one_display(tmp_path: object) -> None:
+    """Builds at once share one lock and one live line."""
+    from safeagents_batch.cli.output import ConsoleReporter
+
+    reporter = ConsoleReporter(bar=False)
+    assert reporter.build_progress() is reporter.build_progress()
+
+
+def test_run_and_rerun_take_report_seconds() -> None:
+    from safeagents_batch.cli.main import build_parser
+    from safeagents_batch.cli.options import reporter
+
+    for command in (["run", "jobs.yaml"], ["rerun", "batch-dir"]):
+        args = build_parser().parse_args([*command, "--report", "15"])
+        assert reporter(args).report_every == 15
+        assert reporter(build_parser().parse_args(command)).report_every is None

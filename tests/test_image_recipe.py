@@ -222,3 +222,9 @@ def test_the_recipe_keys_survive_the_resolved_snapshot(
     again = load_jobs_file(project.write("batch/jobs.yaml", resolved_yaml(original)))
     assert again.frameworks == original.frameworks
     assert image_spec(again.frameworks["web"]).tag == image_spec(original.frameworks["web"]).tag
+
+
+def test_a_framework_of_a_dockerfile_alone_is_valid(project: Project, own_dockerfile: Path) -> None:
+    config = framework(project, "    dockerfile: docker/Dockerfile\n")
+    assert config.packages == () and config.dockerfile == own_dockerfile
+    assert "uv pip install" not in dockerfile_text(config)

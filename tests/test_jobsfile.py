@@ -619,7 +619,7 @@ def test_custom_framework_without_packages(project: Project) -> None:
     """)
     assert one_error(path) == (
         f"{LABEL}:3:3: frameworks.myfw: 'myfw' is not a built-in framework: list its pip "
-        "`packages` or `requirements`"
+        "`packages` (`[]` for none), `requirements` or `dockerfile`"
     )
 
 

@@ -67,9 +67,12 @@ def test_run_report_writes_the_page_as_the_batch_goes(
     calls: list[tuple[Path, int]] = []
     real = page_module.write_report
 
-    def counting(batch_dir: Path, *args: object, refresh: int = 30) -> page_module.ReportFiles:
+    def counting(
+        batch_dir: Path, *args: object, refresh: int = 30, samples: bool = True
+    ) -> page_module.ReportFiles:
         calls.append((batch_dir, refresh))
-        return real(batch_dir, refresh=refresh)
+        assert not samples  # a live write leaves samples.csv to the end's
+        return real(batch_dir, refresh=refresh, samples=samples)
 
     monkeypatch.setattr(page_module, "write_report", counting)
     jobs_file, specs = load_and_expand(project.write("jobs.yaml", MATRIX_JOBS))
@@ -97,7 +100,7 @@ def test_writes_are_paced_and_never_two_at_once(
     release = threading.Event()
     writes: list[int] = []
 
-    def slow(batch_dir: Path, *args: object, refresh: int = 30) -> None:
+    def slow(batch_dir: Path, *args: object, refresh: int = 30, samples: bool = True) -> None:
         writes.append(refresh)
         release.wait(60)  # an upper bound: the test releases it
 
@@ -112,8 +115,6 @@ def test_writes_are_paced_and_never_two_at_once(
     release.set()
     live.close()  # waits for the write in flight
     assert writes == [10]
-    release.clear()
-    release.set()
     live.finished(record)  # 20 s after the first began: due, and nothing in flight
     clock.now = 25
     live.finished(record)  # 5 s after: not due

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,56 @@ def test_summaries_merge_as_if_taken_together() -> None:
     half = t_quantile(5) * math.sqrt(whole.variance / 6)
     assert (estimate.low, estimate.high) == pytest.approx((whole.mean - half, whole.mean + half))
     assert not whole.binary
+
+
+def test_numbers_too_large_to_average_never_reach_a_mean_or_the_page(project: Project) -> None:
+    """Squares of 1e308 overflow: a mean and interval of them would be inf or NaN, and a NaN
+    in the page's data leaves the page dead. Such numbers are carried, not averaged."""
+
+    def huge(spec: RunSpec) -> Behaviour:
+        sign = 1 if spec.repeat_index == 1 else -1
+        lines = [json.dumps({"id": i, "x": sign * 1e308, "ok": 1.0}).encode() for i in range(3)]
+        return writes_samples(lines, {"y": sign * 1e308})
+
+    batch = run_fake_batch(project, huge, GRID)
+    files = write_report(batch)
+    view = open_batch(batch)
+    try:
+        [matrix] = read_results(view).matrices
+    finally:
+        view.close()
+    assert matrix.fields == ("ok",)  # x is in samples.csv, not in a mean
+    html = files.html.read_text("utf-8")
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html)
+    assert found is not None
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the page's data")
+
+    json.loads(found.group(1), parse_constant=refuse)  # strict JSON, as JSON.parse wants it
+    rows = list(csv.DictReader((batch / "samples.csv").open(newline="", encoding="utf-8")))
+    assert float(rows[0]["x"]) in (1e308, -1e308)
+
+
+def test_a_field_that_looks_prefixed_gets_a_column_of_its_own(project: Project) -> None:
+    line = json.dumps({"id": 1, "status": "mine", "sample": {"status": "nested"}}).encode()
+    batch = run_fake_batch(project, lambda spec: writes_samples([line]), GRID)
+    write_report(batch)
+    with (batch / "samples.csv").open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle))
+    assert len(header) == len(set(header))
+    first = json.loads((batch / "samples.jsonl").read_text("utf-8").splitlines()[0])
+    assert (first["status"], first["sample.status"], first["sample.sample.status"]) == (
+        "succeeded",
+        "mine",
+        "nested",
+    )
+
+
+def test_sample_files_of_an_earlier_report_go_when_there_are_none_now(project: Project) -> None:
+    batch = run_fake_batch(project, fifty, GRID)
+    write_report(batch)
+    for path in batch.glob("runs/*/attempt-1/results.jsonl"):
+        path.unlink()
+    write_report(batch)
+    assert not (batch / "samples.csv").exists() and not (batch / "samples.jsonl").exists()

@@ -18,6 +18,13 @@ CLEAR_LINE = "\r\x1b[K"
 BAR_WIDTH = 45  # what a progress bar needs beside its description: `40%|####  | 4/10 [...]`
 
 
+def _timer(seconds: float, function: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, function)
+    timer.daemon = True  # a process that is done does not wait for a line
+    timer.start()
+    return timer
+
+
 class BuildDisplay:
     """Off a terminal: a line when a build starts, then its latest output line (a step, what
     the step prints) at most every EVERY_SECONDS, then, with `say_end`, a line when it ends; a
@@ -33,6 +40,7 @@ class BuildDisplay:
         say_end: bool = True,
         bar: Callable[[], Any] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        later: Callable[[float, Callable[[], None]], object] = _timer,
     ) -> None:
         # Looked up now, not at import: sys.stdout may have been replaced since (redirects).
         self.stream = stream if stream is not None else (sys.stderr if live else sys.stdout)
@@ -41,8 +49,12 @@ class BuildDisplay:
         self.bar = bar  # the run's tqdm bar while one shows, else None
         self.clock = clock
         self._lock = threading.Lock()
+        self.later = later  # runs a function after some seconds (a daemon timer)
         self._started: dict[str, float] = {}
         self._shown: dict[str, float] = {}  # when each build's last line was shown
+        # A line that came too soon after the last one shown: shown when its time comes, if
+        # no later line took its place (a step followed by a minute of silence is shown).
+        self._held: dict[str, str] = {}
 
     def started(self, tag: str) -> None:
         with self._lock:
@@ -57,14 +69,29 @@ class BuildDisplay:
             if self.live:
                 # Beside a bar, the tag without its repository: the bar needs the width.
                 self._rewrite(text, short=f"building {tag.rpartition(':')[2]} {elapsed}")
-            elif now - self._shown.get(tag, now) >= EVERY_SECONDS:
+                return
+            wait = self._shown.get(tag, now) + EVERY_SECONDS - now
+            if wait <= 0:
+                self._held.pop(tag, None)
                 self._shown[tag] = now
+                self._line(text)
+                return
+            if tag not in self._held:
+                self.later(wait, lambda: self._show_held(tag))
+            self._held[tag] = text
+
+    def _show_held(self, tag: str) -> None:
+        with self._lock:
+            text = self._held.pop(tag, None)
+            if text is not None and tag in self._started:
+                self._shown[tag] = self.clock()
                 self._line(text)
 
     def finished(self, record: ImageRecord) -> None:
         with self._lock:
             self._started.pop(record.tag, None)
             self._shown.pop(record.tag, None)
+            self._held.pop(record.tag, None)
             if self.live:
                 self._rewrite("", short="")
             if self.say_end:

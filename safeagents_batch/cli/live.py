@@ -63,7 +63,9 @@ class LiveReport:
         try:
             from safeagents_batch.report.page import write_report
 
-            write_report(self.batch_dir, refresh=refresh_seconds(self.every))
+            # The page only: samples.csv is the end's to write (its pass costs seconds for a
+            # big batch, and would be redone at each write).
+            write_report(self.batch_dir, refresh=refresh_seconds(self.every), samples=False)
         except Exception as exc:  # the batch goes on: its report at the end says the rest
             if not self._warned:
                 self._warned = True

@@ -36,6 +36,7 @@ class ConsoleReporter:
         self.report_every = report_every  # `--report SECONDS`: the page rewritten as it runs
         self._bar: BarProgress | None = None  # the one showing, for the builds' live line
         self._batch_dir: Path | None = None
+        self._builds: BuildDisplay | None = None
 
     def notice(self, text: str) -> None:
         print(printable(text), file=sys.stderr, flush=True)
@@ -56,8 +57,11 @@ class ConsoleReporter:
         self._batch_dir = batch_dir
 
     def build_progress(self) -> BuildProgress:
-        """Builds as lines beside the runs' lines, or as a live line on the bar's terminal."""
-        return BuildDisplay(live=self._uses_bar(), bar=self._showing_bar)
+        """Builds as lines beside the runs' lines, or as a live line on the bar's terminal;
+        one display for the batch, so that builds at once share its lock and its line."""
+        if self._builds is None:
+            self._builds = BuildDisplay(live=self._uses_bar(), bar=self._showing_bar)
+        return self._builds
 
     def _uses_bar(self) -> bool:
         return sys.stderr.isatty() and sys.stdout.isatty() if self.bar is None else self.bar

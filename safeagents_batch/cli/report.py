@@ -45,11 +45,12 @@ def marked_line(change: MeanChange) -> str:
     """`job [A=x] field: 0.2 -> 0.7, +0.5 [+0.32, +0.66] (n 100, 100)`."""
     cell = ", ".join(f"{k}={v}" for k, v in change.cell.items()) or "all"
     difference, was, now = change.change, change.was, change.now
-    assert difference is not None and was is not None and now is not None  # marked: all there
+    if difference is None or was is None or now is None or difference.low is None:
+        return f"{change.job} [{cell}] {change.field}"  # not marked: no such change
     return (
         f"{change.job} [{cell}] {change.field}: {format_number(was.mean)} -> "
         f"{format_number(now.mean)}, {difference.delta:+.3g} "
-        f"[{difference.low:+.3g}, {difference.high:+.3g}] (n {was.n:,}, {now.n:,})"
+        f"[{difference.low:+.3g}, {difference.high or 0:+.3g}] (n {was.n:,}, {now.n:,})"
     )
 
 

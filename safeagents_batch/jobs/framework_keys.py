@@ -39,7 +39,9 @@ def image_config(
     checker: Checker, name: str, raw: dict[str, Any], image_name: str
 ) -> ImageConfig | None:
     path: KeyPath = ("frameworks", name)
-    packages = _packages(checker, path, raw.get("packages"), "requirements" in raw)
+    # A `requirements` file or a `dockerfile` says what the image holds without `packages`.
+    says_contents = "requirements" in raw or "dockerfile" in raw
+    packages = _packages(checker, path, raw.get("packages"), says_contents)
     if packages is None:
         return None
     values = {key.name: _value(checker, path, key, raw) for key in FRAMEWORK_KEYS}
@@ -56,18 +58,21 @@ def _value(checker: Checker, path: KeyPath, key: Key[Checker], raw: dict[str, An
 
 
 def _packages(
-    checker: Checker, path: KeyPath, packages: list[str] | None, has_requirements: bool
+    checker: Checker, path: KeyPath, packages: list[str] | None, says_contents: bool
 ) -> tuple[str, ...] | None:
     """Replace a built-in framework's list; a framework that is not built in needs them, or
-    a `requirements` file that says what it installs."""
+    a `requirements` file or `dockerfile` that says what it holds."""
     name = str(path[-1])
     if packages is not None:
         return tuple(packages)
     if name in builtin.builtin_frameworks():
         return builtin.framework_packages(name)
-    if has_requirements:
+    if says_contents:
         return ()
-    message = f"'{name}' is not a built-in framework: list its pip `packages` or `requirements`"
+    message = (
+        f"'{name}' is not a built-in framework: list its pip `packages` (`[]` for none), "
+        "`requirements` or `dockerfile`"
+    )
     checker.add(path, message, of_key=True)
     return None
 

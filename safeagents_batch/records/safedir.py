@@ -30,7 +30,7 @@ from safeagents_batch.core.files import DIR_FLAGS, NotAFile, open_dir_below, ope
 
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LIST_DEPTH = 32  # directories below an attempt dir that a listing of its files enters
-NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_RDWR: opening a FIFO planted there does not wait for a writer; fstat then refuses it.
 LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -225,12 +225,14 @@ class SafeDir:
     @contextlib.contextmanager
     def writer(self, relative: str, *, sync: bool = False) -> Iterator[BinaryIO]:
         """`write`, of data made as it is written (a table too big to hold whole): the file
-        is renamed into place when the block ends without an exception, else removed."""
+        is renamed into place when the block ends without an exception, else removed. The
+        stream reads too (seek back to make a second file of the first before either is in
+        place: no other writer's file comes in between)."""
         parent, name = self._parent(relative, create=True)
         temp = f".{name}.{secrets.token_hex(8)}.tmp"
         try:
             fd = os.open(temp, NEW_FLAGS, 0o666, dir_fd=parent)
-            with os.fdopen(fd, "wb") as stream:
+            with os.fdopen(fd, "w+b") as stream:
                 yield stream
                 stream.flush()
                 if sync:
@@ -240,6 +242,15 @@ class SafeDir:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=parent)
             raise
+        finally:
+            os.close(parent)
+
+    def remove(self, relative: str) -> None:
+        """The file, if there is one (a link in its place is removed, never followed)."""
+        parent, name = self._parent(relative, create=False)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent)
         finally:
             os.close(parent)
 

@@ -117,7 +117,7 @@ def _run_estimates(rows: list[ResultRow], fields: tuple[str, ...]) -> dict[str, 
 
 
 def _estimates(summaries: Mapping[str, Summary]) -> dict[str, Estimate]:
-    return {name: s.estimate() for name, s in summaries.items() if s.n}
+    return {name: s.estimate() for name, s in summaries.items() if s.n and s.finite}
 
 
 def _cell(

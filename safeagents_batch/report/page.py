@@ -176,13 +176,17 @@ def warm_up() -> None:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("safeagents_batch.report", "templates"),
         autoescape=True,  # every value is text unless marked otherwise; ours only are
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # A NaN in the page's data would be a bare `NaN` that JSON.parse refuses, leaving the page
+    # dead: an error here instead (the statistics never make one: report/stats.py).
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "allow_nan": False}
+    return environment
 
 
 def _asset(name: str) -> Markup:
@@ -257,6 +261,7 @@ def write_report(
     compare_with: Path | None = None,
     *,
     refresh: int = REFRESH_SECONDS,
+    samples: bool = True,
 ) -> ReportFiles:
     """report.html (or `output`), results.csv and results.jsonl for the batch at `batch_dir`;
     with `compare_with`, the report compares the batch against that earlier one. Every file
@@ -264,7 +269,7 @@ def write_report(
     (a link to a file elsewhere) is replaced, never written through."""
     view = open_batch(batch_dir)
     try:
-        results = read_results(view, write_sample_files=True)
+        results = read_results(view, write_sample_files=samples)
         comparison = _comparison(compare_with, results)
         csv_path, jsonl_path = write_results(results.rows, view.safe)
         html_path = (output or view.layout.report).absolute()

@@ -27,6 +27,9 @@ MAX_RESULT_BYTES = 1024**2  # a result is a few numbers and labels; more is not 
 # carried exactly, as its digits in a string, and left out of means.
 BIG_INTEGER = 2**63
 BIG_DIGITS = len(str(BIG_INTEGER))  # an integer of more digits is past 64 bits
+# Past this a float is carried, not averaged: squares of values up to it, summed over a
+# million samples, stay finite, so no mean or interval turns into infinity or NaN.
+LARGEST_MEANT = 1e150
 # What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection rule).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 Scalar = str | int | float | bool | None
@@ -128,9 +131,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
 
 
 def is_number(value: Scalar) -> TypeGuard[int | float]:
-    """Numbers and booleans (a mean of `refused` is a refusal rate); never NaN or infinity."""
+    """Numbers and booleans (a mean of `refused` is a refusal rate); never NaN or infinity,
+    nor a float so large that its square (a variance) would overflow."""
     if isinstance(value, float):
-        return math.isfinite(value)
+        return math.isfinite(value) and abs(value) <= LARGEST_MEANT
     return isinstance(value, int) and abs(value) < BIG_INTEGER
 
 
@@ -171,7 +175,10 @@ def header(rows: Sequence[ResultRow]) -> list[str]:
 
 
 def _result_key(name: str, taken: set[str]) -> str:
-    return f"result.{name}" if name in taken else name
+    """A taken name gets the prefix, and so does one that has it already: `result.status`
+    of a nested `{"result": {"status": ...}}` cannot meet the prefixed `status`."""
+    prefixed = name in taken or name.startswith("result.")
+    return f"result.{name}" if prefixed else name
 
 
 def as_dict(row: ResultRow, columns: Sequence[str]) -> dict[str, Scalar]:

@@ -19,8 +19,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from safeagents_batch.core.errors import UsageError
-from safeagents_batch.records import layout
-from safeagents_batch.records.layout import SAMPLES
+from safeagents_batch.records.layout import SAMPLES, SAMPLES_CSV, SAMPLES_JSONL
 from safeagents_batch.records.safedir import SafeDir
 from safeagents_batch.report.results import Scalar, csv_cell, is_number, parse_result
 from safeagents_batch.report.stats import Summary
@@ -28,7 +27,7 @@ from safeagents_batch.report.stats import Summary
 MAX_LINE_BYTES = 1024**2  # a sample is a task's verdicts and scores, not its transcript
 MAX_COLUMNS = 1_000  # fields past this many distinct names are left out of the table
 ID_KEYS = ("sample_id", "id")
-ROWS_PER_CHUNK = 2_000  # rows rendered at once while writing
+BUFFER_BYTES = 8 * 1024**2  # rows are written out once this much is waiting
 ENCODER = msgspec.json.Encoder()
 DECODER = msgspec.json.Decoder(dict[str, Any])
 
@@ -58,6 +57,7 @@ class SampleFile:
     attempt_dir: str | None
     skipped: int = 0
     first_problem: str | None = None
+    unread: str | None = None  # why the file as a whole was not read
 
     def __iter__(self) -> Iterator[Sample]:
         if self.attempt_dir is None:
@@ -68,7 +68,7 @@ class SampleFile:
         except FileNotFoundError:
             return
         except (OSError, UsageError) as exc:  # a link, FIFO or device in its place
-            self._skip(f"{SAMPLES}: not read: {exc}")
+            self.unread = f"{SAMPLES} not read: {exc}"
 
     def _samples(self, stream: BinaryIO) -> Iterator[Sample]:
         for number, line in enumerate(_lines(stream), start=1):
@@ -89,6 +89,8 @@ class SampleFile:
 
     @property
     def note(self) -> str | None:
+        if self.unread is not None:
+            return self.unread
         if not self.skipped:
             return None
         return f"{self.skipped} sample line(s) not read; the first: {self.first_problem}"
@@ -145,10 +147,13 @@ def read_samples(runs: Sequence[SampleRun], safe: SafeDir, *, write_files: bool)
         for run in runs:
             _scan_run(scan, run, safe, lines)
         if lines is not None:
-            lines.close()
-    if write_files and scan.total:
-        header = [*fixed, ID_KEYS[0], *(_sample_key(n, taken) for n in scan.columns)]
-        _write_csv(header, safe)
+            lines.drain()
+            if lines.out is not None:  # both files go in place together, as the block ends
+                header = [*fixed, ID_KEYS[0], *(_sample_key(n, taken) for n in scan.columns)]
+                _write_csv(header, lines.out, stack.enter_context(safe.writer(SAMPLES_CSV)))
+    if write_files and not scan.total:  # an earlier report's, now wrong: none is right
+        safe.remove(SAMPLES_CSV)
+        safe.remove(SAMPLES_JSONL)
     return scan
 
 
@@ -188,55 +193,55 @@ def run_columns(runs: Sequence[SampleRun]) -> list[str]:
 
 def _sample_key(name: str, taken: set[str]) -> str:
     """A field named like a run column gets a `sample.` prefix: no sample passes for its
-    run's status."""
-    return f"sample.{name}" if name in taken else name
+    run's status. So does one that has the prefix already, so that no two names meet."""
+    prefixed = name in taken or name.startswith("sample.")
+    return f"sample.{name}" if prefixed else name
 
 
 class _Lines:
-    """samples.jsonl, opened at its first sample (a batch without samples gets none), a few
-    thousand lines written at a time. A line holds the run's columns, `sample_id` and the
-    sample's fields (those within MAX_COLUMNS)."""
+    """samples.jsonl, opened at its first sample (a batch without samples gets none), written
+    a few MiB at a time. A line holds the run's columns, `sample_id` and the sample's fields
+    (those within MAX_COLUMNS)."""
 
     def __init__(self, stack: contextlib.ExitStack, safe: SafeDir, taken: set[str]) -> None:
         self.stack = stack
         self.safe = safe
         self.taken = taken
         self.out: BinaryIO | None = None
-        self.pending: list[bytes] = []
+        self.pending = bytearray()
 
     def add(self, run: SampleRun, sample: Sample, columns: dict[str, None]) -> None:
         record = {**run.columns, ID_KEYS[0]: sample.sample_id}
         for name, value in sample.fields.items():
             if name in columns:
                 record[_sample_key(name, self.taken)] = value
-        self.pending.append(ENCODER.encode(record))
-        if len(self.pending) >= ROWS_PER_CHUNK:
-            self._drain()
+        self.pending += ENCODER.encode(record)
+        self.pending += b"\n"
+        if len(self.pending) >= BUFFER_BYTES:
+            self.drain()
 
-    def close(self) -> None:
-        self._drain()
-
-    def _drain(self) -> None:
+    def drain(self) -> None:
         if not self.pending:
             return
         if self.out is None:
-            self.out = self.stack.enter_context(self.safe.writer(layout.SAMPLES_JSONL))
-        self.out.write(b"\n".join(self.pending) + b"\n")
+            self.out = self.stack.enter_context(self.safe.writer(SAMPLES_JSONL))
+        self.out.write(self.pending)
         self.pending.clear()
 
 
-def _write_csv(header: list[str], safe: SafeDir) -> None:
-    """samples.csv from samples.jsonl (the tool's own file, read back as written): cells as
-    results.csv has them, a few thousand rows at a time."""
+def _write_csv(header: list[str], lines: BinaryIO, out: BinaryIO) -> None:
+    """samples.csv from samples.jsonl, still under its temp name (the tool's own lines, read
+    back as written): cells as results.csv has them, a few MiB at a time."""
+    lines.flush()
+    lines.seek(0)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(csv_cell(c) for c in header)
-    with safe.reader(layout.SAMPLES_JSONL) as lines, safe.writer(layout.SAMPLES_CSV) as out:
-        for number, line in enumerate(lines, start=1):
-            record = DECODER.decode(line)
-            writer.writerow(csv_cell(record.get(c)) for c in header)
-            if number % ROWS_PER_CHUNK == 0:
-                out.write(buffer.getvalue().encode("utf-8"))
-                buffer.seek(0)
-                buffer.truncate()
-        out.write(buffer.getvalue().encode("utf-8"))
+    for line in lines:
+        record = DECODER.decode(line)
+        writer.writerow(csv_cell(record.get(c)) for c in header)
+        if buffer.tell() >= BUFFER_BYTES:
+            out.write(buffer.getvalue().encode("utf-8"))
+            buffer.seek(0)
+            buffer.truncate()
+    out.write(buffer.getvalue().encode("utf-8"))

@@ -68,6 +68,12 @@ class Summary:
         """The sample variance (n - 1); 0 for fewer than two values."""
         return self.m2 / (self.n - 1) if self.n > 1 else 0.0
 
+    @property
+    def finite(self) -> bool:
+        """Whether its numbers are (the values are bounded: report/results.LARGEST_MEANT;
+        this is the last guard that no NaN reaches a page or a JSON output)."""
+        return math.isfinite(self.mean) and math.isfinite(self.m2) and self.m2 >= 0
+
     def estimate(self) -> Estimate:
         low: float | None
         high: float | None
@@ -140,8 +146,13 @@ def t_quantile(df: float) -> float:
 def difference(before: Estimate, after: Estimate) -> Difference:
     delta = after.mean - before.mean
     if before.method == WILSON and after.method == WILSON:
-        return _newcombe(before, after, delta)
-    return _welch(before, after, delta)
+        found = _newcombe(before, after, delta)
+    else:
+        found = _welch(before, after, delta)
+    bounds = (found.low, found.high)
+    if any(b is not None and not math.isfinite(b) for b in bounds):
+        return Difference(delta, None, None, found.method)  # no interval, never an infinite one
+    return found
 
 
 def _newcombe(before: Estimate, after: Estimate, delta: float) -> Difference:

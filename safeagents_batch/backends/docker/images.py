@@ -172,9 +172,12 @@ class DockerImages:
 
     def _build(self, spec: ImageSpec) -> ImageRecord:
         self.progress.started(spec.tag)
-        record = self._build_now(spec)
-        self.progress.finished(record)
-        return record
+        record: ImageRecord | None = None
+        try:
+            record = self._build_now(spec)
+            return record
+        finally:  # the display's line for the build ends however the build did
+            self.progress.finished(record or _stopped(spec))
 
     def _build_now(self, spec: ImageSpec) -> ImageRecord:
         log_path = self.log_dir / f"{spec.tag.replace('/', '_').replace(':', '_')}.log"
@@ -270,6 +273,18 @@ class DockerImages:
             log.write(f"\nERROR: {exc}\n")
             return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None
+
+
+def _stopped(spec: ImageSpec) -> ImageRecord:
+    """The record a display gets of a build that raised (the caller gets the exception)."""
+    return ImageRecord(
+        tag=spec.tag,
+        framework=spec.config.framework,
+        status="failed",
+        build_seconds=None,
+        build_log=None,
+        error="image build stopped",
+    )
 
 
 class StepOutput:
