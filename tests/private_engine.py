@@ -91,8 +91,15 @@ class PrivateEngine:
     `root` must not exist or be empty; the engine owns it and :meth:`close` deletes it.
     """
 
-    def __init__(self, root: Path | None = None, *, ready_timeout: float = READY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        ready_timeout: float = READY_TIMEOUT,
+        runtimes: dict[str, dict[str, object]] | None = None,
+    ) -> None:
         self.token = secrets.token_hex(4)
+        self.runtimes = runtimes or {}  # daemon.json's `runtimes` (gVisor's runsc, say)
         self.root = Path(root) if root is not None else Path("/tmp") / f"sab-eng-{self.token}"
         self.data_root = self.root / "d"
         self.exec_root = self.root / "x"
@@ -305,7 +312,9 @@ class PrivateEngine:
             raise PrivateEngineError(f"engine root {self.root} exists and is not empty")
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Not /etc/docker/daemon.json, and not /etc/docker/key.json (the host engine's ID).
-        config = {"deprecated-key-path": str(self.key_file)}
+        config: dict[str, object] = {"deprecated-key-path": str(self.key_file)}
+        if self.runtimes:
+            config["runtimes"] = self.runtimes
         self.config_file.write_text(json.dumps(config) + "\n", encoding="utf-8")
         self._prepared = True
 
@@ -526,9 +535,11 @@ def _cgroup_mounts() -> list[Path]:
 
 
 @contextmanager
-def private_engine(root: Path | None = None) -> Iterator[PrivateEngine]:
+def private_engine(
+    root: Path | None = None, runtimes: dict[str, dict[str, object]] | None = None
+) -> Iterator[PrivateEngine]:
     """A started private engine, closed (everything removed) on exit, even after a failure."""
-    engine = PrivateEngine(root)
+    engine = PrivateEngine(root, runtimes=runtimes)
     try:
         engine.start()
         yield engine

@@ -270,6 +270,8 @@ EVERY_KEY = """
         additional_packages: [extra]
         requirements: req.txt
         source_dirs: [src/pkg]
+        system_packages: [jq]
+        setup: ["echo hi"]
     jobs:
       - name: all
         framework: myfw
@@ -287,6 +289,7 @@ EVERY_KEY = """
         retry_on: [failed]
         resources: {memory: 8m, cpus: 0.25, pids: 16}
         network: models
+        runtime: kata
         read_only_rootfs: true
         hardening:
           non_root: false

@@ -90,6 +90,7 @@ class AttemptRequest:
     azure_mode: str = "ro"
     resources: Resources = Resources()
     network: str = "bridge"
+    runtime: str | None = None  # the engine's OCI runtime; None: the engine's default
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
     artifact_limit: int = DEFAULT_ARTIFACT_LIMIT

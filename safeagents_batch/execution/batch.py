@@ -324,6 +324,7 @@ class BatchRunner:
             azure_mode=spec.job.azure_mount,
             resources=spec.job.resources,
             network=spec.job.network,
+            runtime=spec.job.runtime,
             read_only_rootfs=spec.job.read_only_rootfs,
             hardening=spec.job.hardening,
             artifact_limit=spec.job.max_artifacts_size,

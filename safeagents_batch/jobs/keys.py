@@ -27,6 +27,7 @@ from safeagents_batch.jobs.model import (
 )
 from safeagents_batch.jobs.models import model_key_problems
 from safeagents_batch.jobs.recorded import record_env_problems
+from safeagents_batch.jobs.runtimes import runtime_problems
 from safeagents_batch.jobs.secrets import is_secret_name
 from safeagents_batch.jobs.yamlmarks import KeyPath
 
@@ -81,7 +82,7 @@ def job_record(checker: Checker, scope: FileScope, index: int, raw: dict[str, An
     written = set(raw) | scope.written_defaults
     problems_before = len(checker.problems)
     values = {key.name: _value(job, key, merged, written) for key in JOB_KEYS}
-    for keys, message in model_key_problems(values):
+    for keys, message in [*model_key_problems(values), *runtime_problems(values)]:
         job.checker.add(job.path(*keys), message)
     for index, message in record_env_problems(values, job.file.patterns):
         job.checker.add((*job.path("record_env"), index), message)
@@ -335,6 +336,7 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("retry_on", as_tuple, DEFAULT_RETRY_ON),
     Key("resources", _resources, Resources()),
     Key("network", as_is, "bridge"),
+    Key("runtime", as_is, None),
     Key("read_only_rootfs", as_is, False),
     Key("hardening", _hardening, Hardening()),
     Key("max_code_size", _size_limit, DEFAULT_CODE_LIMIT),

@@ -126,6 +126,7 @@ class Job:
     retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
     resources: Resources = Resources()
     network: str = "bridge"
+    runtime: str | None = None  # the engine's OCI runtime (runsc: gVisor); None: its default
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
     max_code_size: int = DEFAULT_CODE_LIMIT

@@ -131,6 +131,8 @@ def _job(job: Job) -> dict[str, Any]:
         data["record_env"] = list(job.record_env)
     if job.max_parallel is not None:
         data["max_parallel"] = job.max_parallel
+    if job.runtime is not None:
+        data["runtime"] = job.runtime
     if job.pool is not None:
         data["pool"] = job.pool
     if job.models:

@@ -87,6 +87,9 @@ class AttemptOutcome(Struct, frozen=True, kw_only=True):
     node: dict[str, str] | None = None
     # Model calls through the batch's gateway, per name under `models:`; None: no models.
     usage: dict[str, ModelUsage] | None = None
+    # The OCI runtime the engine ran the container with, as it says (runc, runsc, ...); None
+    # when no container was made, or in a record from before the tool wrote it.
+    runtime: str | None = None
     duration_seconds: float | None = None  # derived from the two times
 
     def __post_init__(self) -> None:

@@ -170,6 +170,7 @@ class DockerBackend:
             calls = self.models.close_attempt(models) if models is not None else None
             if calls is not None:
                 outcome = with_calls(outcome, calls)
+            outcome = structs.replace(outcome, runtime=applied_runtime(container))
         finally:
             removal_error = self._remove(container.id)
         if removal_error is not None and not outcome.engine_lost:
@@ -237,6 +238,7 @@ class DockerBackend:
                 *(models.mounts if models else ()),
             ],
             network_mode=models.network if models is not None else request.network,
+            runtime=request.runtime,
             init=request.hardening.init,
             cap_drop=["ALL"] if request.hardening.drop_capabilities else None,
             security_opt=["no-new-privileges:true"]
@@ -516,6 +518,12 @@ class AttachedOutput:
         through open, and with it the descriptor, until garbage collection."""
         self._stream.close()
         self._response.close()
+
+
+def applied_runtime(container: Container) -> str | None:
+    """The runtime the engine made the container with, as its inspection says."""
+    runtime = (container.attrs.get("HostConfig") or {}).get("Runtime")
+    return str(runtime) if runtime else None
 
 
 def container_user(request: AttemptRequest) -> str:
