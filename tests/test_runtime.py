@@ -83,3 +83,34 @@ def test_gvisor_is_known_by_its_name() -> None:
         False,
         False,
     ]
+
+
+# -- limits the engine dropped -----------------------------------------------------------------
+
+
+def test_a_limit_the_engine_did_not_apply_is_named_and_refused() -> None:
+    from safeagents_batch.backends.docker.backend import dropped_limits, limits_refusal
+    from safeagents_batch.jobs.model import Resources
+
+    asked = Resources(memory=64 * 1024**2, cpus=1.0, pids=512)
+    rootless_v1 = {"HostConfig": {"Memory": 0, "PidsLimit": 0, "NanoCpus": 1_000_000_000}}
+    applied = {"HostConfig": {"Memory": 64 * 1024**2, "PidsLimit": 512, "NanoCpus": 10**9}}
+    assert dropped_limits(rootless_v1, asked) == ("resources.memory", "resources.pids")
+    assert dropped_limits(applied, asked) == ()
+    assert dropped_limits(rootless_v1, Resources(memory=None, cpus=None, pids=None)) == ()
+    assert limits_refusal("eval", ("resources.memory",)) == (
+        "job 'eval': resources.memory: the engine dropped this limit (rootless Podman on "
+        "cgroup v1 applies none): not run; `enforce_limits: false` runs without it"
+    )
+
+
+def test_enforce_limits_reaches_the_job(project: Project) -> None:
+    path = project.jobs(
+        f"{HEADER}jobs:\n"
+        "  - {name: a, framework: plain, scripts: scripts/a.py, enforce_limits: false}\n"
+        "  - {name: b, framework: plain, scripts: scripts/b.py}\n"
+    )
+    loaded = load_jobs_file(path)
+    assert [j.enforce_limits for j in loaded.jobs] == [False, True]
+    again = load_jobs_file(project.write("batch/jobs.yaml", resolved_yaml(loaded)))
+    assert [j.enforce_limits for j in again.jobs] == [False, True]

@@ -208,6 +208,30 @@ def test_a_write_error_reaches_the_caller(tmp_path: Path, monkeypatch: pytest.Mo
 # --- artifacts: what is kept -----------------------------------------------------------
 
 
+def test_podmans_archive_of_a_volume_is_read_like_dockers(tmp_path: Path) -> None:
+    """Podman 4.3 names a volume's top directory "" and its entries "/NAME": kept as Docker's
+    `logs/NAME` would be, with the same rules (a link dropped, a climb refused)."""
+    stream = archive(
+        entry("", tarfile.DIRTYPE),
+        file("/result.json", b'{"ok": true}'),
+        entry("/sub", tarfile.DIRTYPE),
+        file("/sub/f.txt", b"x"),
+        entry("/link", tarfile.SYMTYPE, linkname="/etc/passwd"),
+        file("/../escape", b"no"),
+        file("/stdout.log", b"reserved"),
+    )
+    sink = collect(tmp_path, chunks(stream))
+    root = tmp_path / "attempt"
+    assert (root / "result.json").read_bytes() == b'{"ok": true}'
+    assert (root / "sub" / "f.txt").read_bytes() == b"x"
+    assert not (root / "link").exists() and not (tmp_path / "escape").exists()
+    assert sorted(line.split(":")[0] for line in sink.dropped) == [
+        "../escape",
+        "link",
+        "stdout.log",
+    ]
+
+
 def test_files_and_nested_dirs_are_kept_with_content_and_plain_modes(tmp_path: Path) -> None:
     big = os.urandom(5 * CHUNK + 17)  # spans many chunks
     stream = archive(

@@ -290,6 +290,7 @@ EVERY_KEY = """
         resources: {memory: 8m, cpus: 0.25, pids: 16}
         network: models
         runtime: kata
+        enforce_limits: false
         read_only_rootfs: true
         hardening:
           non_root: false

@@ -91,6 +91,8 @@ class AttemptRequest:
     resources: Resources = Resources()
     network: str = "bridge"
     runtime: str | None = None  # the engine's OCI runtime; None: the engine's default
+    job: str = ""  # the run's job, as errors name it
+    enforce_limits: bool = True  # refuse when the engine drops a `resources` limit
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
     artifact_limit: int = DEFAULT_ARTIFACT_LIMIT

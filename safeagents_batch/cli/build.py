@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from safeagents_batch.cli.builds import BuildDisplay, end_line
-from safeagents_batch.cli.options import SubParsers, docker_backend
+from safeagents_batch.cli.options import SubParsers, add_engine_flag, docker_backend
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED
 from safeagents_batch.execution.prepare import select_runs
 from safeagents_batch.jobs.load import load_and_expand
@@ -22,6 +22,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the tag exists")
     p.add_argument("--only", metavar="PATTERN", help="only images of runs matching the glob")
+    add_engine_flag(p)
     p.set_defaults(command=command)
 
 

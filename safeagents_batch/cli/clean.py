@@ -8,7 +8,11 @@ import argparse
 from pathlib import Path
 
 from safeagents_batch.backends.base import CleanRequest
-from safeagents_batch.cli.options import SubParsers, add_backend_flags, chosen_backend
+from safeagents_batch.cli.options import (
+    SubParsers,
+    add_backend_flags,
+    chosen_backend,
+)
 from safeagents_batch.core.errors import EXIT_OK, UsageError
 from safeagents_batch.jobs.load import load_and_expand
 from safeagents_batch.jobs.plan import needed_images

@@ -18,7 +18,7 @@ from safeagents_batch.cli import (
     status,
     validate,
 )
-from safeagents_batch.cli.options import Command
+from safeagents_batch.cli.options import Command, choose_engine
 from safeagents_batch.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_open_files_limit()
     command: Command = args.command
     try:
+        choose_engine(args)
         return command(args)
     except BatchError as exc:
         print(_error_text(exc), file=sys.stderr)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -72,7 +73,32 @@ def chosen_backend(args: argparse.Namespace) -> AbstractContextManager[Backend]:
     return ray_backend(args) if args.backend == "ray" else docker_backend()
 
 
+ENGINES = ("docker", "podman")
+
+
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("SAFEAGENTS_ENGINE", "docker")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=default if default in ENGINES else "docker",
+        help="the local engine: Docker (DOCKER_HOST, default) or Podman (its service, started "
+        "if none answers); default: SAFEAGENTS_ENGINE, else docker",
+    )
+
+
+def choose_engine(args: argparse.Namespace) -> None:
+    """`--engine podman`: DOCKER_HOST is the user's Podman service (started if needed), for
+    this process and those it starts (Ray's driver-side pieces included)."""
+    if getattr(args, "engine", "docker") == "podman":
+        # Imported here: only a command that runs containers loads the engine's modules.
+        from safeagents_batch.backends.docker.podman import use_podman
+
+        use_podman()
+
+
 def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    add_engine_flag(p)
     p.add_argument(
         "--backend",
         choices=["docker", "ray"],

@@ -313,6 +313,7 @@ class BatchRunner:
     def _request(self, spec: RunSpec, number: int, code: StagedCode) -> AttemptRequest:
         return AttemptRequest(
             run_id=spec.run_id,
+            job=spec.job.name,
             batch_id=self.store.manifest.batch_id,
             attempt=number,
             image=self.work.images[spec.image].tag,
@@ -325,6 +326,7 @@ class BatchRunner:
             resources=spec.job.resources,
             network=spec.job.network,
             runtime=spec.job.runtime,
+            enforce_limits=spec.job.enforce_limits,
             read_only_rootfs=spec.job.read_only_rootfs,
             hardening=spec.job.hardening,
             artifact_limit=spec.job.max_artifacts_size,

@@ -337,6 +337,7 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("resources", _resources, Resources()),
     Key("network", as_is, "bridge"),
     Key("runtime", as_is, None),
+    Key("enforce_limits", as_is, True),
     Key("read_only_rootfs", as_is, False),
     Key("hardening", _hardening, Hardening()),
     Key("max_code_size", _size_limit, DEFAULT_CODE_LIMIT),

@@ -127,6 +127,7 @@ class Job:
     resources: Resources = Resources()
     network: str = "bridge"
     runtime: str | None = None  # the engine's OCI runtime (runsc: gVisor); None: its default
+    enforce_limits: bool = True  # an engine that drops a `resources` limit is refused
     read_only_rootfs: bool = False
     hardening: Hardening = Hardening()
     max_code_size: int = DEFAULT_CODE_LIMIT

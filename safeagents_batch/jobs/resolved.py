@@ -133,6 +133,8 @@ def _job(job: Job) -> dict[str, Any]:
         data["max_parallel"] = job.max_parallel
     if job.runtime is not None:
         data["runtime"] = job.runtime
+    if not job.enforce_limits:
+        data["enforce_limits"] = False
     if job.pool is not None:
         data["pool"] = job.pool
     if job.models:

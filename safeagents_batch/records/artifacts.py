@@ -1,5 +1,6 @@
 """Which entries of an attempt's artifact archive (the tar of /safeagents/logs, as `docker cp`
-gives it: one top directory, then its contents) are kept. One set of rules for both places
+gives it: one top directory, then its contents; Podman 4.3 gives a volume's top unnamed and
+its entries as `/NAME`, read as if named like Docker's) are kept. One set of rules for both places
 that read such an archive: the local sink, which writes each kept entry into the attempt dir,
 and a Ray node, which ships only the kept entries to the driver.
 
@@ -35,6 +36,7 @@ from safeagents_batch.records.layout import RESERVED_NAMES
 READ_SLACK = 8 * 1024**3
 MAX_DROPS_LISTED = 100  # lines of `dropped_artifacts`; the rest is one count
 UNCAPPED = 1 << 62
+ROOTED_TOP = "logs"  # the top directory's name where the archive gives it none (Podman)
 
 # Keeps one checked entry: given the archive (to read its data), the entry and its path below
 # the top directory ([] for the top directory itself); returns why it was not kept, or "".
@@ -85,10 +87,15 @@ class ArtifactSelection:
         top: str | None = None
         kept_bytes = kept_entries = 0
         read_limit = self.artifact_limit + READ_SLACK
+        rooted = False  # Podman's layout of a volume: an unnamed top, then "/NAME" entries
         while (member := tar.next()) is not None:
             if reader.consumed > read_limit:
                 self.drop(f"later entries not read: {format_size(read_limit)} of archive read")
                 return
+            if top is None and member.isdir() and member.name.strip("./") == "":
+                rooted = True
+            if rooted:
+                member.name = _under_top(member.name)
             parts = split_name(member.name)
             if top is None and parts and not unsafe_name(member.name, parts):
                 top = parts[0]  # docker cp's layout: the copied directory, then its contents
@@ -140,6 +147,13 @@ def _close_source(chunks: Iterator[bytes]) -> None:
     close = getattr(chunks, "close", None)
     if callable(close):
         close()
+
+
+def _under_top(name: str) -> str:
+    """A name of Podman's archive of a volume (`""` for the top, `/a/b` below it) as Docker
+    names it (`logs`, `logs/a/b`); the usual checks follow (a `..` stays unsafe)."""
+    below = name.lstrip("/")
+    return f"{ROOTED_TOP}/{below}" if below.strip("./") else ROOTED_TOP
 
 
 def _relative_name(name: str, parts: Sequence[str], top: str | None) -> str:

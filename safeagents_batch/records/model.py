@@ -90,6 +90,9 @@ class AttemptOutcome(Struct, frozen=True, kw_only=True):
     # The OCI runtime the engine ran the container with, as it says (runc, runsc, ...); None
     # when no container was made, or in a record from before the tool wrote it.
     runtime: str | None = None
+    # The `resources` limits the engine dropped (`resources.memory`, ...), with the job's
+    # `enforce_limits: false`; with it true, such an attempt is refused before it starts.
+    dropped_limits: tuple[str, ...] = ()
     duration_seconds: float | None = None  # derived from the two times
 
     def __post_init__(self) -> None:

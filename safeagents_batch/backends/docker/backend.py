@@ -48,6 +48,7 @@ from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, one_line
 from safeagents_batch.core.names import safe_name
 from safeagents_batch.gateway.passes import AttemptCalls
+from safeagents_batch.jobs.model import Resources
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.images import CODE_DIR, CONTAINER_UID, LOGS_DIR, ImageSpec
 
@@ -163,6 +164,16 @@ class DockerBackend:
             container = self._create(request, azure, models)
         except ENGINE_ERRORS as exc:
             return self._engine_failure("create", exc, started)
+        dropped = dropped_limits(container.attrs, request.resources)
+        if dropped and request.enforce_limits:
+            self._remove(container.id)
+            return AttemptOutcome(
+                status="error",
+                started_at=started,
+                ended_at=now_iso(),
+                error=limits_refusal(request.job, dropped),
+                dropped_limits=dropped,
+            )
         try:
             outcome = self._supervise(container, request, sink, cancel, started, azure)
             # The container has ended: its calls are all counted (by the gateway that holds
@@ -170,7 +181,9 @@ class DockerBackend:
             calls = self.models.close_attempt(models) if models is not None else None
             if calls is not None:
                 outcome = with_calls(outcome, calls)
-            outcome = structs.replace(outcome, runtime=applied_runtime(container))
+            outcome = structs.replace(
+                outcome, runtime=applied_runtime(container), dropped_limits=dropped
+            )
         finally:
             removal_error = self._remove(container.id)
         if removal_error is not None and not outcome.engine_lost:
@@ -213,7 +226,14 @@ class DockerBackend:
         return True
 
     def where(self) -> dict[str, str]:
-        return {"backend": self.name, "host": socket.gethostname(), "engine": engine_url()}
+        where = {"backend": self.name, "host": socket.gethostname(), "engine": engine_url()}
+        try:  # which engine answers there: Podman's says so among its components
+            components = self.client.version().get("Components") or []
+        except ENGINE_ERRORS:
+            return where
+        names = " ".join(str(c.get("Name", "")) for c in components)
+        where["engine_kind"] = "podman" if "Podman" in names else "docker"
+        return where
 
     # -- one attempt ---------------------------------------------------------------------
 
@@ -518,6 +538,28 @@ class AttachedOutput:
         through open, and with it the descriptor, until garbage collection."""
         self._stream.close()
         self._response.close()
+
+
+# Each `resources` limit and the HostConfig field that holds it once the engine applied it.
+LIMIT_FIELDS = (("memory", "Memory"), ("pids", "PidsLimit"), ("cpus", "NanoCpus"))
+
+
+def dropped_limits(attrs: dict[str, Any], resources: Resources) -> tuple[str, ...]:
+    """The limits asked for that the created container does not have, as the engine's
+    inspection says: rootless Podman on cgroup v1 accepts them and applies none."""
+    host = attrs.get("HostConfig") or {}
+    return tuple(
+        f"resources.{name}"
+        for name, field in LIMIT_FIELDS
+        if getattr(resources, name) is not None and not host.get(field)
+    )
+
+
+def limits_refusal(job: str, dropped: tuple[str, ...]) -> str:
+    return (
+        f"job '{job}': {', '.join(dropped)}: the engine dropped this limit (rootless Podman "
+        "on cgroup v1 applies none): not run; `enforce_limits: false` runs without it"
+    )
 
 
 def applied_runtime(container: Container) -> str | None:
