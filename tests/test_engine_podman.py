@@ -18,6 +18,7 @@ import docker
 import pytest
 from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
 from podman_engine import PodmanEngine, podman_engine
+from podman_rootless import rootless_podman, shared_dir
 
 from safeagents_batch.cli.main import main
 from safeagents_batch.core.errors import EXIT_OK, EXIT_RUNS_FAILED
@@ -132,3 +133,42 @@ def wait_gone(socket_path: Path) -> bool:
     while services(socket_path) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not services(socket_path)
+
+
+ROOTLESS_JOBS = """\
+version: 1
+image_name: sab-rootless-test
+frameworks:
+  plain: {packages: []}
+defaults: {framework: plain, network: none}
+jobs:
+  - {name: free, scripts: a.py, resources: {memory: null, pids: null, cpus: null}}
+  - {name: capped, scripts: a.py, resources: {memory: 64m, pids: null, cpus: null}}
+"""
+ROOTLESS_SCRIPT = (
+    "import json\njson.dump({'ok': True}, open('/safeagents/logs/result.json', 'w'))\n"
+)
+
+
+def test_rootless_podman_runs_a_batch_and_refuses_a_limit_it_would_drop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rootless Podman on cgroup v1 accepts a memory limit and applies none: the job that
+    asks for one is refused in one line naming it and the key; the other runs."""
+    with rootless_podman() as engine, shared_dir() as root:
+        engine.load_images(docker.from_env(), ["python:3.11-slim"])
+        jobs = write_project(root / "proj", ROOTLESS_JOBS, {"a.py": ROOTLESS_SCRIPT})
+        monkeypatch.setenv("DOCKER_HOST", engine.socket_url)
+        assert main(["run", str(jobs), "--no-progress"]) == EXIT_RUNS_FAILED
+        out = capsys.readouterr().out
+        [batch] = [p for p in (jobs.parent / "logs").iterdir() if (p / "manifest.json").is_file()]
+        runs = {r["job"]: r for r in json.loads((batch / "manifest.json").read_text())["runs"]}
+    assert runs["free"]["status"] == "succeeded"
+    capped = runs["capped"]
+    refusal = (
+        "job 'capped': resources.memory: the engine dropped this limit (rootless Podman on "
+        "cgroup v1 applies none): not run; `enforce_limits: false` runs without it"
+    )
+    assert (capped["status"], capped["error"]) == ("error", refusal)
+    assert capped["attempts"][-1]["outcome"]["dropped_limits"] == ["resources.memory"]
+    assert refusal in out

@@ -147,11 +147,8 @@ def _framework(job: JobScope, path: KeyPath, name: str) -> str | None:
 
 
 def _scripts(job: JobScope, path: KeyPath, value: str | list[str]) -> tuple[Path, ...]:
-    items = (
-        [(path, value)]
-        if isinstance(value, str)
-        else [((*path, j), v) for j, v in enumerate(value)]
-    )
+    patterns = [value] if isinstance(value, str) else value  # one path or glob, or a list
+    items = [(path if isinstance(value, str) else (*path, j), p) for j, p in enumerate(patterns)]
     found: dict[Path, None] = {}  # ordered set: overlapping globs do not duplicate a script
     for item_path, pattern in items:
         found.update(dict.fromkeys(_script_paths(job.checker, item_path, pattern)))
