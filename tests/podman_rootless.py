@@ -31,6 +31,7 @@ class RootlessPodman:
         self.uid = 0
         self.runtime_dir = Path("/")
         self.socket_path = Path("/")
+        self.log = Path("/")
 
     @property
     def socket_url(self) -> str:
@@ -50,17 +51,20 @@ class RootlessPodman:
         shutil.chown(self.runtime_dir, self.user, self.user)
         self.as_user("mkdir", "-p", str(self.runtime_dir / "podman"))
         self.socket_path = self.runtime_dir / "podman" / "podman.sock"
-        subprocess.Popen(
-            ["runuser", "-u", self.user, "--", "env", *self._env(), "podman", "system",
-             "service", "--time=0", self.socket_url],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        self.log = self.runtime_dir / "service.log"
+        with self.log.open("wb") as log:
+            service = subprocess.Popen(
+                ["runuser", "-u", self.user, "--", "env", *self._env(), "podman", "system",
+                 "service", "--time=0", self.socket_url],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + READY_SECONDS
         while not self.socket_path.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("rootless podman service did not start")
+            if time.monotonic() > deadline or service.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"rootless podman service did not start: {tail}")
             time.sleep(0.05)
 
     def load_images(self, host: docker.DockerClient, tags: list[str]) -> None:
@@ -78,7 +82,15 @@ class RootlessPodman:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def _env(self) -> list[str]:
-        return [f"XDG_RUNTIME_DIR={self.runtime_dir}", f"HOME=/home/{self.user}"]
+        """`env` arguments: the user's own environment alone (the test session's config dirs
+        are root's, and Podman would read its config there)."""
+        return [
+            "-i",
+            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            f"HOME=/home/{self.user}",
+            f"USER={self.user}",
+            f"XDG_RUNTIME_DIR={self.runtime_dir}",
+        ]
 
     def _kill_users_processes(self) -> None:
         """SIGTERM, then SIGKILL what is left (conmon, the service, a container's processes)."""
