@@ -102,7 +102,9 @@ def test_engine_podman_starts_the_service_once_and_then_finds_it(
     from safeagents_batch.backends.docker.podman import use_podman
 
     socket_path = tmp_path / "podman.sock"
-    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    # use_podman sets DOCKER_HOST in os.environ: set here first, so the test's end restores
+    # the session's value (a delenv of an unset name records nothing to undo).
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nowhere")
     try:
         url = use_podman(socket_path)  # nothing answers: started
         assert url == f"unix://{socket_path}" and os.environ["DOCKER_HOST"] == url
