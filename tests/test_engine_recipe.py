@@ -49,8 +49,9 @@ def test_system_packages_and_setup_install_a_debian_package_and_run_commands(
         "    packages: []\n    system_packages: [jq]\n"
         "    setup:\n"
         "      - jq --version > /opt/jq-version.txt\n"
-        # Long enough that the build's next line comes after the display's 10 s.
-        "      - sleep 10.5\n"
+        # Long enough that the display's 10 s pass while the step runs (with room for a busy
+        # machine): the line it held back is shown then.
+        "      - sleep 15\n"
         "      - |\n"
         "        echo first > /opt/setup.txt\n"
         '        echo "$(id -u)" >> /opt/setup.txt\n'
@@ -70,7 +71,8 @@ def test_system_packages_and_setup_install_a_debian_package_and_run_commands(
     # Off a terminal the build said what it was doing: its start, then where it was.
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"building {tag}"
-    assert any(re.fullmatch(rf"building {tag} \(1\ds\): .+", line) for line in out), out
+    progress = [line for line in out if re.fullmatch(rf"building {tag} \(\d+s\): .+", line)]
+    assert progress and out[-1].startswith(f"built   {tag}"), out
 
 
 @pytest.mark.usefixtures("engine")
