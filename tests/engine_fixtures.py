@@ -148,11 +148,17 @@ class CliBatch:
         return runs
 
 
+def only_batch(out_dir: Path) -> Path:
+    """The one batch dir under an output dir (`build` logs beside it are not one)."""
+    [batch_dir] = [d for d in out_dir.iterdir() if (d / "manifest.json").is_file()]
+    return batch_dir
+
+
 def cli_batch(capsys: pytest.CaptureFixture[str], out_dir: Path, args: list[str]) -> CliBatch:
     """`safeagents-batch ARGS` in this process; the one batch dir under `out_dir`."""
     code = cli.main([*args, "--no-progress"])
     captured = capsys.readouterr()
-    [batch_dir] = [d for d in out_dir.iterdir() if (d / "manifest.json").is_file()]
+    batch_dir = only_batch(out_dir)
     manifest = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
     return CliBatch(code, captured.out + captured.err, batch_dir, manifest)
 

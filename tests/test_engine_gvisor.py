@@ -17,7 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, own_tags, write_project
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, only_batch, own_tags, write_project
 from private_engine import PrivateEngine, private_engine
 
 from safeagents_batch.cli.main import main
@@ -76,7 +76,7 @@ def test_a_runsc_job_runs_under_gvisors_kernel_with_its_limits(
     assert run_on(gvisor_engine, jobs, monkeypatch) == EXIT_RUNS_FAILED  # the hog fails
     capsys.readouterr()
 
-    [batch] = [p for p in (jobs.parent / "logs").iterdir() if (p / "manifest.json").is_file()]
+    batch = only_batch(jobs.parent / "logs")
     rows = {
         r["job"]: r for r in map(json.loads, (batch / "results.jsonl").read_text().splitlines())
     }

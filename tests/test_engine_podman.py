@@ -16,7 +16,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, only_batch, write_project
 from podman_engine import PodmanEngine, podman_engine
 from podman_rootless import rootless_podman, shared_dir
 
@@ -70,7 +70,7 @@ def test_the_core_cases_hold_on_rootful_podman(
     assert main(["run", str(jobs), "--no-progress"]) == EXIT_RUNS_FAILED
     capsys.readouterr()
 
-    [batch] = [p for p in (jobs.parent / "logs").iterdir() if (p / "manifest.json").is_file()]
+    batch = only_batch(jobs.parent / "logs")
     manifest = json.loads((batch / "manifest.json").read_text())
     runs = {run["job"]: run for run in manifest["runs"]}
     assert {job: run["status"] for job, run in runs.items()} == {
@@ -163,7 +163,7 @@ def test_rootless_podman_runs_a_batch_and_refuses_a_limit_it_would_drop(
         monkeypatch.setenv("DOCKER_HOST", engine.socket_url)
         assert main(["run", str(jobs), "--no-progress"]) == EXIT_RUNS_FAILED
         out = capsys.readouterr().out
-        [batch] = [p for p in (jobs.parent / "logs").iterdir() if (p / "manifest.json").is_file()]
+        batch = only_batch(jobs.parent / "logs")
         runs = {r["job"]: r for r in json.loads((batch / "manifest.json").read_text())["runs"]}
     assert runs["free"]["status"] == "succeeded"
     capped = runs["capped"]

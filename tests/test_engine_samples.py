@@ -11,7 +11,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from engine_fixtures import PLAIN_FRAMEWORK_YAML, write_project
+from engine_fixtures import PLAIN_FRAMEWORK_YAML, only_batch, write_project
 
 from safeagents_batch.cli.main import main
 from safeagents_batch.core.errors import EXIT_OK
@@ -39,7 +39,7 @@ def run_batch(tmp_path: Path, image_name: str, name: str, harmful_rate: float) -
     )
     jobs = write_project(tmp_path / name, text, {"tasks.py": SCRIPT})
     assert main(["run", str(jobs), "--no-progress"]) == EXIT_OK
-    [batch] = [p for p in (jobs.parent / "logs").iterdir() if p.is_dir()]
+    batch = only_batch(jobs.parent / "logs")
     return batch
 
 
