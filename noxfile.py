@@ -30,7 +30,7 @@ FLOOR_PYTHON = "/usr/bin/python3"  # Debian 12: 3.11.2, before tarfile's extract
 HOST_NEUTRAL = "browser or scale or sdk"
 FLOOR_MARKS = f"not ({HOST_NEUTRAL})"
 # The pure-logic tests (no engine, no cluster) and the host-neutral ones.
-TESTS_MARKS = f"not docker and not ray or {HOST_NEUTRAL}"
+TESTS_MARKS = f"not docker and not ray and not slurm or {HOST_NEUTRAL}"
 
 
 @nox.session(python=False)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sweep import write_sweep
@@ -67,6 +67,16 @@ class InstantBackend:
         return AttemptOutcome(
             status="succeeded", exit_code=0, started_at=started, ended_at=now_iso()
         )
+
+    def reattach(
+        self,
+        batch_dir: Path,
+        run_id: str,
+        attempt: int,
+        open_sink: Callable[[], Sink],
+        cancel: threading.Event,
+    ) -> AttemptOutcome | None:
+        return None
 
     def sweep(self, batch_id: str) -> int:
         return 0

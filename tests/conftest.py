@@ -12,7 +12,7 @@ import pytest
 from standin_llm import StandIn
 
 # Engine fixtures (docker_client, engine, orchestrators) for every test module that asks.
-pytest_plugins = ["engine_fixtures", "engine_cli", "private_engine", "ray_cluster"]
+pytest_plugins = ["engine_fixtures", "engine_cli", "private_engine", "ray_cluster", "slurm_cluster"]
 
 
 # Set in the child process tests/test_bounds.py starts for the tests marked `bounded`.

@@ -152,6 +152,17 @@ class FakeBackend:
                 self._lose_engine(request.batch_id)
             return behaviour.outcome(started)
 
+    def reattach(
+        self,
+        batch_dir: Path,
+        run_id: str,
+        attempt: int,
+        open_sink: Callable[[], Sink],
+        cancel: threading.Event,
+    ) -> AttemptOutcome | None:
+        """Its containers do not outlive the driver's process (the sweep removes them)."""
+        return None
+
     def sweep(self, batch_id: str) -> int:
         if not self.up:
             raise ConnectionError("fake engine is down")

@@ -9,7 +9,7 @@ What comes back is a record (records.model): an attempt's `AttemptOutcome`, an i
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -106,6 +106,8 @@ class AttemptRequest:
     # Set by a backend whose gateway runs away from the engine (Ray: on the driver, which
     # opened the attempt's pass there and closes it): the engine's side only reaches it.
     gateway: GatewayTicket | None = None
+    # The batch dir, for a backend whose wire is the shared filesystem (Slurm).
+    batch_dir: Path | None = None
 
 
 class Sink(Protocol):
@@ -174,6 +176,21 @@ class Backend(Protocol):
     def run(self, request: AttemptRequest, sink: Sink, cancel: threading.Event) -> AttemptOutcome:
         """One attempt to its end; a set `cancel` kills it. Never raises for engine trouble:
         that is an `error` outcome (with `engine_lost` when the engine stopped answering)."""
+        ...
+
+    def reattach(
+        self,
+        batch_dir: Path,
+        run_id: str,
+        attempt: int,
+        open_sink: Callable[[], Sink],
+        cancel: threading.Event,
+    ) -> AttemptOutcome | None:
+        """An attempt that a driver which died left `running`: followed to its end where it
+        still runs without the driver (a Slurm job), or its end read where it ended meanwhile
+        (the job's outcome file), through the sink `open_sink` gives once it knows the attempt
+        (it replaces what the attempt's dir held). None: the backend knows nothing of it (a
+        local container died with its driver); `rerun` then closes it as interrupted."""
         ...
 
     def sweep(self, batch_id: str) -> int:

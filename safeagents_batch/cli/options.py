@@ -16,12 +16,13 @@ from safeagents_batch.cli.output import ConsoleReporter
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.execution.batch import BatchOutcome
 from safeagents_batch.execution.executor import DEFAULT_ENGINE_WAIT
-from safeagents_batch.records.layout import BatchLayout
+from safeagents_batch.records.layout import BatchLayout, ignore_in_git
 
 if TYPE_CHECKING:
     from safeagents_batch.backends.base import Backend
     from safeagents_batch.backends.docker.backend import DockerBackend
     from safeagents_batch.backends.ray.backend import RayBackend
+    from safeagents_batch.backends.slurm.backend import SlurmBackend
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[argparse.Namespace], int]
@@ -68,9 +69,44 @@ def ray_backend(args: argparse.Namespace) -> Iterator[RayBackend]:
             backend.close()
 
 
-def chosen_backend(args: argparse.Namespace) -> AbstractContextManager[Backend]:
-    """`--backend docker|ray`: the CLI is the one place that builds a backend."""
-    return ray_backend(args) if args.backend == "ray" else docker_backend()
+@contextmanager
+def slurm_backend(args: argparse.Namespace, share: Path) -> Iterator[SlurmBackend]:
+    """The Slurm backend: the driver's engine (where images are built) and the cluster its
+    commands reach; `share` is where the batch dirs go, on the cluster's shared filesystem
+    (`--slurm-share` says otherwise)."""
+    from safeagents_batch.backends.slurm.backend import SlurmBackend
+    from safeagents_batch.backends.slurm.commands import SlurmOptions
+
+    options = SlurmOptions(
+        partition=args.slurm_partition,
+        account=args.slurm_account,
+        sbatch_args=tuple(args.slurm_args or ()),
+        python=args.slurm_python,
+    )
+    share = (args.slurm_share or share).absolute()
+    made = not share.exists()
+    with docker_backend() as local:
+        backend = SlurmBackend.connect(
+            local, options, share, ConsoleReporter().warning, getattr(args, "engine", "docker")
+        )
+        if made and args.slurm_share is None:
+            ignore_in_git(share)  # the output dir the probe made, as `run` would have
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+def chosen_backend(
+    args: argparse.Namespace, share: Path | None = None
+) -> AbstractContextManager[Backend]:
+    """`--backend docker|ray|slurm`: the CLI is the one place that builds a backend. `share`:
+    where the command's batch dirs are (Slurm's nodes must see it); default the current dir."""
+    if args.backend == "ray":
+        return ray_backend(args)
+    if args.backend == "slurm":
+        return slurm_backend(args, share or Path.cwd())
+    return docker_backend()
 
 
 ENGINES = ("docker", "podman")
@@ -101,9 +137,10 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
     add_engine_flag(p)
     p.add_argument(
         "--backend",
-        choices=["docker", "ray"],
+        choices=["docker", "ray", "slurm"],
         default="docker",
-        help="where containers run: the local engine (default) or a Ray cluster's nodes",
+        help="where containers run: the local engine (default), a Ray cluster's nodes, or a "
+        "Slurm cluster's (one job per attempt; see docs/slurm.md)",
     )
     p.add_argument(
         "--ray-address",
@@ -115,6 +152,32 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --backend ray: join a cluster that asks for no token (refused by default: "
         "whoever reaches its port runs code on it; start it with RAY_AUTH_MODE=token)",
+    )
+    add_slurm_flags(p)
+
+
+def add_slurm_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("with --backend slurm")
+    g.add_argument("--slurm-partition", metavar="NAME", help="sbatch --partition")
+    g.add_argument("--slurm-account", metavar="NAME", help="sbatch --account")
+    g.add_argument(
+        "--slurm-arg",
+        action="append",
+        dest="slurm_args",
+        metavar="ARG",
+        help="one more sbatch argument, e.g. --slurm-arg=--qos=short; repeatable",
+    )
+    g.add_argument(
+        "--slurm-python",
+        metavar="PATH",
+        help="the Python the nodes run (with this package's dependencies); default: this one",
+    )
+    g.add_argument(
+        "--slurm-share",
+        type=Path,
+        metavar="DIR",
+        help="a directory every node sees at the same path (default: the output dir; for "
+        "`clean`, the current dir)",
     )
 
 

@@ -59,5 +59,5 @@ def command(args: argparse.Namespace) -> int:
     if args.status:
         choice = replace(choice, statuses=args.status)
     options = BatchOptions(workers=args.workers, only=args.only, engine_wait=args.engine_wait)
-    with chosen_backend(args) as backend:
+    with chosen_backend(args, args.batch_dir.absolute().parent) as backend:
         return finish_batch(rerun_batch(args.batch_dir, backend, reporter(args), choice, options))

@@ -63,7 +63,8 @@ def command(args: argparse.Namespace) -> int:
         rebuild=args.no_cache,
         engine_wait=args.engine_wait,
     )
-    with chosen_backend(args) as backend:
+    share = (args.output_dir or jobs_file.output_dir).absolute()
+    with chosen_backend(args, share) as backend:
         return finish_batch(run_batch(jobs_file, specs, backend, reporter(args), options))
 
 

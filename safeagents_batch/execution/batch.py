@@ -335,6 +335,7 @@ class BatchRunner:
             pace=pool_pace(spec.job.pool, self.work.rates),
             cost_limit=cost_left(spec.job.cost_limit, self.store.run(spec.run_id)),
             model_env=spec.job.model_env,
+            batch_dir=self.batch_dir,
         )
 
     def _azure_dir(self) -> Path | None:

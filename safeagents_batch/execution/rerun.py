@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from safeagents_batch.backends.base import Backend
+from safeagents_batch.backends.base import Backend, Sink
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import UsageError
 from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, BatchRunner
@@ -18,18 +19,21 @@ from safeagents_batch.execution.prepare import (
     write_jobs_copies,
 )
 from safeagents_batch.execution.reporting import Reporter
+from safeagents_batch.execution.sink import LocalSink
 from safeagents_batch.jobs.load import MAX_JOBS_FILE_BYTES, load_and_expand
+from safeagents_batch.jobs.model import DEFAULT_ARTIFACT_FILES, DEFAULT_ARTIFACT_LIMIT
 from safeagents_batch.jobs.plan import RunSpec
 from safeagents_batch.jobs.secrets import REDACTED
 from safeagents_batch.records import layout
 from safeagents_batch.records.layout import BatchLayout
 from safeagents_batch.records.lock import BatchLock
 from safeagents_batch.records.manifest import load_manifest
-from safeagents_batch.records.model import STATUSES, RunRecord
+from safeagents_batch.records.model import STATUSES, Attempt, RunRecord
 from safeagents_batch.records.safedir import read_batch_file
 from safeagents_batch.records.store import ManifestStore
 from safeagents_batch.records.trust import owned_by_me, seal, sealed
 
+DEFAULT_LIMITS = (DEFAULT_ARTIFACT_LIMIT, DEFAULT_ARTIFACT_FILES)
 INTERRUPTED_REASON = "interrupted: the orchestrator stopped while this attempt ran"
 
 
@@ -74,7 +78,7 @@ def rerun_batch(
         jobs_path = choice.jobs_file or BatchLayout(batch_dir).jobs_snapshot
         snapshot = None if choice.jobs_file else _snapshot(batch_dir, store, choice)
         jobs_file, specs = load_and_expand(jobs_path, snapshot)
-        _recover_after_crash(backend, store, reporter)
+        _recover_after_crash(backend, store, reporter, {s.run_id: s for s in specs})
         inputs = read_inputs(specs)
         known = store.manifest.runs
         # A run id new to the batch is pending; the merge waits until the input proved good.
@@ -156,18 +160,55 @@ def _check_secrets_kept(specs: list[RunSpec], jobs_path: Path) -> None:
         )
 
 
-def _recover_after_crash(backend: Backend, store: ManifestStore, reporter: Reporter) -> None:
-    """A previous orchestrator may have died: remove its containers (found by label) and mark
-    attempts it left `running` as errors, so they are rerun and the record stays truthful."""
+def _recover_after_crash(
+    backend: Backend, store: ManifestStore, reporter: Reporter, specs: dict[str, RunSpec]
+) -> None:
+    """A previous orchestrator may have died. An attempt it left `running` that the backend
+    can still see (a Slurm job, which runs on without its driver) is followed to its end, or
+    its end read, and recorded as it ended; the others are closed as errors, so they are
+    rerun and the record stays truthful. Then its containers (found by label) are removed."""
+    for record in store.runs():
+        last = record.latest
+        if record.status != "running" or last is None:
+            continue
+        folded = _reattach(backend, store, last, specs.get(record.run_id))
+        if folded is not None:
+            store.record_attempt(record.run_id, folded)
+            status = folded.outcome.status if folded.outcome else "?"
+            reporter.notice(f"{record.run_id}: attempt {last.number} ended {status} meanwhile")
+            continue
+        # When it really ended is unknown: the recovery is the first moment known to be after.
+        closed = last.closed_as_error(INTERRUPTED_REASON, last.ended_at or now_iso())
+        store.record_attempt(record.run_id, closed)
     removed = backend.sweep(store.manifest.batch_id)
     if removed:
         reporter.notice(f"removed {removed} stale container(s) of this batch")
-    for record in store.runs():
-        last = record.latest
-        if record.status == "running" and last is not None:
-            # When it really ended is unknown: the recovery is the first moment known to be after.
-            closed = last.closed_as_error(INTERRUPTED_REASON, last.ended_at or now_iso())
-            store.record_attempt(record.run_id, closed)
+
+
+def _reattach(
+    backend: Backend, store: ManifestStore, attempt: Attempt, spec: RunSpec | None
+) -> Attempt | None:
+    """The attempt as the backend still sees it, its logs written afresh into its dir (what
+    the dead driver wrote there is moved aside); None when the backend knows nothing of it."""
+    batch_dir = store.layout.root
+    run_id = Path(attempt.log_dir).parent.name
+    job = spec.job if spec is not None else None
+    limits = (job.max_artifacts_size, job.max_artifacts_files) if job else DEFAULT_LIMITS
+    opened: list[LocalSink] = []
+
+    def open_sink() -> Sink:
+        dir_fd = store.safe.fresh_directory(attempt.log_dir)
+        log_dir = batch_dir / attempt.log_dir
+        opened.append(LocalSink(log_dir, limits[0], file_limit=limits[1], dir_fd=dir_fd))
+        return opened[-1]
+
+    try:
+        outcome = backend.reattach(batch_dir, run_id, attempt.number, open_sink, threading.Event())
+    finally:
+        for sink in opened:
+            sink.close()
+    dropped = tuple(opened[-1].dropped) if opened else ()
+    return attempt.finished(outcome, dropped) if outcome is not None else None
 
 
 def _merge(store: ManifestStore, fresh: list[RunRecord], reporter: Reporter) -> None:

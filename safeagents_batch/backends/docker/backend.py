@@ -13,7 +13,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,17 @@ class DockerBackend:
                 outcome, error=f"{outcome.error}; {note}" if outcome.error else note
             )
         return outcome
+
+    def reattach(
+        self,
+        batch_dir: Path,
+        run_id: str,
+        attempt: int,
+        open_sink: Callable[[], Sink],
+        cancel: threading.Event,
+    ) -> AttemptOutcome | None:
+        """Its containers do not outlive the driver's process (the sweep removes them)."""
+        return None
 
     def sweep(self, batch_id: str) -> int:
         removed = batch_container_ids(self.client, batch_id)

@@ -371,3 +371,17 @@ def _freeze_labels() -> dict[str, str]:
         labels.HOST: socket.gethostname(),
         labels.PID: str(os.getpid()),
     }
+
+
+def stream_error(message: dict[str, Any]) -> str:
+    """The text of an error item of the engine's progress stream (push, pull, load)."""
+    detail = message.get("errorDetail")
+    text = message.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+    return " ".join(str(text or message).split())
+
+
+def load_archive(api: docker.APIClient, data: bytes | IO[bytes], tag: str) -> None:
+    """`docker load` of a `docker save` archive that holds `tag` (a cluster node's copy)."""
+    for message in api.load_image(data):
+        if "error" in message or "errorDetail" in message:
+            raise RuntimeError(f"docker load of {tag}: {stream_error(message)}")

@@ -43,6 +43,7 @@ from safeagents_batch.backends.base import (
     Sink,
 )
 from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend, with_calls
+from safeagents_batch.backends.docker.images import stream_error
 from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.ray import boot as ray_boot
 from safeagents_batch.backends.ray import node as ray_node
@@ -372,6 +373,17 @@ class RayBackend:
         shipped = self._ship_late(request.image, agent.node_id)
         return structs.replace(outcome, error=shipped) if shipped is not None else None
 
+    def reattach(
+        self,
+        batch_dir: Path,
+        run_id: str,
+        attempt: int,
+        open_sink: Callable[[], Sink],
+        cancel: threading.Event,
+    ) -> AttemptOutcome | None:
+        """Its containers do not outlive the driver's process (the sweep removes them)."""
+        return None
+
     def sweep(self, batch_id: str) -> int:
         if not self._board.started:
             # A rerun sweeps before it needs an image: its agents start now and sweep, rather
@@ -508,7 +520,7 @@ class RayBackend:
         try:
             for message in api.push(remote_repository, tag=version, stream=True, decode=True):
                 if "error" in message or "errorDetail" in message:
-                    error = ray_node.stream_error(message)
+                    error = stream_error(message)
                     raise RuntimeError(f"docker push of {remote_tag}: {error}")
         finally:
             with contextlib.suppress(*ENGINE_ERRORS):  # only the name: `tag` keeps the image

@@ -39,6 +39,7 @@ from safeagents_batch.backends.docker.backend import (
     engine_url,
     remove_container,
 )
+from safeagents_batch.backends.docker.images import load_archive, stream_error
 from safeagents_batch.backends.ray.boot import file_lock, node_cache, unpacked_once
 from safeagents_batch.backends.ray.items import (
     Art,
@@ -147,9 +148,7 @@ def load_image(tag: str, data: bytes) -> bool:
     with file_lock(lock):
         if has_image(tag):
             return False
-        for message in node_backend().client.api.load_image(data):
-            if "error" in message or "errorDetail" in message:
-                raise RuntimeError(f"docker load of {tag}: {stream_error(message)}")
+        load_archive(node_backend().client.api, data, tag)
     return True
 
 
@@ -172,13 +171,6 @@ def pull_image(tag: str, remote_tag: str) -> bool:
         api.tag(remote_tag, name, local_version)
         api.remove_image(remote_tag)  # only the name; the layers stay under `tag`
     return True
-
-
-def stream_error(message: dict[str, Any]) -> str:
-    """The text of an error item of the engine's progress stream (push, pull, load)."""
-    detail = message.get("errorDetail")
-    text = message.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
-    return " ".join(str(text or message).split())
 
 
 # -- sweeping and cleaning --------------------------------------------------------------

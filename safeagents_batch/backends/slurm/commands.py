@@ -1,0 +1,248 @@
+"""Slurm's own commands, as the driver calls them: `sbatch` to submit, `squeue` (one call for
+every job the batch watches) and `scontrol` for states, `scancel`, `srun` for a command on
+each node, `sinfo` for the nodes. No scheduler of our own: Slurm decides where and when.
+
+Each call has a timeout; a failure is one line naming the command and what Slurm said.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from safeagents_batch.core.errors import EngineUnavailable, UsageError
+from safeagents_batch.jobs.model import Resources
+
+CALL_SECONDS = 60.0
+POLL_SECONDS = 1.0
+# A job Slurm keeps no record of once it ended: the driver gives its files this long to
+# appear on a shared filesystem whose attribute cache lags.
+TERMINAL = frozenset(
+    {
+        "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+        "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT",
+    }
+)  # fmt: skip
+GONE = "GONE"  # neither squeue nor scontrol knows the job any more
+# Beyond the run's own timeout, which the node enforces: Slurm's limit is only the backstop.
+TIME_MARGIN_SECONDS = 300
+MEMORY_MARGIN_MIB = 256  # the node's own process beside the container
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed: the message names it and Slurm's answer."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Where and how the attempts are submitted (the command line's `--slurm-*`)."""
+
+    partition: str | None = None
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    python: str | None = None  # the nodes' interpreter; None: this one (a shared venv)
+    ship_azure: bool = False
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    node: str = ""
+    reason: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL or self.state == GONE
+
+
+def call(argv: Sequence[str], *, timeout: float = CALL_SECONDS) -> str:
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise EngineUnavailable(
+            f"`{argv[0]}` not found: --backend slurm runs where Slurm's commands are "
+            "(a cluster's login node)"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(argv[:2])}` did not answer within {timeout:g} s") from None
+    if done.returncode != 0:
+        said = " ".join((done.stderr or done.stdout).split())[:400]
+        raise SlurmError(f"`{' '.join(argv[:2])}` failed (exit {done.returncode}): {said}")
+    return done.stdout
+
+
+def require_cluster() -> list[str]:
+    """The nodes that answer (sinfo); a controller that does not is EngineUnavailable."""
+    try:
+        out = call(["sinfo", "-h", "-N", "-o", "%N|%T"])
+    except SlurmError as exc:
+        raise EngineUnavailable(f"the Slurm cluster does not answer: {exc}") from None
+    nodes = []
+    for line in out.splitlines():
+        name, _, state = line.partition("|")
+        if name and not state.rstrip("*~#").startswith(("down", "drain", "fail", "unk")):
+            nodes.append(name)
+    if not nodes:
+        raise EngineUnavailable("the Slurm cluster has no node up (sinfo)")
+    return sorted(set(nodes))
+
+
+def sbatch_argv(
+    options: SlurmOptions, *, name: str, comment: str, log: str, resources: Resources,
+    timeout: int | None,
+) -> list[str]:  # fmt: skip
+    """`sbatch` for one attempt: named after its run, its limits from the run's, the
+    environment the node's own (`--export=NONE`: nothing of the driver's goes along)."""
+    argv = [
+        "sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
+        f"--output={log}", "--open-mode=append", "--export=NONE", "--no-requeue",
+        "--nodes=1", "--ntasks=1",
+    ]  # fmt: skip
+    if resources.cpus:
+        argv.append(f"--cpus-per-task={max(1, math.ceil(resources.cpus))}")
+    if resources.memory:
+        argv.append(f"--mem={math.ceil(resources.memory / (1 << 20)) + MEMORY_MARGIN_MIB}M")
+    if timeout:
+        argv.append(f"--time={math.ceil((timeout + TIME_MARGIN_SECONDS) / 60)}")
+    if options.partition:
+        argv.append(f"--partition={options.partition}")
+    if options.account:
+        argv.append(f"--account={options.account}")
+    return [*argv, *options.sbatch_args]
+
+
+def submit(argv: Sequence[str]) -> str:
+    """The job id `sbatch --parsable` prints (`ID` or `ID;CLUSTER`)."""
+    out = call(argv).strip()
+    job_id = out.split(";", 1)[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"`sbatch` printed no job id: {out[:200]!r}")
+    return job_id
+
+
+def cancel(job_ids: Sequence[str]) -> None:
+    if job_ids:
+        call(["scancel", *job_ids])
+
+
+def check_sbatch_args(args: Sequence[str]) -> None:
+    """Options the backend sets itself may not be given again: they would break the wire."""
+    own = ("--parsable", "--output", "--error", "--export", "--job-name", "--array", "--wrap")
+    for arg in args:
+        if arg.split("=", 1)[0] in own:
+            raise UsageError(f"--slurm-arg {arg}: the Slurm backend sets {arg.split('=')[0]}")
+
+
+class JobWatch:
+    """The states of the jobs the batch waits on, for all of them by one `squeue` a second
+    (a poll per job would be hundreds of calls a second against the controller)."""
+
+    def __init__(self, poll: float = POLL_SECONDS) -> None:
+        self.poll = poll
+        self._lock = threading.Lock()
+        self._watched: set[str] = set()
+        self._states: dict[str, JobState] = {}
+        self._error: str | None = None
+        self._changed = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job_id: str) -> None:
+        with self._lock:
+            self._watched.add(job_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="squeue")
+                self._thread.start()
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._watched.discard(job_id)
+            self._states.pop(job_id, None)
+
+    def state(self, job_id: str) -> JobState | None:
+        """The job's last known state; None until the first poll that saw it."""
+        with self._lock:
+            return self._states.get(job_id)
+
+    @property
+    def error(self) -> str | None:
+        """Why the last poll failed (the controller does not answer); None when it answered."""
+        return self._error
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                ids = sorted(self._watched)
+            if ids:
+                self._poll(ids)
+            time.sleep(self.poll)
+
+    def _poll(self, ids: list[str]) -> None:
+        try:
+            found = query(ids)
+        except (SlurmError, EngineUnavailable) as exc:
+            self._error = str(exc)
+            return
+        self._error = None
+        with self._lock:
+            for job_id in ids:
+                if job_id in self._watched:
+                    self._states[job_id] = found.get(job_id, JobState(GONE))
+
+
+def query(ids: Sequence[str]) -> dict[str, JobState]:
+    """States of `ids`: squeue for those it lists (finished ones for `MinJobAge`); a job it
+    does not list has left the controller's memory."""
+    return parse_squeue(
+        call(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"])
+    )
+
+
+def parse_squeue(out: str) -> dict[str, JobState]:
+    """`squeue -o %i|%T|%N|%r` lines by job id; a line of another shape is skipped."""
+    states = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4:
+            states[parts[0]] = JobState(parts[1], parts[2], parts[3])
+    return states
+
+
+def node_command(node: str, argv: Sequence[str], *, wait: int = 30) -> str:
+    """`argv` on one node as a one-task job step (`srun --immediate`: a node whose slots are
+    all taken is skipped after `wait` seconds, not waited for)."""
+    srun = [
+        "srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}", f"--immediate={wait}",
+        "--export=NONE", "--job-name=safeagents-batch-node", "--quiet",
+    ]  # fmt: skip
+    return call([*srun, *argv], timeout=wait + CALL_SECONDS)
+
+
+def user_name() -> str:
+    return os.environ.get("USER") or str(os.getuid())
+
+
+@dataclass
+class Submitted:
+    """The jobs this backend submitted and has not seen end (for Ctrl-C and the sweep)."""
+
+    ids: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, job_id: str) -> None:
+        with self.lock:
+            self.ids.add(job_id)
+
+    def discard(self, job_id: str) -> None:
+        with self.lock:
+            self.ids.discard(job_id)
+
+    def all(self) -> list[str]:
+        with self.lock:
+            return sorted(self.ids)

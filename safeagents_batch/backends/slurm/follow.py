@@ -1,0 +1,240 @@
+"""The driver's side of one attempt's spool (backends/slurm/wire.py): its output into the sink
+as the node appends it, then the artifacts, the entries not kept and the node's traceback,
+and the node's outcome. A job that ends without an outcome (its node failed, Slurm cancelled
+or timed it out, its process was killed) is the attempt's `error`, named by Slurm's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+from msgspec import structs
+
+from safeagents_batch.backends.base import Sink
+from safeagents_batch.backends.slurm import wire
+from safeagents_batch.backends.slurm.commands import JobState
+from safeagents_batch.core.clock import now_iso
+from safeagents_batch.core.files import read_regular
+from safeagents_batch.records.model import AttemptOutcome
+
+PUMP_SECONDS = 0.25
+READ_BYTES = 1 << 20
+# After Slurm says the job ended: how long its outcome may take to show on a shared
+# filesystem (attribute caches lag) before the attempt is the job's loss.
+OUTCOME_GRACE_SECONDS = 10.0
+# After a cancel: the node kills and removes its container on SIGTERM, before Slurm's KillWait.
+CANCEL_GRACE_SECONDS = 60.0
+MAX_TRACEBACK_BYTES = 1 << 20
+MAX_DROPPED_BYTES = 1 << 20
+SLURM_LOG_TAIL = 4096
+
+
+class JobStates(Protocol):
+    """Where a follower learns its job's state (commands.JobWatch: one squeue for all)."""
+
+    def watch(self, job_id: str) -> None: ...
+
+    def forget(self, job_id: str) -> None: ...
+
+    def state(self, job_id: str) -> JobState | None: ...
+
+
+class Follower:
+    """Follows one submitted job's spool to the attempt's end."""
+
+    def __init__(
+        self,
+        spool: Path,
+        job_id: str,
+        watch: JobStates,
+        sink: Sink,
+        cancel: threading.Event,
+        started: str,
+        scancel: Callable[[str], None],
+    ) -> None:
+        self.spool = spool
+        self.job_id = job_id
+        self.watch = watch
+        self.sink = sink
+        self.cancel = cancel
+        self.started = started
+        self.scancel = scancel
+        self.directory = wire.open_spool(spool)
+        self.reader = wire.FrameReader()
+        self._output: int | None = None
+        self._cancelled_at: float | None = None
+        self._ended_at: float | None = None
+        self._seen_running = False
+
+    def follow(self) -> wire.NodeOutcome:
+        try:
+            return self._follow()
+        finally:
+            if self._output is not None:
+                os.close(self._output)
+            os.close(self.directory)
+
+    def _follow(self) -> wire.NodeOutcome:
+        self.watch.watch(self.job_id)
+        try:
+            while True:
+                outcome = self._step()
+                if outcome is not None:
+                    return outcome
+                time.sleep(PUMP_SECONDS)
+        finally:
+            self.watch.forget(self.job_id)
+
+    def _step(self) -> wire.NodeOutcome | None:
+        self._pump()
+        if _exists(self.directory, wire.OUTCOME):
+            self._pump()  # all of it: the outcome is written last
+            return self._finish()
+        if self.cancel.is_set() and self._cancelled_at is None:
+            self._ask_cancel()
+        state = self.watch.state(self.job_id)
+        if state is not None and state.state not in ("PENDING", "GONE") and not state.ended:
+            self._seen_running = True
+        if state is not None and state.ended:
+            return self._ended_without_outcome(state)
+        waited = time.monotonic() - (self._cancelled_at or time.monotonic())
+        if waited > CANCEL_GRACE_SECONDS:
+            return self._lost("cancelled", "cancelled by the user (the node did not confirm)")
+        return None
+
+    def _ask_cancel(self) -> None:
+        """Ctrl-C: the node stops the attempt on `scancel`'s SIGTERM, or on the spool's
+        cancel file where no signal reaches it (its slurmd gone)."""
+        self._cancelled_at = time.monotonic()
+        self.tell_node_to_stop()
+        with contextlib.suppress(Exception):  # a job that just ended: nothing to cancel
+            self.scancel(self.job_id)
+
+    def tell_node_to_stop(self) -> None:
+        with contextlib.suppress(OSError):
+            wire.write_private(self.directory, wire.CANCEL, b"")
+
+    def _ended_without_outcome(self, state: JobState) -> wire.NodeOutcome | None:
+        if self._ended_at is None:
+            self._ended_at = time.monotonic()
+        never_ran = self._cancelled_at is not None and not self._seen_running
+        if never_ran and self._output is None:
+            return self._lost("cancelled", "cancelled by the user before its job started")
+        if time.monotonic() - self._ended_at < OUTCOME_GRACE_SECONDS:
+            return None
+        # The node's process may live on (a node whose slurmd died): it stops its container.
+        self.tell_node_to_stop()
+        if self._cancelled_at is not None:
+            return self._lost("cancelled", "cancelled by the user")
+        where = f" on {state.node}" if state.node else ""
+        reason = f" ({state.reason})" if state.reason and state.reason != "None" else ""
+        said = "is no longer known to Slurm" if state.state == "GONE" else f"ended {state.state}"
+        return self._lost(
+            "error", f"slurm job {self.job_id}{where} {said}{reason} without an outcome"
+        )
+
+    def _lost(self, status: str, reason: str) -> wire.NodeOutcome:
+        """An end without the node's outcome; what Slurm's log of the job says goes beside
+        the attempt's logs (a node without this Python, a job killed at its time limit)."""
+        said = _read_tail(self.directory, wire.SLURM_LOG, SLURM_LOG_TAIL)
+        if said.strip():
+            self.sink.traceback(f"The end of Slurm's log of job {self.job_id}:\n{said}")
+        state = self.watch.state(self.job_id)
+        node = {"slurm_job": self.job_id, "slurm_node": state.node if state else ""}
+        outcome = AttemptOutcome(
+            status="cancelled" if status == "cancelled" else "error",
+            started_at=self.started,
+            ended_at=now_iso(),
+            error=reason,
+            node=node,
+        )
+        return wire.NodeOutcome(outcome=outcome)
+
+    # -- reading the spool ---------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._output is None:
+            try:
+                self._output = os.open(wire.OUTPUT, _READ_FLAGS, dir_fd=self.directory)
+            except FileNotFoundError:
+                return
+        while True:
+            data = os.read(self._output, READ_BYTES)
+            if not data:
+                return
+            for stream, chunk in self.reader.feed(data):
+                (self.sink.stdout if stream == wire.STDOUT else self.sink.stderr)(chunk)
+
+    def _finish(self) -> wire.NodeOutcome:
+        try:
+            data = read_regular(Path(wire.OUTCOME), wire.MAX_OUTCOME_BYTES, dir_fd=self.directory)
+            result = wire.decode_outcome(data)
+        except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return self._lost("error", f"the node's outcome file is unreadable: {exc}")
+        self._take_files()
+        if self.reader.broken:
+            self.sink.not_kept(f"output: {self.reader.broken}; the rest was not read")
+        outcome = result.outcome
+        node = {**(outcome.node or {}), "slurm_job": self.job_id}
+        return structs.replace(result, outcome=structs.replace(outcome, node=node))
+
+    def _take_files(self) -> None:
+        trace = _read_text(self.directory, wire.TRACEBACK, MAX_TRACEBACK_BYTES)
+        if trace:
+            self.sink.traceback(trace)
+        for chunks in _artifact_chunks(self.directory):
+            # The node's artifact rules kept these, in a tar the node wrote.
+            self.sink.artifacts(chunks, selected=True)
+        dropped = _read_text(self.directory, wire.DROPPED, MAX_DROPPED_BYTES)
+        for line in dropped.splitlines():
+            self.sink.not_kept(line)
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _exists(directory: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_text(directory: int, name: str, limit: int) -> str:
+    try:
+        return read_regular(Path(name), limit, dir_fd=directory).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _read_tail(directory: int, name: str, limit: int) -> str:
+    try:
+        fd = os.open(name, _READ_FLAGS | os.O_NONBLOCK, dir_fd=directory)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        seen = os.fstat(fd)
+        if not stat.S_ISREG(seen.st_mode):
+            return ""
+        size = seen.st_size
+        handle.seek(max(0, size - limit))
+        return handle.read(limit).decode(errors="replace")
+
+
+def _artifact_chunks(directory: int) -> Iterator[Iterator[bytes]]:
+    """The node's archive of kept artifacts, read in pieces (it may be large); none if absent."""
+    try:
+        fd = os.open(wire.ARTIFACTS, _READ_FLAGS, dir_fd=directory)
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        yield iter(lambda: handle.read(READ_BYTES), b"")

@@ -1,0 +1,321 @@
+"""Batches on the real local Slurm cluster (tests/slurm_cluster.py): runs spread over both
+nodes (node B sees the batch dir but none of the driver's other files, and its engine lacks
+the image until the driver ships it); Ctrl-C cancels every job and leaves no container; a
+timeout kills the container; a node whose slurmd dies loses its attempts, which are retried
+on the other; a driver killed mid-batch leaves jobs that `rerun` folds in, running only what
+had not finished. Marked `slurm` and `docker` (the nodes run real containers); never
+skipped."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from engine_cli import (
+    CLI,
+    SessionImage,
+    containers_of,
+    finish,
+    kill_hard,
+    runs_by_id,
+    session_image,
+    valid_manifest,
+    wait_for,
+)
+from engine_fixtures import only_batch
+from slurm_cluster import LocalSlurmCluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.docker]
+
+QUICK = "import socket\nprint('ran on', socket.gethostname())\n"
+
+
+def held(name: str, seconds: int = 600) -> str:
+    """Prints, then waits while the file `name` exists in its code snapshot (deleted by the
+    test in the batch dir: the nodes bind-mount the batch dir's snapshot), then succeeds."""
+    return (
+        "import os, time\n"
+        "print('holding', flush=True)\n"
+        f"for _ in range({seconds * 10}):\n"
+        f"    if not os.path.exists('/safeagents/code/{name}'):\n"
+        "        break\n"
+        "    time.sleep(0.1)\n"
+        "print('released', flush=True)\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_image(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SessionImage]:
+    """The image, built on the driver's (host) engine only: node B's engine gets it from the
+    backend, through the batch dir."""
+    yield from session_image(docker_client, tmp_path_factory.mktemp("slurm-image"))
+
+
+@pytest.fixture
+def out_dir(slurm_cluster: LocalSlurmCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = slurm_cluster.shared / request.node.name
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def node_b(slurm_cluster: LocalSlurmCluster) -> Iterator[docker.DockerClient]:
+    client = slurm_cluster.engine.client()
+    yield client
+    client.close()
+
+
+def project(image: SessionImage, root: Path, jobs: str, scripts: dict[str, str]) -> Path:
+    return image.project(root, "slurm", jobs, scripts, workers=4)
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def run_args(jobs: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", str(jobs), "--backend", "slurm", "-o", str(out), "--no-progress", *extra]
+
+
+def release(batch_dir: Path, name: str) -> None:
+    for snapshot in batch_dir.glob("code/*"):
+        (snapshot / name).unlink(missing_ok=True)
+
+
+def running(cluster: LocalSlurmCluster, prefix: str) -> int:
+    """Running jobs whose name (their run's id) starts with `prefix`."""
+    return sum(
+        1
+        for line in cluster.jobs()
+        if line.split()[1] == "RUNNING" and line.split()[2].startswith(prefix)
+    )
+
+
+def no_leftovers(
+    cluster: LocalSlurmCluster, batch_dir: Path, *clients: docker.DockerClient
+) -> None:
+    """Nothing of the batch still runs: no pending or running job, no container."""
+    assert cluster.jobs() == []
+    for client in clients:
+
+        def gone(engine: docker.DockerClient = client) -> bool:
+            return not containers_of(engine, batch_dir)
+
+        wait_for(gone, "the containers to go")
+
+
+def attempt_node(attempt: dict[str, object]) -> str:
+    outcome = attempt["outcome"]
+    assert isinstance(outcome, dict)
+    return str(outcome["node"]["slurm_node"])
+
+
+def test_runs_spread_over_both_nodes(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    scripts = {f"s/r{i}.py": held("hold", 30) for i in range(4)}
+    scripts["s/hold"] = ""
+    jobs = project(
+        slurm_image,
+        tmp_path,
+        "  - {name: spread, framework: plain, scripts: 's/r*.py', timeout: 120}\n",
+        scripts,
+    )
+    proc = start(run_args(jobs, out_dir))
+    prefix = "spread-"
+    # Each attempt asks for the node's 2 CPUs: the batch's 4 at once need both nodes.
+    wait_for(lambda: running(slurm_cluster, prefix) == 2, "2 running jobs", proc)
+    batch_dir = only_batch(out_dir)
+    release(batch_dir, "hold")
+    code, out, err = finish(proc)
+    assert code == 0, out + err
+    manifest = valid_manifest(batch_dir)
+    runs = runs_by_id(manifest)
+    assert {r["status"] for r in runs.values()} == {"succeeded"}
+    nodes = {attempt_node(r["attempts"][-1]) for r in runs.values()}
+    assert nodes == {"nodea", "nodeb"}
+    for run_id, run in runs.items():
+        log = batch_dir / run["attempts"][-1]["log_dir"] / "stdout.log"
+        assert log.read_text() == "holding\nreleased\n", run_id
+    assert manifest["backend"]["backend"] == "slurm"
+    # Each job was named after its run: what squeue, sacct and scancel show.
+    completed = (slurm_cluster.root / "jobcomp.txt").read_text()
+    for run_id in runs:
+        assert f"Name={run_id} " in completed
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+    # The image reached node B through the batch dir, and its archive went at the end.
+    assert node_b.images.list(name=slurm_image.image_name)
+    assert not list(batch_dir.glob("slurm/images/*.tar"))
+
+
+def test_ctrl_c_cancels_every_job(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    scripts = {f"s/r{i}.py": held("hold") for i in range(5)}
+    scripts["s/hold"] = ""
+    jobs = project(
+        slurm_image, tmp_path, "  - {name: cc, framework: plain, scripts: 's/r*.py'}\n", scripts
+    )
+    proc = start(run_args(jobs, out_dir, "-j", "5"))
+    prefix = "cc-"
+    wait_for(lambda: running(slurm_cluster, prefix) == 2, "2 running jobs", proc)
+    batch_dir = only_batch(out_dir)
+    wait_for(lambda: len(containers_of(docker_client, batch_dir)) >= 1, "a container", proc)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, out + err
+    runs = runs_by_id(valid_manifest(batch_dir))
+    assert {r["status"] for r in runs.values()} == {"cancelled"}
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+
+
+def test_timeout_kills_the_container(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    jobs = project(
+        slurm_image,
+        tmp_path,
+        "  - {name: to, framework: plain, scripts: s/t.py, timeout: 3}\n",
+        {"s/t.py": held("hold"), "s/hold": ""},
+    )
+    code, out, err = finish(start(run_args(jobs, out_dir)))
+    assert code == 1, out + err
+    batch_dir = only_batch(out_dir)
+    [run] = runs_by_id(valid_manifest(batch_dir)).values()
+    assert run["status"] == "timed_out"
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+
+
+def test_lost_node_attempts_end_error_and_are_retried(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    jobs = project(
+        slurm_image,
+        tmp_path,
+        "  - {name: ln, framework: plain, scripts: 's/r*.py', retries: 1}\n",
+        {"s/r1.py": held("hold"), "s/r2.py": held("hold"), "s/hold": ""},
+    )
+    proc = start(run_args(jobs, out_dir))
+    batch_dir: list[Path] = []
+
+    def on_node_b() -> bool:
+        found = [d for d in out_dir.glob("*/manifest.json")]
+        batch_dir[:] = [f.parent for f in found]
+        return bool(found) and bool(containers_of(node_b, batch_dir[0]))
+
+    wait_for(on_node_b, "a container on node B", proc)
+    slurm_cluster.kill_node("nodeb")
+    try:
+
+        def lost() -> bool:
+            runs = runs_by_id(valid_manifest(batch_dir[0])).values()
+            return any(len(r["attempts"]) == 2 for r in runs)
+
+        # Slurm marks the node down (SlurmdTimeout) and fails its job: the run is retried.
+        wait_for(lost, "the lost attempt's retry", proc)
+        release(batch_dir[0], "hold")
+        code, out, err = finish(proc)
+    finally:
+        slurm_cluster.start_node("nodeb")
+        slurm_cluster.wait_idle(["nodea", "nodeb"])
+    assert code == 0, out + err
+    runs = runs_by_id(valid_manifest(batch_dir[0]))
+    [retried] = [r for r in runs.values() if len(r["attempts"]) == 2]
+    first, second = retried["attempts"]
+    assert first["outcome"]["status"] == "error"
+    assert "NODE_FAIL" in first["outcome"]["error"] and "nodeb" in first["outcome"]["error"]
+    assert second["outcome"]["status"] == "succeeded"
+    assert attempt_node(second) == "nodea"
+    no_leftovers(slurm_cluster, batch_dir[0], docker_client, node_b)
+
+
+def test_rerun_after_the_driver_is_killed_runs_only_what_had_not_finished(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    """Two quick runs finish; two held ones run on when the driver dies. One ends while no
+    driver watches; `rerun` follows the other to its end. Nothing runs twice."""
+    jobs = project(
+        slurm_image,
+        tmp_path,
+        "  - {name: q, framework: plain, scripts: 's/q*.py'}\n"
+        "  - {name: h, framework: plain, scripts: 'h/h*.py', resources: {cpus: 1}}\n",
+        {
+            "s/q1.py": QUICK,
+            "s/q2.py": QUICK,
+            "h/h1.py": held("hold1"),
+            "h/h2.py": held("hold2"),
+            "h/hold1": "",
+            "h/hold2": "",
+        },
+    )
+    proc = start(run_args(jobs, out_dir))
+
+    def ready() -> bool:
+        found = list(out_dir.glob("*/manifest.json"))
+        if not found:
+            return False
+        runs = runs_by_id(valid_manifest(found[0].parent))
+        done = [r for r in runs.values() if r["status"] == "succeeded"]
+        output = list(found[0].parent.glob("runs/h-h*/attempt-1/stdout.log"))
+        return len(done) == 2 and len([o for o in output if o.read_text()]) == 2
+
+    wait_for(ready, "2 runs done and 2 held", proc)
+    kill_hard(proc)
+    batch_dir = only_batch(out_dir)
+    release(batch_dir, "hold1")
+    wait_for(lambda: len(slurm_cluster.jobs()) == 1, "the first held job to end")
+    rerun = start(["rerun", str(batch_dir), "--backend", "slurm", "--no-progress"])
+    # The rerun follows the job that still runs once it has made the attempt's dir afresh
+    # (the dead driver's copy of its logs moved aside).
+    following = "runs/h-h2/.attempt-1.stale-*"
+    wait_for(lambda: bool(list(batch_dir.glob(following))), "rerun to follow the job", rerun)
+    release(batch_dir, "hold2")
+    code, out, err = finish(rerun)
+    assert code == 0, out + err
+    assert "rerunning 0 of 4 runs" in err
+    runs = runs_by_id(valid_manifest(batch_dir))
+    for run_id, run in runs.items():
+        assert run["status"] == "succeeded", run_id
+        assert len(run["attempts"]) == 1, run_id  # nothing ran twice
+    for run_id in ("h-h1", "h-h2"):
+        log = batch_dir / runs[run_id]["attempts"][0]["log_dir"] / "stdout.log"
+        assert log.read_text() == "holding\nreleased\n"
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
