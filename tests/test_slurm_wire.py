@@ -24,7 +24,6 @@ from safeagents_batch.jobs.model import Resources
 from safeagents_batch.records.model import AttemptOutcome
 from safeagents_batch.staging.code import StagedCode
 
-
 NOW = now_iso()
 
 
