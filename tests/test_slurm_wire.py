@@ -20,7 +20,7 @@ from safeagents_batch.backends.slurm.follow import Follower
 from safeagents_batch.backends.slurm.node import SpoolSink
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import UsageError
-from safeagents_batch.jobs.model import Resources
+from safeagents_batch.jobs.model import Resources, SlurmSettings
 from safeagents_batch.records.model import AttemptOutcome
 from safeagents_batch.staging.code import StagedCode
 
@@ -149,10 +149,21 @@ def test_sbatch_asks_for_the_runs_limits_and_names_the_job_after_the_run() -> No
     assert not [a for a in bare if a.startswith(("--time", "--mem", "--cpus"))]
 
 
-@pytest.mark.parametrize("arg", ["--output=x", "--export=ALL", "--array=0-3", "--job-name"])
+@pytest.mark.parametrize(
+    "arg", ["--output=x", "--export=ALL", "--array=0-3", "--job-name", "-J", "-ox.log"]
+)
 def test_sbatch_arguments_the_backend_sets_are_refused(arg: str) -> None:
     with pytest.raises(UsageError, match="sets"):
         commands.check_sbatch_args([arg])
+
+
+def test_a_jobs_slurm_settings_come_before_the_command_lines() -> None:
+    job = SlurmSettings(partition="cpu", account="mine", sbatch_args=("--qos=long",))
+    argv = commands.sbatch_argv(
+        SlurmOptions(partition="gpu", sbatch_args=("--qos=short",)), name="n", comment="c",
+        log="l", resources=Resources(None, None, None), timeout=None, job=job,
+    )  # fmt: skip
+    assert argv[-4:] == ["--partition=gpu", "--account=mine", "--qos=long", "--qos=short"]
 
 
 def test_squeue_lines_become_states() -> None:

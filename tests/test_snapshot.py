@@ -291,6 +291,7 @@ EVERY_KEY = """
         network: models
         runtime: kata
         enforce_limits: false
+        slurm: {partition: gpu, account: lab, sbatch_args: [--qos=short]}
         read_only_rootfs: true
         hardening:
           non_root: false

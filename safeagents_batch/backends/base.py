@@ -21,6 +21,7 @@ from safeagents_batch.jobs.model import (
     ModelUpstream,
     PoolRate,
     Resources,
+    SlurmSettings,
 )
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.code import StagedCode
@@ -108,6 +109,7 @@ class AttemptRequest:
     gateway: GatewayTicket | None = None
     # The batch dir, for a backend whose wire is the shared filesystem (Slurm).
     batch_dir: Path | None = None
+    slurm: SlurmSettings = SlurmSettings()  # the job's `slurm:` (--backend slurm only)
 
 
 class Sink(Protocol):

@@ -336,6 +336,7 @@ class BatchRunner:
             cost_limit=cost_left(spec.job.cost_limit, self.store.run(spec.run_id)),
             model_env=spec.job.model_env,
             batch_dir=self.batch_dir,
+            slurm=spec.job.slurm,
         )
 
     def _azure_dir(self) -> Path | None:

@@ -26,6 +26,7 @@ from safeagents_batch.jobs.model import (
     Resources,
 )
 from safeagents_batch.jobs.models import model_key_problems
+from safeagents_batch.jobs.placement import NO_SLURM, slurm_settings
 from safeagents_batch.jobs.recorded import record_env_problems
 from safeagents_batch.jobs.runtimes import runtime_problems
 from safeagents_batch.jobs.secrets import is_secret_name
@@ -345,4 +346,5 @@ JOB_KEYS: tuple[Key[JobScope], ...] = (
     Key("model_env", as_is, {}),
     Key("cost_limit", _cost_limit, None),
     Key("models", _models, ()),
+    Key("slurm", slurm_settings, NO_SLURM),
 )

@@ -65,6 +65,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """A job's `slurm:`: its attempts' partition, account and extra sbatch arguments."""
+
+    partition: str | None = None
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Hardening:
     """Container hardening switches; all on by default, each can be relaxed per job."""
 
@@ -138,6 +147,7 @@ class Job:
     models: tuple[str, ...] = ()  # names under `models:` its runs may call, via the gateway
     cost_limit: float | None = None  # USD a run may spend on model calls
     model_env: dict[str, str] = field(default_factory=dict)  # VARIABLE -> model, its URL
+    slurm: SlurmSettings = SlurmSettings()  # where its attempts go with --backend slurm
 
 
 @dataclass(frozen=True)

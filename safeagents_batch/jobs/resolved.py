@@ -8,7 +8,13 @@ from typing import Any
 
 import yaml
 
-from safeagents_batch.jobs.model import DEFAULT_IMAGE_NAME, ImageConfig, Job, JobsFile
+from safeagents_batch.jobs.model import (
+    DEFAULT_IMAGE_NAME,
+    ImageConfig,
+    Job,
+    JobsFile,
+    SlurmSettings,
+)
 from safeagents_batch.jobs.models import URL_KEY
 
 HEADER = (
@@ -143,4 +149,17 @@ def _job(job: Job) -> dict[str, Any]:
         data["cost_limit"] = job.cost_limit
     if job.model_env:
         data["model_env"] = dict(job.model_env)
+    if job.slurm != SlurmSettings():
+        data["slurm"] = _slurm(job.slurm)
+    return data
+
+
+def _slurm(settings: SlurmSettings) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if settings.partition is not None:
+        data["partition"] = settings.partition
+    if settings.account is not None:
+        data["account"] = settings.account
+    if settings.sbatch_args:
+        data["sbatch_args"] = list(settings.sbatch_args)
     return data

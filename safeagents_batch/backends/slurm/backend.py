@@ -228,6 +228,7 @@ class SlurmBackend:
                 log=str(spool / wire.SLURM_LOG),
                 resources=request.resources,
                 timeout=request.timeout,
+                job=request.slurm,
             )
             job_id = commands.submit([*argv, str(spool / wire.SCRIPT)])
             self.submitted.add(job_id)

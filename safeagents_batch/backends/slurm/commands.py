@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from safeagents_batch.core.errors import EngineUnavailable, UsageError
-from safeagents_batch.jobs.model import Resources
+from safeagents_batch.jobs.model import Resources, SlurmSettings
+from safeagents_batch.jobs.placement import sbatch_arg_problem
 
 CALL_SECONDS = 60.0
 POLL_SECONDS = 1.0
@@ -96,10 +97,12 @@ def require_cluster() -> list[str]:
 
 def sbatch_argv(
     options: SlurmOptions, *, name: str, comment: str, log: str, resources: Resources,
-    timeout: int | None,
+    timeout: int | None, job: SlurmSettings = SlurmSettings(),
 ) -> list[str]:  # fmt: skip
     """`sbatch` for one attempt: named after its run, its limits from the run's, the
-    environment the node's own (`--export=NONE`: nothing of the driver's goes along)."""
+    environment the node's own (`--export=NONE`: nothing of the driver's goes along). The
+    command line's partition and account win over the job's; its arguments come last (for
+    sbatch, a later option wins)."""
     argv = [
         "sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
         f"--output={log}", "--open-mode=append", "--export=NONE", "--no-requeue",
@@ -111,11 +114,13 @@ def sbatch_argv(
         argv.append(f"--mem={math.ceil(resources.memory / (1 << 20)) + MEMORY_MARGIN_MIB}M")
     if timeout:
         argv.append(f"--time={math.ceil((timeout + TIME_MARGIN_SECONDS) / 60)}")
-    if options.partition:
-        argv.append(f"--partition={options.partition}")
-    if options.account:
-        argv.append(f"--account={options.account}")
-    return [*argv, *options.sbatch_args]
+    partition = options.partition or job.partition
+    if partition:
+        argv.append(f"--partition={partition}")
+    account = options.account or job.account
+    if account:
+        argv.append(f"--account={account}")
+    return [*argv, *job.sbatch_args, *options.sbatch_args]
 
 
 def submit(argv: Sequence[str]) -> str:
@@ -134,10 +139,10 @@ def cancel(job_ids: Sequence[str]) -> None:
 
 def check_sbatch_args(args: Sequence[str]) -> None:
     """Options the backend sets itself may not be given again: they would break the wire."""
-    own = ("--parsable", "--output", "--error", "--export", "--job-name", "--array", "--wrap")
     for arg in args:
-        if arg.split("=", 1)[0] in own:
-            raise UsageError(f"--slurm-arg {arg}: the Slurm backend sets {arg.split('=')[0]}")
+        problem = sbatch_arg_problem(arg)
+        if problem is not None:
+            raise UsageError(f"--slurm-arg: {problem}")
 
 
 class JobWatch:
