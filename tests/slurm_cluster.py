@@ -31,7 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
 import pytest
+from engine_cli import SessionImage, session_image
 from private_engine import PrivateEngine, require_host_bridge
 from ray_cluster import processes_naming
 
@@ -346,3 +348,26 @@ def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     pytest_root = tmp_path_factory.getbasetemp().parent
     with local_slurm_cluster([Path("/work"), pytest_root]) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_image(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SessionImage]:
+    """The image, built on the driver's (host) engine only: node B's engine gets it from the
+    backend, through the batch dir."""
+    yield from session_image(docker_client, tmp_path_factory.mktemp("slurm-image"))
+
+
+@pytest.fixture
+def out_dir(slurm_cluster: LocalSlurmCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = slurm_cluster.shared / request.node.name
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def node_b(slurm_cluster: LocalSlurmCluster) -> Iterator[docker.DockerClient]:
+    client = slurm_cluster.engine.client()
+    yield client
+    client.close()

@@ -21,9 +21,9 @@ from fakes import tar_of
 from safeagents_batch.backends.base import AttemptRequest, Sink
 from safeagents_batch.backends.ray import backend as ray_backend
 from safeagents_batch.backends.ray import node as ray_node
-from safeagents_batch.backends.ray.backend import tar_tree
 from safeagents_batch.backends.ray.items import Art, ArtDrop, Done, Err, Item, Out, Trace
 from safeagents_batch.backends.ray.node import CHUNK_BYTES, QueueSink, _drain, unpack
+from safeagents_batch.core.tarsafe import tar_tree
 from safeagents_batch.records.model import AttemptOutcome
 
 pytestmark = pytest.mark.ray

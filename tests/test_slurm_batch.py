@@ -8,13 +8,14 @@ skipped."""
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 from engine_cli import (
     CLI,
@@ -23,12 +24,13 @@ from engine_cli import (
     finish,
     kill_hard,
     runs_by_id,
-    session_image,
     valid_manifest,
     wait_for,
 )
-from engine_fixtures import only_batch
+from engine_fixtures import only_batch, own_tags
 from slurm_cluster import LocalSlurmCluster
+
+from safeagents_batch.core import labels
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
@@ -47,29 +49,6 @@ def held(name: str, seconds: int = 600) -> str:
         "    time.sleep(0.1)\n"
         "print('released', flush=True)\n"
     )
-
-
-@pytest.fixture(scope="module")
-def slurm_image(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SessionImage]:
-    """The image, built on the driver's (host) engine only: node B's engine gets it from the
-    backend, through the batch dir."""
-    yield from session_image(docker_client, tmp_path_factory.mktemp("slurm-image"))
-
-
-@pytest.fixture
-def out_dir(slurm_cluster: LocalSlurmCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = slurm_cluster.shared / request.node.name
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def node_b(slurm_cluster: LocalSlurmCluster) -> Iterator[docker.DockerClient]:
-    client = slurm_cluster.engine.client()
-    yield client
-    client.close()
 
 
 def project(image: SessionImage, root: Path, jobs: str, scripts: dict[str, str]) -> Path:
@@ -319,3 +298,128 @@ def test_rerun_after_the_driver_is_killed_runs_only_what_had_not_finished(
         log = batch_dir / runs[run_id]["attempts"][0]["log_dir"] / "stdout.log"
         assert log.read_text() == "holding\nreleased\n"
     no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+
+
+def test_a_detached_batch_runs_without_the_command_that_submitted_it(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    """`run --detach` returns once the driver's job is queued; the batch dir it names fills
+    while no command of ours runs here, and `status` reads it from this ("login") machine."""
+    jobs = project(
+        slurm_image,
+        tmp_path,
+        "  - {name: d, framework: plain, scripts: 's/d*.py', resources: {cpus: 1}}\n",
+        {"s/d1.py": QUICK, "s/d2.py": QUICK, "s/d3.py": QUICK},
+    )
+    # The driver on node A, where the image was built (node B's engine has no base image).
+    submitted = start([*run_args(jobs, out_dir, "--detach", "--driver-arg=--nodelist=nodea")])
+    code, out, err = finish(submitted)
+    assert code == 0, out + err
+    [line] = [x for x in out.splitlines() if x.startswith("batch ")]
+    batch_dir = Path(line.split()[1].rstrip(":"))
+    assert batch_dir.parent == out_dir.absolute()
+
+    def finished() -> bool:
+        manifest = batch_dir / "manifest.json"
+        return manifest.is_file() and valid_manifest(batch_dir)["state"] == "finished"
+
+    wait_for(finished, "the detached batch to finish")
+    status = subprocess.run(
+        [*CLI, "status", str(batch_dir)], capture_output=True, text=True, check=False
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    runs = runs_by_id(valid_manifest(batch_dir))
+    assert sorted(runs) == ["d-d1", "d-d2", "d-d3"]
+    assert {r["status"] for r in runs.values()} == {"succeeded"}
+    wait_for(lambda: slurm_cluster.jobs() == [], "the driver's job to end")
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+    assert (batch_dir / "report.html").is_file()
+
+
+AZURE_READER = (
+    "import os\nprint(open(os.path.expanduser('~/.azure/token.txt')).read(), flush=True)\n"
+)
+
+
+@pytest.mark.usefixtures("azure_layer")
+def test_azure_goes_to_the_nodes_only_with_ship_azure(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    tmp_path: Path,
+    out_dir: Path,
+) -> None:
+    home = tmp_path / "home"
+    (home / ".azure").mkdir(parents=True, mode=0o700)
+    (home / ".azure" / "token.txt").write_text("azure-token")
+    jobs = project(
+        slurm_image,
+        tmp_path / "p",
+        # One job per node, placed by the jobs file's own `slurm:` key.
+        "  - {name: za, framework: plain, scripts: z.py, network: none,\n"
+        "     bind_azure_folder: true, slurm: {sbatch_args: [--nodelist=nodea]}}\n"
+        "  - {name: zb, framework: plain, scripts: z.py, network: none,\n"
+        "     bind_azure_folder: true, slurm: {sbatch_args: [--nodelist=nodeb]}}\n",
+        {"z.py": AZURE_READER},
+    )
+    env = {**os.environ, "HOME": str(home)}
+    before = set(Path("/tmp").glob("sab-azure-*"))
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [*CLI, *run_args(jobs, out_dir / extra[0]), *extra[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+
+    refused = cli("no")
+    shipped = cli("yes", "--ship-azure")
+    assert refused.returncode == 1, refused.stderr
+    runs = runs_by_id(valid_manifest(only_batch(out_dir / "no"))).values()
+    assert {(r["status"], "--ship-azure" in r["error"]) for r in runs} == {("error", True)}
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    batch_dir = only_batch(out_dir / "yes")
+    runs = runs_by_id(valid_manifest(batch_dir)).values()
+    assert {r["run_id"]: attempt_node(r["attempts"][-1]) for r in runs} == {
+        "za-z": "nodea",
+        "zb-z": "nodeb",
+    }
+    for run in runs:
+        assert (batch_dir / run["log_dir"] / "stdout.log").read_text() == "azure-token\n"
+    # Each attempt's copy went with it, on the node and in the batch dir.
+    assert set(Path("/tmp").glob("sab-azure-*")) == before
+    assert not list(batch_dir.rglob("azure.tar"))
+    no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
+
+
+def test_clean_removes_what_a_batch_left_on_every_node(
+    slurm_cluster: LocalSlurmCluster,
+    slurm_image: SessionImage,
+    docker_client: docker.DockerClient,
+    node_b: docker.DockerClient,
+    out_dir: Path,
+) -> None:
+    """A container whose batch's process is gone (a node's process killed outright), on node
+    B's engine: `clean --backend slurm` finds it there, through a step on each node."""
+    tag = own_tags(docker_client, slurm_image.image_name)[0]
+    slurm_cluster.engine.load_images(docker_client, [tag])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    batch_labels = {**labels.owned("gone-batch-1"), labels.PID: str(gone.pid)}
+    left = node_b.containers.create(tag, ["true"], labels=batch_labels)
+    try:
+        out_dir.mkdir(parents=True)
+        argv = [*CLI, "clean", "--backend", "slurm", "--slurm-share", str(out_dir)]
+        dry = subprocess.run([*argv, "--dry-run"], capture_output=True, text=True, check=False)
+        assert dry.returncode == 0, dry.stderr
+        assert f"node nodeb: would remove container {left.name}" in dry.stdout.splitlines()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert f"node nodeb: removed container {left.name}" in done.stdout.splitlines()
+        assert [c for c in node_b.containers.list(all=True) if c.id == left.id] == []
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            left.remove(force=True)

@@ -246,3 +246,28 @@ def test_a_cancel_before_the_job_started_ends_at_once(tmp_path: Path) -> None:
     result = follower.follow()
     assert cancelled == ["9"]
     assert result.outcome.status == "cancelled"
+
+
+def test_a_spool_with_a_fifo_and_a_link_is_read_without_waiting_or_following(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.mkfifo(spool / wire.OUTPUT)  # opening it for reading would wait for a writer
+    elsewhere = tmp_path / "elsewhere.json"
+    outcome = AttemptOutcome(status="succeeded", started_at=NOW, ended_at=NOW)
+    elsewhere.write_bytes(wire.encode_outcome(wire.NodeOutcome(outcome=outcome)))
+    (spool / wire.OUTCOME).symlink_to(elsewhere)
+    board = StateBoard(JobState("RUNNING", "nodea"))
+    cancelled: list[str] = []
+    sink = RecordingSink()
+    held = Follower(spool, "3", board, sink, threading.Event(), NOW, cancelled.append).follow()
+    assert held.outcome.status == "error"
+    assert "spool is unreadable" in (held.outcome.error or "")
+    assert cancelled == ["3"]  # its job is not left running
+    os.unlink(spool / wire.OUTPUT)
+    result = Follower(spool, "3", board, sink, threading.Event(), NOW, print).follow()
+    assert result.outcome.status == "error"
+    assert "unreadable" in (result.outcome.error or "")

@@ -82,6 +82,8 @@ def slurm_backend(args: argparse.Namespace, share: Path) -> Iterator[SlurmBacken
         account=args.slurm_account,
         sbatch_args=tuple(args.slurm_args or ()),
         python=args.slurm_python,
+        gateway_host=getattr(args, "slurm_gateway_host", None),
+        ship_azure=getattr(args, "ship_azure", False),
     )
     share = (args.slurm_share or share).absolute()
     made = not share.exists()
@@ -173,6 +175,12 @@ def add_slurm_flags(p: argparse.ArgumentParser) -> None:
         help="the Python the nodes run (with this package's dependencies); default: this one",
     )
     g.add_argument(
+        "--slurm-gateway-host",
+        metavar="ADDR",
+        help="this machine's address the nodes reach its model gateway by (default: the one "
+        "on the route to the Slurm controller)",
+    )
+    g.add_argument(
         "--slurm-share",
         type=Path,
         metavar="DIR",
@@ -186,8 +194,8 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ship-azure",
         action="store_true",
-        help="with --backend ray: copy this machine's ~/.azure to the nodes for runs with "
-        "bind_azure_folder (without it such runs end `error`)",
+        help="with --backend ray or slurm: copy this machine's ~/.azure to the nodes for runs "
+        "with bind_azure_folder (without it such runs end `error`)",
     )
     p.add_argument(
         "--registry",

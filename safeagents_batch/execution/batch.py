@@ -68,6 +68,7 @@ class BatchOptions:
     only: str | None = None
     rebuild: bool = False
     engine_wait: float = DEFAULT_ENGINE_WAIT
+    batch_id: str | None = None  # given by `run --detach`, which announced the batch dir
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def run_batch(
     check_passthrough(specs, os.environ)
     inputs = read_inputs(specs)
     runs = {s.run_id: new_record(s, jobs_file, inputs, os.environ) for s in specs}
-    batch_id = new_batch_id(jobs_file.name)
+    batch_id = options.batch_id or new_batch_id(jobs_file.name)
     output_dir = (options.output_dir or jobs_file.output_dir).absolute()
     made_output_dir = not output_dir.exists()
     batch_dir = output_dir / batch_id

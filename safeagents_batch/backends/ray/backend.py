@@ -13,11 +13,9 @@ one zip per batch (backends/ray/boot.py): a node needs this package's dependenci
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import socket
-import tarfile
 import tempfile
 import threading
 import time
@@ -75,6 +73,7 @@ from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.core.files import open_log
 from safeagents_batch.core.once import OncePerKey
+from safeagents_batch.core.tarsafe import tar_tree
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.code import StagedCode
 from safeagents_batch.staging.images import ImageSpec
@@ -168,17 +167,6 @@ def node_gone(node_id: str, wait: float = NODE_DEATH_SECONDS) -> bool:
             return False
         time.sleep(1.0)
     return True
-
-
-def tar_tree(root: Path) -> bytes:
-    """A directory as an uncompressed tar, members relative to it (regular files, dirs)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:") as archive:
-        for path in sorted(root.rglob("*")):
-            if path.is_symlink() or not (path.is_file() or path.is_dir()):
-                continue
-            archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
-    return buffer.getvalue()
 
 
 class RayBackend:

@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from safeagents_batch.backends.base import (
@@ -32,7 +33,8 @@ from safeagents_batch.backends.base import (
     CleanRequest,
     Sink,
 )
-from safeagents_batch.backends.docker.backend import DockerBackend
+from safeagents_batch.backends.docker.backend import DockerBackend, with_calls
+from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.slurm import commands, wire
 from safeagents_batch.backends.slurm.commands import (
     JobWatch,
@@ -44,6 +46,7 @@ from safeagents_batch.backends.slurm.follow import Follower
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
 from safeagents_batch.core.once import OncePerKey
+from safeagents_batch.core.tarsafe import tar_tree
 from safeagents_batch.records.model import AttemptOutcome, ImageRecord
 from safeagents_batch.staging.images import ImageSpec
 
@@ -54,7 +57,14 @@ NODE_MAIN = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from safeagents_batch.backends.slurm.node import main; sys.exit(main(sys.argv[2:]))"
 )
-NOT_ON_SLURM = "{what} is not available with --backend slurm yet; run not started"
+DRIVER_MAIN = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from safeagents_batch.cli.main import main; sys.exit(main(sys.argv[2:]))"
+)
+AZURE_NEEDS_OPT_IN = (
+    "bind_azure_folder on a Slurm cluster copies this machine's ~/.azure to the node only "
+    "with --ship-azure; run not started"
+)
 
 
 class SlurmBackend:
@@ -83,6 +93,7 @@ class SlurmBackend:
         self.submitted = Submitted()
         self._archives: OncePerKey[str, Path] = OncePerKey()
         self._saved: list[Path] = []
+        self._host: OncePerKey[str, str] = OncePerKey()
 
     @classmethod
     def connect(
@@ -164,6 +175,38 @@ class SlurmBackend:
         refused = self._refused(request)
         if refused is not None:
             return _error(started, refused)
+        if not request.models:
+            return self._on_cluster(request, sink, cancel, started)
+        return self._with_models(request, sink, cancel, started)
+
+    def _with_models(
+        self, request: AttemptRequest, sink: Sink, cancel: threading.Event, started: str
+    ) -> AttemptOutcome:
+        """The attempt with a pass at the driver's model gateway: it holds the credentials and
+        paces each pool for the whole cluster; the node pipes its container's calls here
+        (gateway/forward.py), as a Ray node does. The calls are counted here."""
+        models = self.local.models
+        try:
+            ticket = models.open_ticket(request, sink, self.gateway_host())
+        except ModelSetupError as exc:
+            return _error(started, str(exc))
+        try:
+            outcome = self._on_cluster(replace(request, gateway=ticket), sink, cancel, started)
+        finally:
+            calls = models.close_token(ticket.token)  # the token dies with the attempt
+        return with_calls(outcome, calls)
+
+    def gateway_host(self) -> str:
+        """The address of this machine that the nodes reach it by: `--slurm-gateway-host`,
+        else the one it would reach the controller from (a UDP socket's connect sends
+        nothing; it only picks the route)."""
+        if self.options.gateway_host:
+            return self.options.gateway_host
+        return self._host.get("", route_to_controller)
+
+    def _on_cluster(
+        self, request: AttemptRequest, sink: Sink, cancel: threading.Event, started: str
+    ) -> AttemptOutcome:
         batch_dir = request.batch_dir
         assert batch_dir is not None, "the executor names the batch dir"
         spool = wire.spool_dir(batch_dir, request.run_id, request.attempt)
@@ -182,10 +225,8 @@ class SlurmBackend:
         return _error(started, f"image {request.image} is still missing on the node once saved")
 
     def _refused(self, request: AttemptRequest) -> str | None:
-        if request.azure_dir is not None:
-            return NOT_ON_SLURM.format(what="bind_azure_folder")
-        if request.models:
-            return NOT_ON_SLURM.format(what="models:")
+        if request.azure_dir is not None and not self.options.ship_azure:
+            return AZURE_NEEDS_OPT_IN
         return None
 
     def _submit_and_follow(
@@ -218,8 +259,16 @@ class SlurmBackend:
         spool.mkdir(mode=0o700, parents=True)
         directory = wire.open_spool(spool)
         try:
-            order = wire.Order(request=request, image_archive=str(archive) if archive else None)
+            # No driver path travels: the node makes its own copy of ~/.azure.
+            remote = replace(request, azure_dir=None)
+            order = wire.Order(
+                request=remote,
+                image_archive=str(archive) if archive else None,
+                azure=request.azure_dir is not None,
+            )
             wire.write_private(directory, wire.ORDER, wire.encode_order(order))
+            if request.azure_dir is not None:
+                wire.write_private(directory, wire.AZURE, tar_tree(request.azure_dir))
             wire.write_private(directory, wire.SCRIPT, self._script(request, spool).encode())
             argv = commands.sbatch_argv(
                 self.options,
@@ -249,6 +298,28 @@ class SlurmBackend:
                 "",
             ]
         )
+
+    def submit_driver(
+        self, argv: list[str], batch_id: str, sbatch_args: tuple[str, ...]
+    ) -> tuple[str, Path]:
+        """A batch's driver (`run` with `argv`) as a Slurm job, in this directory and with
+        this environment (sbatch's default export); returns its job id and log."""
+        drivers = self.share / SHARE_DIR / "drivers"
+        drivers.mkdir(parents=True, exist_ok=True)
+        script = drivers / f"{batch_id}.sh"
+        log = drivers / f"{batch_id}.log"
+        command = [self.python, "-c", DRIVER_MAIN, str(self.package), *argv]
+        script.write_text(f"#!/bin/sh\n# safeagents-batch: the driver of batch {batch_id}\n"
+                          f"exec {shlex.join(command)}\n")  # fmt: skip
+        for arg in sbatch_args:
+            commands.check_sbatch_args([arg])
+        sbatch = [
+            "sbatch", "--parsable", f"--job-name=safeagents-batch-driver-{batch_id}",
+            f"--comment={COMMENT}{batch_id}:driver", f"--output={log}", "--open-mode=append",
+            f"--chdir={Path.cwd()}", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
+            *sbatch_args, str(script),
+        ]  # fmt: skip
+        return commands.submit(sbatch), log
 
     def _scancel(self, job_id: str) -> None:
         commands.cancel([job_id])
@@ -351,6 +422,21 @@ class SlurmBackend:
             "partition": self.options.partition or "",
             "engine_kind": self.engine_kind,
         }
+
+
+def route_to_controller() -> str:
+    """This machine's address on the way to the Slurm controller (`scontrol show config`'s
+    SlurmctldHost, its address in parentheses if given)."""
+    out = commands.call(["scontrol", "show", "config"])
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().startswith("SlurmctldHost"):
+            name, _, address = value.strip().partition("(")
+            target = address.rstrip(")") or name
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                return str(probe.getsockname()[0])
+    raise SlurmError("`scontrol show config` names no SlurmctldHost")
 
 
 def ship_package(root: Path) -> Path:

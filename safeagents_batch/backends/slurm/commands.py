@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from safeagents_batch.core.errors import EngineUnavailable, UsageError
@@ -47,7 +47,8 @@ class SlurmOptions:
     account: str | None = None
     sbatch_args: tuple[str, ...] = ()
     python: str | None = None  # the nodes' interpreter; None: this one (a shared venv)
-    ship_azure: bool = False
+    gateway_host: str | None = None  # this machine's address the nodes reach its gateway by
+    ship_azure: bool = False  # copy ~/.azure to the node of each attempt that binds it
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ class JobState:
 def call(argv: Sequence[str], *, timeout: float = CALL_SECONDS) -> str:
     try:
         done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=outside_any_job(os.environ),
         )
     except FileNotFoundError:
         raise EngineUnavailable(
@@ -77,6 +83,13 @@ def call(argv: Sequence[str], *, timeout: float = CALL_SECONDS) -> str:
         said = " ".join((done.stderr or done.stdout).split())[:400]
         raise SlurmError(f"`{' '.join(argv[:2])}` failed (exit {done.returncode}): {said}")
     return done.stdout
+
+
+def outside_any_job(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for Slurm's commands without the variables of a job this process may
+    run in (a detached driver): with them, `srun` would start its step inside that job's
+    allocation, not a new one on the node it names. SLURM_CONF says where the cluster is."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
 
 
 def require_cluster() -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from safeagents_batch.backends.base import Sink
 from safeagents_batch.backends.slurm import wire
 from safeagents_batch.backends.slurm.commands import JobState
 from safeagents_batch.core.clock import now_iso
-from safeagents_batch.core.files import read_regular
+from safeagents_batch.core.files import open_regular, read_fd
 from safeagents_batch.records.model import AttemptOutcome
 
 PUMP_SECONDS = 0.25
@@ -86,7 +85,11 @@ class Follower:
         self.watch.watch(self.job_id)
         try:
             while True:
-                outcome = self._step()
+                try:
+                    outcome = self._step()
+                except OSError as exc:  # a spool someone else wrote into (a FIFO, a link)
+                    self._ask_cancel()
+                    return self._lost("error", f"the attempt's spool is unreadable: {exc}")
                 if outcome is not None:
                     return outcome
                 time.sleep(PUMP_SECONDS)
@@ -163,7 +166,7 @@ class Follower:
     def _pump(self) -> None:
         if self._output is None:
             try:
-                self._output = os.open(wire.OUTPUT, _READ_FLAGS, dir_fd=self.directory)
+                self._output = open_regular(wire.OUTPUT, _READ_FLAGS, dir_fd=self.directory)
             except FileNotFoundError:
                 return
         while True:
@@ -175,7 +178,7 @@ class Follower:
 
     def _finish(self) -> wire.NodeOutcome:
         try:
-            data = read_regular(Path(wire.OUTCOME), wire.MAX_OUTCOME_BYTES, dir_fd=self.directory)
+            data = _read(self.directory, wire.OUTCOME, wire.MAX_OUTCOME_BYTES)
             result = wire.decode_outcome(data)
         except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             return self._lost("error", f"the node's outcome file is unreadable: {exc}")
@@ -198,7 +201,16 @@ class Follower:
             self.sink.not_kept(line)
 
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Never through a link, never waiting on a FIFO: the spool is below a shared directory.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+
+
+def _read(directory: int, name: str, limit: int) -> bytes:
+    fd = open_regular(name, _READ_FLAGS, dir_fd=directory)
+    try:
+        return read_fd(fd, limit, name)
+    finally:
+        os.close(fd)
 
 
 def _exists(directory: int, name: str) -> bool:
@@ -211,21 +223,18 @@ def _exists(directory: int, name: str) -> bool:
 
 def _read_text(directory: int, name: str, limit: int) -> str:
     try:
-        return read_regular(Path(name), limit, dir_fd=directory).decode(errors="replace")
+        return _read(directory, name, limit).decode(errors="replace")
     except FileNotFoundError:
         return ""
 
 
 def _read_tail(directory: int, name: str, limit: int) -> str:
     try:
-        fd = os.open(name, _READ_FLAGS | os.O_NONBLOCK, dir_fd=directory)
+        fd = open_regular(name, _READ_FLAGS, dir_fd=directory)
     except OSError:
         return ""
     with os.fdopen(fd, "rb") as handle:
-        seen = os.fstat(fd)
-        if not stat.S_ISREG(seen.st_mode):
-            return ""
-        size = seen.st_size
+        size = os.fstat(fd).st_size
         handle.seek(max(0, size - limit))
         return handle.read(limit).decode(errors="replace")
 
@@ -233,7 +242,7 @@ def _read_tail(directory: int, name: str, limit: int) -> str:
 def _artifact_chunks(directory: int) -> Iterator[Iterator[bytes]]:
     """The node's archive of kept artifacts, read in pieces (it may be large); none if absent."""
     try:
-        fd = os.open(wire.ARTIFACTS, _READ_FLAGS, dir_fd=directory)
+        fd = open_regular(wire.ARTIFACTS, _READ_FLAGS, dir_fd=directory)
     except FileNotFoundError:
         return
     with os.fdopen(fd, "rb") as handle:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
+import shutil
 import signal
 import socket
 import sys
 import tarfile
+import tempfile
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -32,6 +36,7 @@ from safeagents_batch.backends.slurm import wire
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import one_line
 from safeagents_batch.core.files import read_regular
+from safeagents_batch.core.tarsafe import extract
 from safeagents_batch.records.artifacts import ArtifactSelection
 from safeagents_batch.records.model import AttemptOutcome
 
@@ -134,13 +139,40 @@ def _attempt(
                 error = f"image {request.image} is not on this node"
                 return wire.NodeOutcome(outcome=_error(started, error), image_missing=True)
             _load_once(backend, request.image, Path(order.image_archive))
-        sink = SpoolSink(directory, request.artifact_limit, request.artifact_files)
-        try:
-            return wire.NodeOutcome(outcome=_run(backend, request, sink, cancel))
-        finally:
-            sink.close()
+        with _azure_copy(directory, order, request) as azure_dir:
+            local = replace(request, azure_dir=azure_dir)
+            sink = SpoolSink(directory, request.artifact_limit, request.artifact_files)
+            try:
+                return wire.NodeOutcome(outcome=_run(backend, local, sink, cancel))
+            finally:
+                sink.close()
     finally:
         backend.close()
+
+
+@contextlib.contextmanager
+def _azure_copy(
+    directory: int, order: wire.Order, request: AttemptRequest
+) -> Iterator[Path | None]:
+    """The driver's ~/.azure for this attempt, in a directory of this node's own (mode 0700,
+    owned by the container's user), removed after it; the spool's copy is removed at once."""
+    if not order.azure:
+        yield None
+        return
+    from safeagents_batch.backends.docker.backend import container_user
+
+    data = read_regular(Path(wire.AZURE), wire.MAX_ORDER_BYTES, dir_fd=directory)
+    os.unlink(wire.AZURE, dir_fd=directory)
+    target = Path(tempfile.mkdtemp(prefix="sab-azure-"))
+    try:
+        extract(io.BytesIO(data), target)
+        uid, gid = (int(part) for part in container_user(request).split(":"))
+        if os.getuid() == 0:
+            for path in [target, *target.rglob("*")]:
+                os.chown(path, uid, gid, follow_symlinks=False)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _take_order(directory: int, spool: Path) -> wire.Order:

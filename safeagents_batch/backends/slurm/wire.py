@@ -32,6 +32,7 @@ DROPPED = "dropped"
 OUTCOME = "outcome"
 CANCEL = "cancel"
 JOB = "job"
+AZURE = "azure.tar"  # the driver's ~/.azure for this attempt (--ship-azure): mode 0600
 TRACEBACK = "traceback"
 SCRIPT = "job.sh"
 SLURM_LOG = "slurm.log"  # the job's own stdout and stderr (Slurm's, the node process's)
@@ -48,6 +49,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
 
     request: AttemptRequest
     image_archive: str | None = None
+    azure: bool = False  # the spool holds AZURE, for the attempt's ~/.azure
 
 
 class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
