@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from slurm_cluster import local_slurm_cluster
 
 WORKERS = 4
+IMAGE_NAME = "sab-bench-slurm"  # its own images, removed at the end: none of the tests' shapes
 JOBS = """version: 1
 name: bench
+image_name: sab-bench-slurm
 frameworks: {{plain: {{packages: []}}}}
 jobs:
   - {{name: bench, framework: plain, scripts: noop.py, repeat: {runs}, network: none,
@@ -102,6 +104,16 @@ def srun_seconds(runs: int, image: str, code: Path) -> float:
     return seconds
 
 
+def remove_images() -> None:
+    """The benchmark's images, from the host engine (node B's went with its engine)."""
+    listed = subprocess.run(
+        ["docker", "images", "-q", IMAGE_NAME], capture_output=True, text=True, check=True
+    )
+    ids = sorted(set(listed.stdout.split()))
+    if ids:
+        subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True, check=True)
+
+
 def built_image(output: Path) -> str:
     """The image tag the warm-up batch ran, from its manifest."""
     [manifest] = output.glob("*/manifest.json")
@@ -141,6 +153,7 @@ def main() -> None:
             for _ in range(args.repeat):  # interleaved: drift in the machine hits every side
                 for name, side in sides.items():
                     times[name].append(side())
+        remove_images()
     medians = {name: statistics.median(values) for name, values in times.items()}
     result = {
         "runs": args.runs,

@@ -303,11 +303,10 @@ def test_ctrl_c_removes_the_container_and_propagates(work: Path) -> None:
     _write(work / "slow.py", "import time\nprint('started', flush=True)\ntime.sleep(600)\n")
     runner = DockerRunner(framework="langgraph")
     assert runner.build_image()
-    # Ctrl-C reaches Python as KeyboardInterrupt only under the default handler: one that an
-    # earlier test left behind would make this test fail for another reason than its own.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(
-        signal.SIGINT
-    )
+    # Ctrl-C reaches Python as KeyboardInterrupt only under its default handler, which Python
+    # does not install when SIGINT was ignored when it started (a shell's `cmd &` without
+    # job control ignores it): installed here, for this test only.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sent: list[float] = []
     interrupter = threading.Thread(
         target=_interrupt_once_started, args=(work / "logs", sent), daemon=True
@@ -319,6 +318,8 @@ def test_ctrl_c_removes_the_container_and_propagates(work: Path) -> None:
         pass
     else:
         pytest.fail(f"no KeyboardInterrupt (SIGINT sent: {bool(sent)}); the run ended: {result}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     interrupter.join()
     assert not _runner_containers()
 

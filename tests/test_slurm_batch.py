@@ -389,9 +389,8 @@ def test_azure_goes_to_the_nodes_only_with_ship_azure(
     }
     for run in runs:
         assert (batch_dir / run["log_dir"] / "stdout.log").read_text() == "azure-token\n"
-    # Each attempt's copy went with it, on the node and in the batch dir.
+    # Each attempt's copy went with it, on the node.
     assert set(Path("/tmp").glob("sab-azure-*")) == before
-    assert not list(batch_dir.rglob("azure.tar"))
     no_leftovers(slurm_cluster, batch_dir, docker_client, node_b)
 
 
@@ -423,3 +422,22 @@ def test_clean_removes_what_a_batch_left_on_every_node(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             left.remove(force=True)
+
+
+def test_an_output_dir_a_node_cannot_see_is_one_error_before_anything_is_submitted(
+    slurm_cluster: LocalSlurmCluster, slurm_image: SessionImage, tmp_path: Path
+) -> None:
+    """pytest's temp root is hidden from node B: an output dir there is bad input (exit 2),
+    named in one line with the node, and leaves no job and no directory behind."""
+    jobs = project(
+        slurm_image, tmp_path / "p", "  - {name: v, framework: plain, scripts: v.py}\n",
+        {"v.py": QUICK},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    code, stdout, stderr = finish(start(run_args(jobs, out)))
+    assert code == 2, stdout + stderr
+    [line] = stderr.strip().splitlines()
+    assert "not usable at the same path on slurm node(s) nodeb" in line, line
+    assert "the shared directory is not there" in line
+    assert not out.exists()
+    assert slurm_cluster.jobs() == []

@@ -24,7 +24,7 @@ def test_the_driver_runs_the_same_batch_with_its_id_and_absolute_paths(
     args = parse(
         "jobs.yaml", "--backend", "slurm", "--detach", "-j", "3", "--only", "a-*",
         "--slurm-partition", "gpu", "--slurm-arg=--qos=short", "--no-cache",
-        "--driver-arg=--nodelist=n1", "--slurm-share", "share",
+        "--driver-arg=--nodelist=n1", "--slurm-share", "share", "--ship-azure",
     )  # fmt: skip
     argv = driver_argv(args, "b-1", tmp_path / "out")
     assert argv[:4] == ["run", str(tmp_path / "jobs.yaml"), "--batch-id", "b-1"]
@@ -35,6 +35,7 @@ def test_the_driver_runs_the_same_batch_with_its_id_and_absolute_paths(
     assert pairs["--slurm-partition"] == "gpu"
     assert pairs["--slurm-share"] == str(tmp_path / "share")
     assert "--slurm-arg=--qos=short" in argv and "--no-cache" in argv
+    assert "--ship-azure" in argv
     # What it is given parses as a run of the same batch.
     again = build_parser().parse_args(argv)
     assert again.batch_id == "b-1" and not again.detach and again.workers == 3

@@ -150,11 +150,31 @@ def test_sbatch_asks_for_the_runs_limits_and_names_the_job_after_the_run() -> No
 
 
 @pytest.mark.parametrize(
-    "arg", ["--output=x", "--export=ALL", "--array=0-3", "--job-name", "-J", "-ox.log"]
+    "arg",
+    [
+        "--output=x",
+        "--export=ALL",
+        "--array=0-3",
+        "--job-name",
+        "-J",
+        "-ox.log",
+        "--out=x",
+        "--comm=y",
+        "--job-n=z",
+        "--requ",
+        "--exp=ALL",
+    ],
 )
 def test_sbatch_arguments_the_backend_sets_are_refused(arg: str) -> None:
     with pytest.raises(UsageError, match="sets"):
         commands.check_sbatch_args([arg])
+
+
+@pytest.mark.parametrize(
+    "arg", ["--qos=short", "--gres=gpu:1", "--export-file=f", "-p", "--time=5"]
+)
+def test_other_sbatch_arguments_go_through(arg: str) -> None:
+    commands.check_sbatch_args([arg])
 
 
 def test_a_jobs_slurm_settings_come_before_the_command_lines() -> None:
@@ -271,3 +291,38 @@ def test_a_spool_with_a_fifo_and_a_link_is_read_without_waiting_or_following(
     result = Follower(spool, "3", board, sink, threading.Event(), NOW, print).follow()
     assert result.outcome.status == "error"
     assert "unreadable" in (result.outcome.error or "")
+
+
+def test_a_cancel_the_driver_did_not_ask_for_is_slurms_and_an_error() -> None:
+    from safeagents_batch.backends.slurm.node import final_outcome
+
+    cancelled = AttemptOutcome(status="cancelled", started_at=NOW, ended_at=NOW)
+    assert final_outcome(cancelled, driver_asked=True) == cancelled
+    by_slurm = final_outcome(cancelled, driver_asked=False)
+    assert by_slurm.status == "error" and "stopped by Slurm" in (by_slurm.error or "")
+    done = AttemptOutcome(status="succeeded", started_at=NOW, ended_at=NOW)
+    assert final_outcome(done, driver_asked=False) == done
+
+
+def test_jobs_squeue_has_purged_are_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue fails when every job asked about is purged; asked one by one, the known ones
+    come back and the others are gone."""
+
+    def squeue(argv: list[str], **kwargs: object) -> str:
+        ids = argv[argv.index("-j") + 1].split(",")
+        if ids == ["5"]:
+            return "5|RUNNING|nodea|None\n"
+        raise commands.SlurmError(
+            "`squeue -h` failed (exit 1): slurm_load_jobs error: Invalid job id specified"
+        )
+
+    monkeypatch.setattr(commands, "call", squeue)
+    assert commands.query(["4"]) == {}
+    assert commands.query(["4", "5"]) == {"5": JobState("RUNNING", "nodea", "None")}
+
+    def silent(argv: list[str], **kwargs: object) -> str:
+        raise commands.SlurmError("`squeue -h` did not answer within 60 s")
+
+    monkeypatch.setattr(commands, "call", silent)
+    with pytest.raises(commands.SlurmError, match="did not answer"):
+        commands.query(["4"])

@@ -52,7 +52,12 @@ def driver_argv(args: argparse.Namespace, batch_id: str, output_dir: Path) -> li
         if value is not None:
             argv += [flag, str(value)]
     argv += [f"--slurm-arg={arg}" for arg in args.slurm_args or ()]
-    for flag, on in (("--no-cache", args.no_cache), ("--require-clean", args.require_clean)):
+    switches = {
+        "--no-cache": args.no_cache,
+        "--require-clean": args.require_clean,
+        "--ship-azure": args.ship_azure,
+    }
+    for flag, on in switches.items():
         if on:
             argv.append(flag)
     return argv

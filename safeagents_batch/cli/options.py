@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -88,9 +89,14 @@ def slurm_backend(args: argparse.Namespace, share: Path) -> Iterator[SlurmBacken
     share = (args.slurm_share or share).absolute()
     made = not share.exists()
     with docker_backend() as local:
-        backend = SlurmBackend.connect(
-            local, options, share, ConsoleReporter().warning, getattr(args, "engine", "docker")
-        )
+        try:
+            backend = SlurmBackend.connect(
+                local, options, share, ConsoleReporter().warning, getattr(args, "engine", "docker")
+            )
+        except BaseException:
+            if made:  # ours alone, just made for the probe: bad input leaves no dir behind
+                shutil.rmtree(share, ignore_errors=True)
+            raise
         if made and args.slurm_share is None:
             ignore_in_git(share)  # the output dir the probe made, as `run` would have
         try:

@@ -11,6 +11,7 @@ from safeagents_batch.backends.base import Backend, Sink
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import UsageError
 from safeagents_batch.execution.batch import BatchOptions, BatchOutcome, BatchRunner
+from safeagents_batch.execution.executor import interrupt_handling
 from safeagents_batch.execution.prepare import (
     new_record,
     prepare_work,
@@ -166,12 +167,30 @@ def _recover_after_crash(
     """A previous orchestrator may have died. An attempt it left `running` that the backend
     can still see (a Slurm job, which runs on without its driver) is followed to its end, or
     its end read, and recorded as it ended; the others are closed as errors, so they are
-    rerun and the record stays truthful. Then its containers (found by label) are removed."""
+    rerun and the record stays truthful. Then its containers (found by label) are removed.
+    Ctrl-C while an attempt is followed cancels it (recorded so) and ends the rerun there."""
+    cancel = threading.Event()
+    with interrupt_handling(cancel, reporter):
+        _fold_running(backend, store, reporter, specs, cancel)
+    if cancel.is_set():
+        raise KeyboardInterrupt
+    removed = backend.sweep(store.manifest.batch_id)
+    if removed:
+        reporter.notice(f"removed {removed} stale container(s) of this batch")
+
+
+def _fold_running(
+    backend: Backend,
+    store: ManifestStore,
+    reporter: Reporter,
+    specs: dict[str, RunSpec],
+    cancel: threading.Event,
+) -> None:
     for record in store.runs():
         last = record.latest
         if record.status != "running" or last is None:
             continue
-        folded = _reattach(backend, store, last, specs.get(record.run_id))
+        folded = _reattach(backend, store, last, specs.get(record.run_id), cancel)
         if folded is not None:
             store.record_attempt(record.run_id, folded)
             status = folded.outcome.status if folded.outcome else "?"
@@ -180,13 +199,14 @@ def _recover_after_crash(
         # When it really ended is unknown: the recovery is the first moment known to be after.
         closed = last.closed_as_error(INTERRUPTED_REASON, last.ended_at or now_iso())
         store.record_attempt(record.run_id, closed)
-    removed = backend.sweep(store.manifest.batch_id)
-    if removed:
-        reporter.notice(f"removed {removed} stale container(s) of this batch")
 
 
 def _reattach(
-    backend: Backend, store: ManifestStore, attempt: Attempt, spec: RunSpec | None
+    backend: Backend,
+    store: ManifestStore,
+    attempt: Attempt,
+    spec: RunSpec | None,
+    cancel: threading.Event,
 ) -> Attempt | None:
     """The attempt as the backend still sees it, its logs written afresh into its dir (what
     the dead driver wrote there is moved aside); None when the backend knows nothing of it."""
@@ -203,7 +223,7 @@ def _reattach(
         return opened[-1]
 
     try:
-        outcome = backend.reattach(batch_dir, run_id, attempt.number, open_sink, threading.Event())
+        outcome = backend.reattach(batch_dir, run_id, attempt.number, open_sink, cancel)
     finally:
         for sink in opened:
             sink.close()

@@ -32,13 +32,24 @@ BACKEND_SET = {
 
 
 def sbatch_arg_problem(arg: str) -> str | None:
-    """Why `arg` may not be given, or None."""
+    """Why `arg` may not be given, or None. sbatch takes a long option by any prefix that
+    names it alone (`--out` is `--output`): a prefix of one the backend sets is refused too."""
     name = arg.split("=", 1)[0]
-    if name in BACKEND_SET or (len(name) > 2 and name[:2] in BACKEND_SET and name[1] != "-"):
-        shown = BACKEND_SET.get(name) or BACKEND_SET[name[:2]]
+    shown = _backend_set(name)
+    if shown is not None:
         return f"sbatch argument {arg!r}: the Slurm backend sets {shown} itself"
     if not arg.startswith("-"):
         return f"sbatch argument {arg!r}: write it as one option, e.g. --qos=short"
+    return None
+
+
+def _backend_set(name: str) -> str | None:
+    if name in BACKEND_SET:
+        return BACKEND_SET[name]
+    if name.startswith("--") and len(name) > 2:
+        return next((o for o in BACKEND_SET if o.startswith(name) and o.startswith("--")), None)
+    if len(name) > 2 and name[:2] in BACKEND_SET:  # a short option with its value: -ofile
+        return BACKEND_SET[name[:2]]
     return None
 
 

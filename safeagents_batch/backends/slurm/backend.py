@@ -36,12 +36,7 @@ from safeagents_batch.backends.base import (
 from safeagents_batch.backends.docker.backend import DockerBackend, with_calls
 from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.slurm import commands, wire
-from safeagents_batch.backends.slurm.commands import (
-    JobWatch,
-    SlurmError,
-    SlurmOptions,
-    Submitted,
-)
+from safeagents_batch.backends.slurm.commands import JobWatch, SlurmError, SlurmOptions
 from safeagents_batch.backends.slurm.follow import Follower
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import EngineUnavailable, UsageError, one_line
@@ -60,6 +55,16 @@ NODE_MAIN = (
 DRIVER_MAIN = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from safeagents_batch.cli.main import main; sys.exit(main(sys.argv[2:]))"
+)
+# Whether the node sees the marker and imports this package from the share: nothing else of
+# the package, so a node without it says so rather than failing on an import.
+PROBE_MAIN = (
+    "import os, sys; marker = sys.argv[2]\n"
+    "if not os.path.isdir(marker): print('the shared directory is not there'); sys.exit()\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "try: import safeagents_batch.backends.slurm.node\n"
+    "except Exception as exc: print(f'this Python cannot import the package: {exc!r}')\n"
+    "else: print('visible')"
 )
 AZURE_NEEDS_OPT_IN = (
     "bind_azure_folder on a Slurm cluster copies this machine's ~/.azure to the node only "
@@ -81,6 +86,7 @@ class SlurmBackend:
         package: Path,
         nodes: list[str],
         engine_kind: str = "docker",
+        warn: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.local = local
         self.options = options
@@ -89,8 +95,7 @@ class SlurmBackend:
         self.nodes = nodes
         self.engine_kind = engine_kind
         self.python = options.python or sys.executable
-        self.watch = JobWatch()
-        self.submitted = Submitted()
+        self.watch = JobWatch(warn=warn)
         self._archives: OncePerKey[str, Path] = OncePerKey()
         self._saved: list[Path] = []
         self._host: OncePerKey[str, str] = OncePerKey()
@@ -110,7 +115,7 @@ class SlurmBackend:
         nodes = commands.require_cluster()
         share = share.absolute()
         package = ship_package(share / SHARE_DIR)
-        backend = cls(local, options, share, package, nodes, engine_kind)
+        backend = cls(local, options, share, package, nodes, engine_kind, warn)
         backend.probe(warn)
         return backend
 
@@ -123,29 +128,36 @@ class SlurmBackend:
     # -- the probe -----------------------------------------------------------------------
 
     def probe(self, warn: Callable[[str], None]) -> None:
-        """Whether each node sees `share` (through a file only it can be looking for), and
-        runs this Python with this package: before anything is submitted."""
+        """Whether each node sees `share` (a directory only this command made there), with
+        this Python and the package in it: before anything is submitted. A node too busy to
+        give a step a CPU within `srun --immediate`'s wait is only warned about."""
         marker = self.share / SHARE_DIR / f"probe-{secrets.token_hex(6)}"
         marker.mkdir(parents=True)
         try:
-            answers = self._on_nodes(self.nodes, ["probe", str(marker)])
+            answers = self._on_nodes(self.nodes, [str(marker)], PROBE_MAIN)
         finally:
             marker.rmdir()
-        blind = []
+        problems = []
         for node, answer in answers.items():
-            if isinstance(answer, Exception):
+            if isinstance(answer, Exception) and commands.UNALLOCATED in str(answer):
                 warn(f"slurm node {node} could not be probed: {one_line(answer, 300)}")
-            elif not answer.startswith("True|"):
-                blind.append(node)
-        if blind:
+            elif isinstance(answer, Exception):
+                problems.append(f"{node} ({one_line(answer, 300)})")
+            elif answer != "visible":
+                problems.append(f"{node} ({answer})")
+        if problems:
             raise UsageError(
-                f"{self.share} is not visible on slurm node(s) {', '.join(blind)} at the same "
-                "path: put the output dir on the cluster's shared filesystem (--output)"
+                f"{self.share} is not usable at the same path on slurm node(s) "
+                f"{'; '.join(problems)}: put the output dir on the cluster's shared "
+                "filesystem (--output), with this Python on every node (--slurm-python)"
             )
 
-    def _on_nodes(self, nodes: Sequence[str], argv: list[str]) -> dict[str, str | Exception]:
-        """A node command (node.py's main) on each node at once, as `srun` steps."""
-        command = [self.python, "-c", NODE_MAIN, str(self.package), *argv]
+    def _on_nodes(
+        self, nodes: Sequence[str], argv: list[str], main: str = ""
+    ) -> dict[str, str | Exception]:
+        """A node command (node.py's main, or `main` with this package) on each node at
+        once, as `srun` steps."""
+        command = [self.python, "-c", main or NODE_MAIN, str(self.package), *argv]
 
         def one(node: str) -> str | Exception:
             try:
@@ -190,6 +202,9 @@ class SlurmBackend:
             ticket = models.open_ticket(request, sink, self.gateway_host())
         except ModelSetupError as exc:
             return _error(started, str(exc))
+        except (SlurmError, OSError) as exc:  # scontrol, or no route to the controller
+            why = f"no address of this machine for the nodes' model calls: {one_line(exc)}"
+            return _error(started, f"{why} (give one with --slurm-gateway-host)")
         try:
             outcome = self._on_cluster(replace(request, gateway=ticket), sink, cancel, started)
         finally:
@@ -214,8 +229,8 @@ class SlurmBackend:
         for _ in range(2):  # again only once the image was put where the node loads it
             try:
                 result = self._submit_and_follow(request, spool, archive, sink, cancel, started)
-            except SlurmError as exc:
-                return _error(started, f"slurm: {exc}")
+            except (SlurmError, OSError) as exc:
+                return _error(started, f"slurm: {one_line(exc, 600)}")
             if not result.image_missing or cancel.is_set():
                 return result.outcome
             try:
@@ -238,13 +253,31 @@ class SlurmBackend:
         cancel: threading.Event,
         started: str,
     ) -> wire.NodeOutcome:
-        job_id = self._submit(request, spool, archive)
+        try:
+            job_id = self._submit(request, spool, archive)
+        except BaseException:
+            self._drop_spool(spool)  # the order's env values go with it
+            raise
+        return self._follow(spool, job_id, sink, cancel, started)
+
+    def _follow(
+        self, spool: Path, job_id: str, sink: Sink, cancel: threading.Event, started: str
+    ) -> wire.NodeOutcome:
+        """The job's spool to the attempt's end, then gone; a spool the follower handed to
+        its node (a job lost while its node's process may live on) is the node's to remove.
+        Interrupted here (a KeyboardInterrupt), the job and its spool are left as they are:
+        a later `rerun` finds them."""
         try:
             follower = Follower(spool, job_id, self.watch, sink, cancel, started, self._scancel)
-            return follower.follow()
-        finally:
-            self.submitted.discard(job_id)
+        except OSError:
+            with contextlib.suppress(Exception):
+                self._scancel(job_id)
             self._drop_spool(spool)
+            raise
+        result = follower.follow()
+        if not follower.abandoned:
+            self._drop_spool(spool)
+        return result
 
     def _drop_spool(self, spool: Path) -> None:
         """Once followed, a spool is of no more use: its output is in the attempt's logs. A
@@ -256,8 +289,8 @@ class SlurmBackend:
         written beside them (a later `rerun` finds the job by it)."""
         if spool.exists():
             shutil.rmtree(spool)  # a first submission's, whose node lacked the image
-        spool.mkdir(mode=0o700, parents=True)
-        directory = wire.open_spool(spool)
+        assert request.batch_dir is not None
+        directory = wire.make_spool(request.batch_dir, request.run_id, request.attempt)
         try:
             # No driver path travels: the node makes its own copy of ~/.azure.
             remote = replace(request, azure_dir=None)
@@ -280,7 +313,6 @@ class SlurmBackend:
                 job=request.slurm,
             )
             job_id = commands.submit([*argv, str(spool / wire.SCRIPT)])
-            self.submitted.add(job_id)
             wire.write_private(directory, wire.JOB, job_id.encode())
         finally:
             os.close(directory)
@@ -332,9 +364,9 @@ class SlurmBackend:
             api = self.local.client.api
             image_id = str(api.inspect_image(tag)["Id"]).removeprefix("sha256:")
             target = batch_dir / wire.SLURM_DIR / "images" / f"{image_id}.tar"
-            if target.is_file():
+            os.close(wire.make_below(batch_dir, (wire.SLURM_DIR, "images")))  # no link on the way
+            if target.is_file() and not target.is_symlink():
                 return target
-            target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
                 try:
                     for chunk in api.get_image(tag, chunk_size=1 << 20):
@@ -360,18 +392,15 @@ class SlurmBackend:
         still runs it, its outcome read if it ended meanwhile. None: never submitted."""
         spool = wire.spool_dir(batch_dir, run_id, attempt)
         try:
-            job_id = (spool / wire.JOB).read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
+            job_id = wire.read_job_id(batch_dir, run_id, attempt)
+        except OSError:  # no spool, or not one the driver made: nothing known
             return None
-        if not job_id.isdigit() or spool.is_symlink():
-            return None
-        started = now_iso()
-        try:
-            sink = open_sink()
-            follower = Follower(spool, job_id, self.watch, sink, cancel, started, self._scancel)
-            result = follower.follow()
-        finally:
+        if job_id is None:
+            # Made, but the driver died before it knew a job id: the sweep cancels such a
+            # job (by its comment); its order, env values in it, goes now.
             self._drop_spool(spool)
+            return None
+        result = self._follow(spool, job_id, open_sink(), cancel, now_iso())
         return result.outcome
 
     def sweep(self, batch_id: str) -> int:

@@ -1,6 +1,6 @@
 """Slurm's own commands, as the driver calls them: `sbatch` to submit, `squeue` (one call for
-every job the batch watches) and `scontrol` for states, `scancel`, `srun` for a command on
-each node, `sinfo` for the nodes. No scheduler of our own: Slurm decides where and when.
+every job the batch watches) for states, `scancel`, `srun` for a command on each node, `sinfo`
+for the nodes. No scheduler of our own: Slurm decides where and when.
 
 Each call has a timeout; a failure is one line naming the command and what Slurm said.
 """
@@ -12,8 +12,8 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from safeagents_batch.core.errors import EngineUnavailable, UsageError
 from safeagents_batch.jobs.model import Resources, SlurmSettings
@@ -21,15 +21,15 @@ from safeagents_batch.jobs.placement import sbatch_arg_problem
 
 CALL_SECONDS = 60.0
 POLL_SECONDS = 1.0
-# A job Slurm keeps no record of once it ended: the driver gives its files this long to
-# appear on a shared filesystem whose attribute cache lags.
 TERMINAL = frozenset(
     {
         "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
         "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT",
     }
 )  # fmt: skip
-GONE = "GONE"  # neither squeue nor scontrol knows the job any more
+GONE = "GONE"  # squeue no longer knows the job (purged `MinJobAge` seconds after its end)
+PURGED = "Invalid job id"  # squeue's words for a job id it no longer knows
+UNALLOCATED = "Unable to allocate resources"  # srun's words when --immediate ran out
 # Beyond the run's own timeout, which the node enforces: Slurm's limit is only the backstop.
 TIME_MARGIN_SECONDS = 300
 MEMORY_MARGIN_MIB = 256  # the node's own process beside the container
@@ -160,10 +160,15 @@ def check_sbatch_args(args: Sequence[str]) -> None:
 
 class JobWatch:
     """The states of the jobs the batch waits on, for all of them by one `squeue` a second
-    (a poll per job would be hundreds of calls a second against the controller)."""
+    (a poll per job would be hundreds of calls a second against the controller). While the
+    controller does not answer, the states stay as they were (the spools still carry the
+    attempts' ends), and `warn` hears of it once per outage."""
 
-    def __init__(self, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, poll: float = POLL_SECONDS, warn: Callable[[str], None] = lambda text: None
+    ) -> None:
         self.poll = poll
+        self.warn = warn
         self._lock = threading.Lock()
         self._watched: set[str] = set()
         self._states: dict[str, JobState] = {}
@@ -188,11 +193,6 @@ class JobWatch:
         with self._lock:
             return self._states.get(job_id)
 
-    @property
-    def error(self) -> str | None:
-        """Why the last poll failed (the controller does not answer); None when it answered."""
-        return self._error
-
     def _loop(self) -> None:
         while True:
             with self._lock:
@@ -205,8 +205,12 @@ class JobWatch:
         try:
             found = query(ids)
         except (SlurmError, EngineUnavailable) as exc:
+            if self._error is None:
+                self.warn(f"squeue fails ({exc}); following the attempts' files meanwhile")
             self._error = str(exc)
             return
+        if self._error is not None:
+            self.warn("squeue answers again")
         self._error = None
         with self._lock:
             for job_id in ids:
@@ -216,10 +220,21 @@ class JobWatch:
 
 def query(ids: Sequence[str]) -> dict[str, JobState]:
     """States of `ids`: squeue for those it lists (finished ones for `MinJobAge`); a job it
-    does not list has left the controller's memory."""
-    return parse_squeue(
-        call(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"])
-    )
+    does not list has left the controller's memory. Asked for jobs that are all purged,
+    squeue fails saying so: then none is known (asked one by one if there were several)."""
+    try:
+        return parse_squeue(
+            call(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"])
+        )
+    except SlurmError as exc:
+        if PURGED not in str(exc):
+            raise
+    if len(ids) == 1:
+        return {}
+    found: dict[str, JobState] = {}
+    for job_id in ids:
+        found.update(query([job_id]))
+    return found
 
 
 def parse_squeue(out: str) -> dict[str, JobState]:
@@ -244,23 +259,3 @@ def node_command(node: str, argv: Sequence[str], *, wait: int = 30) -> str:
 
 def user_name() -> str:
     return os.environ.get("USER") or str(os.getuid())
-
-
-@dataclass
-class Submitted:
-    """The jobs this backend submitted and has not seen end (for Ctrl-C and the sweep)."""
-
-    ids: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, job_id: str) -> None:
-        with self.lock:
-            self.ids.add(job_id)
-
-    def discard(self, job_id: str) -> None:
-        with self.lock:
-            self.ids.discard(job_id)
-
-    def all(self) -> list[str]:
-        with self.lock:
-            return sorted(self.ids)

@@ -31,6 +31,8 @@ READ_BYTES = 1 << 20
 OUTCOME_GRACE_SECONDS = 10.0
 # After a cancel: the node kills and removes its container on SIGTERM, before Slurm's KillWait.
 CANCEL_GRACE_SECONDS = 60.0
+# NFS caches a directory's entries for up to a minute (acdirmax 60 s by default).
+COMPLETED_GRACE_SECONDS = 90.0
 MAX_TRACEBACK_BYTES = 1 << 20
 MAX_DROPPED_BYTES = 1 << 20
 SLURM_LOG_TAIL = 4096
@@ -69,9 +71,11 @@ class Follower:
         self.directory = wire.open_spool(spool)
         self.reader = wire.FrameReader()
         self._output: int | None = None
+        self._offset = 0  # of `output`, read so far
         self._cancelled_at: float | None = None
         self._ended_at: float | None = None
         self._seen_running = False
+        self.abandoned = False  # the spool is the node's to remove (it may still run)
 
     def follow(self) -> wire.NodeOutcome:
         try:
@@ -99,7 +103,7 @@ class Follower:
     def _step(self) -> wire.NodeOutcome | None:
         self._pump()
         if _exists(self.directory, wire.OUTCOME):
-            self._pump()  # all of it: the outcome is written last
+            self._pump(reopen=True)  # all of it: the outcome is written last
             return self._finish()
         if self.cancel.is_set() and self._cancelled_at is None:
             self._ask_cancel()
@@ -121,9 +125,13 @@ class Follower:
         with contextlib.suppress(Exception):  # a job that just ended: nothing to cancel
             self.scancel(self.job_id)
 
-    def tell_node_to_stop(self) -> None:
+    def tell_node_to_stop(self, *, abandon: bool = False) -> None:
+        """The cancel file; `abandon`: the driver records the attempt without the node's
+        outcome, and leaves the spool to the node, which removes it once it has stopped."""
+        if abandon:
+            self.abandoned = True
         with contextlib.suppress(OSError):
-            wire.write_private(self.directory, wire.CANCEL, b"")
+            wire.write_private(self.directory, wire.CANCEL, wire.ABANDONED if abandon else b"")
 
     def _ended_without_outcome(self, state: JobState) -> wire.NodeOutcome | None:
         if self._ended_at is None:
@@ -131,10 +139,14 @@ class Follower:
         never_ran = self._cancelled_at is not None and not self._seen_running
         if never_ran and self._output is None:
             return self._lost("cancelled", "cancelled by the user before its job started")
-        if time.monotonic() - self._ended_at < OUTCOME_GRACE_SECONDS:
+        # A job Slurm says COMPLETED ran its node process to the end, which wrote the outcome
+        # first: only a slow shared filesystem keeps it from view.
+        grace = COMPLETED_GRACE_SECONDS if state.state == "COMPLETED" else OUTCOME_GRACE_SECONDS
+        if time.monotonic() - self._ended_at < grace:
             return None
-        # The node's process may live on (a node whose slurmd died): it stops its container.
-        self.tell_node_to_stop()
+        # The node's process may live on (a node whose slurmd died): it stops its container,
+        # then removes the spool.
+        self.tell_node_to_stop(abandon=True)
         if self._cancelled_at is not None:
             return self._lost("cancelled", "cancelled by the user")
         where = f" on {state.node}" if state.node else ""
@@ -163,16 +175,23 @@ class Follower:
 
     # -- reading the spool ---------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, *, reopen: bool = False) -> None:
+        """New output into the sink. `reopen`: through a new descriptor (NFS shows what
+        another machine wrote fully only to an open made after it: the last read is one)."""
+        if reopen and self._output is not None:
+            os.close(self._output)
+            self._output = None
         if self._output is None:
             try:
                 self._output = open_regular(wire.OUTPUT, _READ_FLAGS, dir_fd=self.directory)
             except FileNotFoundError:
                 return
+            os.lseek(self._output, self._offset, os.SEEK_SET)
         while True:
             data = os.read(self._output, READ_BYTES)
             if not data:
                 return
+            self._offset += len(data)
             for stream, chunk in self.reader.feed(data):
                 (self.sink.stdout if stream == wire.STDOUT else self.sink.stderr)(chunk)
 

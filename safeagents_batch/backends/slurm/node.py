@@ -1,6 +1,6 @@
 """What a Slurm job runs on its node: one attempt through the very same DockerBackend as a local
 run, on the node's own engine, its output written to the attempt's spool (backends/slurm/wire.py)
-as it comes; also the per-node commands the driver runs with `srun` (sweep, clean, probe).
+as it comes; also the per-node commands the driver runs with `srun` (sweep, clean).
 
 The node reads nothing of the driver's but the batch dir on the shared filesystem: the order,
 the code snapshot, the image archive. Its environment is its own (the job is submitted with
@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from msgspec import structs
+
 from safeagents_batch.backends.base import AttemptRequest, CleanRequest
 from safeagents_batch.backends.slurm import wire
 from safeagents_batch.core.clock import now_iso
@@ -59,15 +61,12 @@ def main(argv: Sequence[str]) -> int:
         for line in _backend().clean(CleanRequest(dry_run=rest[0] == "dry-run")):
             print(line)
         return 0
-    if command == "probe":
-        print(f"{Path(rest[0]).is_dir()}|{socket.gethostname()}")
-        return 0
     print(f"unknown node command {command!r}", file=sys.stderr)
     return 2
 
 
 def _backend() -> DockerBackend:
-    """The node's engine: imported here, so the probe loads no Docker SDK."""
+    """The node's engine (its Docker SDK imported only here)."""
     if os.environ.get(ENGINE_ENV) == "podman":
         from safeagents_batch.backends.docker.podman import use_podman
 
@@ -83,7 +82,9 @@ def _backend() -> DockerBackend:
 def run_spool(spool: Path) -> int:
     """The attempt of `spool` to its end; its outcome file is the last thing written. A
     SIGTERM (scancel), or a `cancel` file from the driver, stops it: the container is killed
-    and removed, and the outcome says `cancelled`."""
+    and removed. The outcome says `cancelled` when the driver asked (its cancel file), and
+    `error` when Slurm alone stopped the job (its time limit, a preemption). A spool the
+    driver gave up on (its cancel file says `abandoned`) is removed once the attempt ended."""
     started = now_iso()
     directory = wire.open_spool(spool)
     cancel = threading.Event()
@@ -102,14 +103,36 @@ def run_spool(spool: Path) -> int:
         "slurm_node": os.environ.get("SLURMD_NODENAME", ""),
         "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
     }
-    from msgspec import structs
-
-    outcome = structs.replace(result.outcome, node={**(result.outcome.node or {}), **info})
+    asked = _read_cancel(directory)
+    outcome = final_outcome(result.outcome, asked is not None)
+    outcome = structs.replace(outcome, node={**(outcome.node or {}), **info})
     wire.write_private(directory, wire.OUTCOME, wire.encode_outcome(
         structs.replace(result, outcome=outcome)
     ))  # fmt: skip
     os.close(directory)
+    if asked == wire.ABANDONED:  # the driver recorded the attempt already; nobody reads this
+        shutil.rmtree(spool, ignore_errors=True)
     return 0
+
+
+def final_outcome(outcome: AttemptOutcome, driver_asked: bool) -> AttemptOutcome:
+    """A `cancelled` the driver did not ask for is Slurm's doing: an `error` (retried as the
+    job's `retry_on` says), never the user's Ctrl-C."""
+    if outcome.status != "cancelled" or driver_asked:
+        return outcome
+    reason = (
+        "stopped by Slurm before the attempt ended (a SIGTERM: the job's time limit, a "
+        "preemption, or an scancel from outside this batch)"
+    )
+    return structs.replace(outcome, status="error", error=reason)
+
+
+def _read_cancel(directory: int) -> bytes | None:
+    """What the driver's cancel file says; None when there is none."""
+    try:
+        return read_regular(Path(wire.CANCEL), 64, dir_fd=directory)
+    except OSError:
+        return None
 
 
 def _cancel_on_signals(cancel: threading.Event) -> None:
@@ -121,8 +144,11 @@ def _cancel_on_signals(cancel: threading.Event) -> None:
 
 
 def _watch_cancel_file(directory: int, cancel: threading.Event) -> None:
+    """The driver's cancel file, or the spool itself gone (removed: no one follows it)."""
     while not cancel.wait(CANCEL_POLL_SECONDS):
         with contextlib.suppress(OSError):
+            if os.fstat(directory).st_nlink == 0:
+                cancel.set()
             os.stat(wire.CANCEL, dir_fd=directory)
             cancel.set()
 

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from safeagents_batch.backends.base import AttemptRequest
-from safeagents_batch.core.files import DIR_FLAGS
+from safeagents_batch.core.files import DIR_FLAGS, open_dir_below, open_regular, read_fd
 from safeagents_batch.records.model import AttemptOutcome
 
 SLURM_DIR = "slurm"  # below the batch dir: the batch's share of the cluster's filesystem
@@ -31,6 +31,7 @@ ARTIFACTS = "artifacts.tar"
 DROPPED = "dropped"
 OUTCOME = "outcome"
 CANCEL = "cancel"
+ABANDONED = b"abandoned"  # a cancel file's text when the driver recorded the attempt already
 JOB = "job"
 AZURE = "azure.tar"  # the driver's ~/.azure for this attempt (--ship-azure): mode 0600
 TRACEBACK = "traceback"
@@ -111,6 +112,48 @@ def write_private(directory: int, name: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.rename(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+
+
+def _spool_parts(run_id: str, attempt: int) -> tuple[str, ...]:
+    return (SLURM_DIR, "attempts", run_id, str(attempt))
+
+
+def make_spool(batch_dir: Path, run_id: str, attempt: int) -> int:
+    """The attempt's spool, made (mode 0700) and opened."""
+    return make_below(batch_dir, _spool_parts(run_id, attempt))
+
+
+def make_below(batch_dir: Path, parts: tuple[str, ...]) -> int:
+    """batch_dir/parts..., made (mode 0700) and opened, walked from the batch dir without
+    following a link: a received batch dir may have one planted on the way."""
+    root = os.open(batch_dir, DIR_FLAGS)
+    try:
+        return open_dir_below(root, parts, create=True, mode=0o700)
+    finally:
+        os.close(root)
+
+
+def read_job_id(batch_dir: Path, run_id: str, attempt: int) -> str | None:
+    """The job id the driver noted in the attempt's spool; None when it noted none (or not
+    a job id). OSError when there is no spool (or a link where one should be)."""
+    root = os.open(batch_dir, DIR_FLAGS)
+    try:
+        spool = open_dir_below(root, _spool_parts(run_id, attempt), create=False)
+    finally:
+        os.close(root)
+    try:
+        fd = open_regular(JOB, os.O_RDONLY | os.O_NONBLOCK, dir_fd=spool)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(spool)
+    try:
+        text = read_fd(fd, 64, JOB).decode(errors="replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else None
 
 
 def open_spool(path: Path) -> int:
