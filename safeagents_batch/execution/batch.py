@@ -160,8 +160,7 @@ class BatchRunner:
         self.by_id = {s.run_id: s for s in work.specs}
         self.cancel = threading.Event()
         self.gate = EngineGate(backend.available, reporter, self.cancel, options.engine_wait)
-        # Concurrent asks for one image share one ensure; its outcome (a failure too) stands
-        # for the whole batch.
+        # Concurrent asks for one image share one ensure, whose outcome stands for the batch.
         self.images: OncePerKey[str, ImageRecord] = OncePerKey()
         self.azure_dir = Path.home() / ".azure"
         self._azure_warned = False
@@ -267,8 +266,7 @@ class BatchRunner:
         )
         self.store.record_attempt(spec.run_id, started)
         # Walked from the batch dir, no link followed (runs/<id> may have been planted), and
-        # new: a dir already there (a crash's, or planted with a FIFO or a result in it) is
-        # moved aside, never written into.
+        # new: a dir already there (a crash's, or planted) is moved aside, never written into.
         dir_fd = self.store.safe.fresh_directory(recorded)
         job = spec.job
         sink = LocalSink(
