@@ -35,7 +35,7 @@ import docker
 import pytest
 from engine_cli import SessionImage, session_image
 from private_engine import PrivateEngine, require_host_bridge
-from ray_cluster import processes_naming
+from ray_cluster import free_port, processes_naming
 
 VENV = Path(sys.executable).parent.parent
 START_TIMEOUT = 60.0  # an upper bound for a hung start, not a timing assertion
@@ -82,13 +82,6 @@ NodeName=nodea NodeAddr=127.0.0.1 CPUs=2 RealMemory=16000 State=UNKNOWN
 NodeName=nodeb NodeAddr={nodeb_addr} CPUs=2 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> str:

@@ -18,9 +18,12 @@ its client, the container's id and the node's folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import secrets
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -32,6 +35,7 @@ from typing import IO
 import docker
 from docker.types import Mount
 
+from safeagents_batch.core.tarsafe import extract
 from safeagents_batch.staging.images import AZURE_DIR, CONTAINER_HOME
 
 AZURE_CONFIG_ENV = "AZURE_CONFIG_DIR"
@@ -254,3 +258,20 @@ def _own_like(path: Path, folder: Path) -> None:
 def _chown(path: Path, uid: int, gid: int) -> None:
     if os.geteuid() == 0:  # only root can give a file away; anyone else made it theirs
         os.chown(path, uid, gid, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def private_copy(tar: bytes, user: str, parent: Path | None, prefix: str) -> Iterator[Path]:
+    """The driver's ~/.azure (as `tar`) unpacked for one attempt on a cluster node: a new
+    directory under `parent`, mode 0700, owned by the container's `user` (uid:gid) when
+    root can give it away, removed after the attempt."""
+    target = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        extract(io.BytesIO(tar), target)
+        uid, gid = (int(part) for part in user.split(":"))
+        if os.getuid() == 0:
+            for path in [target, *target.rglob("*")]:
+                os.chown(path, uid, gid, follow_symlinks=False)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

@@ -6,6 +6,7 @@ end, and the container always removed (later, if the engine is away at that mome
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -621,6 +622,30 @@ def _mounts(request: AttemptRequest) -> list[Mount]:
         Mount(LOGS_DIR, None, type="volume"),
     ]
     return mounts
+
+
+def through_gateway(
+    models: ModelAccess,
+    request: AttemptRequest,
+    sink: Sink,
+    host: str,
+    attempt: Callable[[AttemptRequest], AttemptOutcome],
+) -> AttemptOutcome:
+    """`attempt` of a request whose container runs on another machine (a Ray or Slurm node),
+    with a pass at this machine's model gateway on `host`: the gateway holds the credentials
+    and paces each pool for the whole cluster; the node pipes its container's calls here
+    (gateway/forward.py). The calls are counted here, wherever the attempt ends."""
+    try:
+        ticket = models.open_ticket(request, sink, host)
+    except ModelSetupError as exc:
+        return AttemptOutcome(
+            status="error", started_at=now_iso(), ended_at=now_iso(), error=str(exc)
+        )
+    try:
+        outcome = attempt(dataclasses.replace(request, gateway=ticket))
+    finally:
+        calls = models.close_token(ticket.token)  # the token dies with the attempt
+    return with_calls(outcome, calls)
 
 
 def with_calls(outcome: AttemptOutcome, calls: AttemptCalls) -> AttemptOutcome:

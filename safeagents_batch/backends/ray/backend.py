@@ -40,9 +40,8 @@ from safeagents_batch.backends.base import (
     CleanRequest,
     Sink,
 )
-from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend, with_calls
+from safeagents_batch.backends.docker.backend import ENGINE_ERRORS, DockerBackend, through_gateway
 from safeagents_batch.backends.docker.images import stream_error
-from safeagents_batch.backends.docker.models import ModelSetupError
 from safeagents_batch.backends.ray import boot as ray_boot
 from safeagents_batch.backends.ray import node as ray_node
 from safeagents_batch.backends.ray.agents import (
@@ -269,23 +268,14 @@ class RayBackend:
         cancel: threading.Event,
         started: str,
     ) -> AttemptOutcome:
-        """The attempt with a pass at the driver's model gateway: it holds the credentials and
-        paces each pool for the whole cluster; the node pipes its container's calls here
-        (gateway/forward.py). The calls are counted here, wherever the attempt ends."""
-        models = self.local.models
-        try:
-            ticket = models.open_ticket(request, sink, self._gateway_host())
-        except ModelSetupError as exc:
-            return AttemptOutcome(
-                status="error", started_at=started, ended_at=now_iso(), error=str(exc)
-            )
-        try:
-            outcome = self._on_cluster(
-                replace(request, gateway=ticket), boxes, sink, cancel, started
-            )
-        finally:
-            calls = models.close_token(ticket.token)  # the token dies with the attempt
-        return with_calls(outcome, calls)
+        """The attempt with a pass at the driver's model gateway (through_gateway)."""
+        return through_gateway(
+            self.local.models,
+            request,
+            sink,
+            self._gateway_host(),
+            lambda passed: self._on_cluster(passed, boxes, sink, cancel, started),
+        )
 
     def _gateway_host(self) -> str:
         """The driver's address as the cluster knows it: the one its nodes reach it by."""

@@ -15,10 +15,8 @@ import contextlib
 import io
 import os
 import queue
-import shutil
 import socket
 import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -31,6 +29,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 from safeagents_batch.backends.base import AttemptRequest, CleanRequest
+from safeagents_batch.backends.docker.azure import private_copy
 from safeagents_batch.backends.docker.backend import (
     ENGINE_ERRORS,
     DockerBackend,
@@ -117,16 +116,9 @@ def azure_copy(tar_box: list[Any], request: AttemptRequest) -> Iterator[Path | N
     if not tar_box:
         yield None
         return
-    target = Path(tempfile.mkdtemp(prefix="azure-", dir=node_cache()))
-    try:
-        unpack(ray.get(tar_box[0]), target)
-        uid, gid = (int(part) for part in container_user(request).split(":"))
-        if os.getuid() == 0:
-            for path in [target, *target.rglob("*")]:
-                os.chown(path, uid, gid, follow_symlinks=False)
+    user = container_user(request)
+    with private_copy(ray.get(tar_box[0]), user, node_cache(), "azure-") as target:
         yield target
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
 
 
 # -- images -----------------------------------------------------------------------------

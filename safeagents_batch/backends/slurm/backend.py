@@ -33,8 +33,7 @@ from safeagents_batch.backends.base import (
     CleanRequest,
     Sink,
 )
-from safeagents_batch.backends.docker.backend import DockerBackend, with_calls
-from safeagents_batch.backends.docker.models import ModelSetupError
+from safeagents_batch.backends.docker.backend import DockerBackend, through_gateway
 from safeagents_batch.backends.slurm import commands, wire
 from safeagents_batch.backends.slurm.commands import JobWatch, SlurmError, SlurmOptions
 from safeagents_batch.backends.slurm.follow import Follower
@@ -194,22 +193,20 @@ class SlurmBackend:
     def _with_models(
         self, request: AttemptRequest, sink: Sink, cancel: threading.Event, started: str
     ) -> AttemptOutcome:
-        """The attempt with a pass at the driver's model gateway: it holds the credentials and
-        paces each pool for the whole cluster; the node pipes its container's calls here
-        (gateway/forward.py), as a Ray node does. The calls are counted here."""
-        models = self.local.models
+        """The attempt with a pass at the driver's model gateway (through_gateway), reached
+        from the nodes at gateway_host()."""
         try:
-            ticket = models.open_ticket(request, sink, self.gateway_host())
-        except ModelSetupError as exc:
-            return _error(started, str(exc))
+            host = self.gateway_host()
         except (SlurmError, OSError) as exc:  # scontrol, or no route to the controller
             why = f"no address of this machine for the nodes' model calls: {one_line(exc)}"
             return _error(started, f"{why} (give one with --slurm-gateway-host)")
-        try:
-            outcome = self._on_cluster(replace(request, gateway=ticket), sink, cancel, started)
-        finally:
-            calls = models.close_token(ticket.token)  # the token dies with the attempt
-        return with_calls(outcome, calls)
+        return through_gateway(
+            self.local.models,
+            request,
+            sink,
+            host,
+            lambda passed: self._on_cluster(passed, sink, cancel, started),
+        )
 
     def gateway_host(self) -> str:
         """The address of this machine that the nodes reach it by: `--slurm-gateway-host`,

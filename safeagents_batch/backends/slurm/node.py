@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import shutil
 import signal
 import socket
 import sys
 import tarfile
-import tempfile
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +36,6 @@ from safeagents_batch.backends.slurm import wire
 from safeagents_batch.core.clock import now_iso
 from safeagents_batch.core.errors import one_line
 from safeagents_batch.core.files import read_regular
-from safeagents_batch.core.tarsafe import extract
 from safeagents_batch.records.artifacts import ArtifactSelection
 from safeagents_batch.records.model import AttemptOutcome
 
@@ -185,20 +182,13 @@ def _azure_copy(
     if not order.azure:
         yield None
         return
+    from safeagents_batch.backends.docker.azure import private_copy
     from safeagents_batch.backends.docker.backend import container_user
 
     data = read_regular(Path(wire.AZURE), wire.MAX_ORDER_BYTES, dir_fd=directory)
     os.unlink(wire.AZURE, dir_fd=directory)
-    target = Path(tempfile.mkdtemp(prefix="sab-azure-"))
-    try:
-        extract(io.BytesIO(data), target)
-        uid, gid = (int(part) for part in container_user(request).split(":"))
-        if os.getuid() == 0:
-            for path in [target, *target.rglob("*")]:
-                os.chown(path, uid, gid, follow_symlinks=False)
+    with private_copy(data, container_user(request), None, "sab-azure-") as target:
         yield target
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
 
 
 def _take_order(directory: int, spool: Path) -> wire.Order:
